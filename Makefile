@@ -1,0 +1,69 @@
+# Two commands: `make serve` and `make test`. Each sets up whatever is missing first:
+# Debian packages, uv, the server's .venv and the sandbox runtime (.runtime).
+# Downloads are cached outside the clone (uv's cache), so a fresh clone sets up in minutes.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+RUNTIME_PYTHON := /usr/bin/python3.11
+APT_PACKAGES := bubblewrap slirp4netns python3.11 util-linux iproute2 curl
+PYTEST_ARGS ?=
+
+.PHONY: serve test lint setup system uv venv runtime lock bench clean
+
+serve: setup
+	.venv/bin/tci serve
+
+test: setup
+	.venv/bin/ruff check src tests bench
+	.venv/bin/pytest $(PYTEST_ARGS)
+
+lint: venv
+	.venv/bin/ruff check src tests bench
+
+setup: system venv runtime
+
+# Debian packages the sandbox needs, installed only where missing.
+system:
+	@missing=""; \
+	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
+	command -v slirp4netns >/dev/null || missing="$$missing slirp4netns"; \
+	[ -x $(RUNTIME_PYTHON) ] || missing="$$missing python3.11"; \
+	command -v setpriv >/dev/null || missing="$$missing util-linux"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+uv:
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q uv
+
+venv: .venv/.stamp
+.venv/.stamp: pyproject.toml requirements.lock | uv
+	$(UV) venv -q --allow-existing --python 3.11 .venv
+	$(UV) pip install -q --python .venv/bin/python -r requirements.lock
+	$(UV) pip install -q --python .venv/bin/python --no-deps -e .
+	touch $@
+
+# The sandbox runtime: every package TCI pre-installs, for Debian's Python 3.11, which the
+# sandboxes see read-only at /usr/local/lib/python3.11/dist-packages.
+runtime: .runtime/.stamp
+.runtime/.stamp: runtime/requirements.lock | uv system
+	rm -rf .runtime.new
+	$(UV) pip install -q --python $(RUNTIME_PYTHON) --target .runtime.new/site -r runtime/requirements.lock
+	ln -sf $(RUNTIME_PYTHON) .runtime.new/site/bin/python
+	ln -sf $(RUNTIME_PYTHON) .runtime.new/site/bin/python3
+	chmod -R a+rX .runtime.new src/tci/worker
+	rm -rf .runtime && mv .runtime.new .runtime
+	touch $@
+
+lock: uv
+	$(UV) pip compile -q pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	$(UV) pip compile -q runtime/requirements.in --python $(RUNTIME_PYTHON) -o runtime/requirements.lock
+
+bench: setup
+	.venv/bin/python -m bench
+
+clean:
+	rm -rf .venv .runtime .runtime.new .pytest_cache .ruff_cache

@@ -1,0 +1,73 @@
+"""One typed settings object, read once from the environment (prefix TCI_) and passed down."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _default_data_dir() -> Path:
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "tci"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TCI_", extra="ignore")
+
+    # Where things live.
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    sandbox_dir: Path | None = None  # default: /var/tmp/tci/<hash of data_dir>, see below
+    runtime_dir: Path = _REPO_ROOT / ".runtime"
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Sessions.
+    session_lifetime_seconds: float = 3600.0
+    execute_timeout: float = 120.0
+    interrupt_grace_seconds: float = 2.0
+    worker_start_timeout: float = 60.0
+    max_sessions: int = 64
+    reap_interval_seconds: float = 5.0
+
+    # Sandbox.
+    network: Literal["none", "egress"] = "egress"
+    sandbox_uid_base: int = 200_000
+    sandbox_uid_count: int = 10_000
+
+    # Sizes.
+    max_request_bytes: int = 160 * MiB
+    max_file_bytes: int = 50 * MiB
+    max_files_bytes: int = 100 * MiB
+    max_files_per_request: int = 1000
+    max_filename_length: int = 1024
+    max_code_bytes: int = 4 * MiB
+    max_output_bytes: int = 8 * MiB
+
+    # Auth.
+    auth_cache_seconds: float = 10.0
+
+    @cached_property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.data_dir / 'tci.db'}"
+
+    @cached_property
+    def resolved_sandbox_dir(self) -> Path:
+        """Session directories must be reachable by the unprivileged sandbox uids, so by
+        default they do not live under the data dir (often inside a private home)."""
+        if self.sandbox_dir is not None:
+            return self.sandbox_dir
+        tag = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
+        return Path("/var/tmp/tci") / tag
+
+    @property
+    def worker_package_dir(self) -> Path:
+        return Path(__file__).resolve().parent / "worker"

@@ -1,0 +1,253 @@
+"""Host side of the worker protocol: execute -> outputs, interrupt on timeout, detect death.
+
+All reads happen in event-loop reader callbacks: no thread or process per call, and the
+stdout/stderr pipes are always drained at once (the worker's ordering relies on that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import itertools
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tci.errors import WorkerDied
+from tci.kernel.outputs import OutputCollector
+from tci.sandbox.launcher import Sandbox
+from tci.worker.protocol import HEADER, MAX_FRAME, ProtocolError, decode_body, encode
+
+_READ_SIZE = 1 << 16
+
+OutputListener = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class ExecutionResult:
+    outputs: list[dict[str, Any]]
+    ok: bool
+    timed_out: bool = False
+    worker_died: str | None = None  # why the worker is gone, if it is
+
+
+@dataclass
+class _Pending:
+    request_id: int
+    collector: OutputCollector
+    done: asyncio.Future[dict[str, Any]]
+    listener: OutputListener | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "the worker process ended"
+    code = returncode - 128 if returncode > 128 else -returncode if returncode < 0 else 0
+    if code > 0:
+        try:
+            name = signal.Signals(code).name
+        except ValueError:
+            name = f"signal {code}"
+        return f"the worker process was killed by {name}"
+    return f"the worker process exited with code {returncode}"
+
+
+class WorkerConnection:
+    """One live worker in one sandbox."""
+
+    def __init__(self, sandbox: Sandbox, max_output_bytes: int) -> None:
+        self.sandbox = sandbox
+        self.max_output_bytes = max_output_bytes
+        self._ids = itertools.count(1)
+        self._buffer = bytearray()
+        self._pending: _Pending | None = None
+        self._ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._decoders = {
+            name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")
+        }
+        self.dead_reason: str | None = None
+        loop = asyncio.get_running_loop()
+        for fd in (sandbox.event_fd, sandbox.stdout_fd, sandbox.stderr_fd):
+            os.set_blocking(fd, False)
+        loop.add_reader(sandbox.event_fd, self._on_events)
+        loop.add_reader(sandbox.stdout_fd, self._on_stream, sandbox.stdout_fd, "stdout")
+        loop.add_reader(sandbox.stderr_fd, self._on_stream, sandbox.stderr_fd, "stderr")
+        self._readers = [sandbox.event_fd, sandbox.stdout_fd, sandbox.stderr_fd]
+
+    # -- readers ---------------------------------------------------------------------------
+
+    def _on_stream(self, fd: int, name: str) -> None:
+        try:
+            chunk = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._stop_reading(fd)
+            return
+        text = self._decoders[name].decode(chunk)
+        pending = self._pending
+        if pending is not None and text:
+            pending.collector.add_stream(name, text)
+            if pending.listener is not None:
+                pending.listener({"type": name, "data": text})
+        # Output with no call running (a background thread, a leftover subprocess) is dropped.
+
+    def _on_events(self) -> None:
+        try:
+            chunk = os.read(self.sandbox.event_fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._stop_reading(self.sandbox.event_fd)
+            self._mark_dead()
+            return
+        self._buffer += chunk
+        while len(self._buffer) >= HEADER.size:
+            (size,) = HEADER.unpack_from(self._buffer)
+            if size > MAX_FRAME:
+                self._protocol_failure(f"frame of {size} bytes")
+                return
+            if len(self._buffer) < HEADER.size + size:
+                break
+            body = bytes(self._buffer[HEADER.size : HEADER.size + size])
+            del self._buffer[: HEADER.size + size]
+            try:
+                self._dispatch(decode_body(body))
+            except ProtocolError as exc:
+                self._protocol_failure(str(exc))
+                return
+
+    def _dispatch(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "ready":
+            if not self._ready.done():
+                self._ready.set_result(event)
+            return
+        pending = self._pending
+        if pending is None or event.get("id") != pending.request_id:
+            return
+        if kind == "done":
+            if not pending.done.done():
+                pending.done.set_result(event)
+            return
+        pending.events.append(event)
+        pending.collector.add_event(event)
+        if pending.listener is not None:
+            pending.listener(event)
+
+    def _protocol_failure(self, detail: str) -> None:
+        self.sandbox.kill()
+        self._mark_dead(f"the worker broke the protocol ({detail})")
+
+    def _stop_reading(self, fd: int) -> None:
+        if fd in self._readers:
+            self._readers.remove(fd)
+            asyncio.get_running_loop().remove_reader(fd)
+
+    def _mark_dead(self, reason: str | None = None) -> None:
+        if self.dead_reason is None:
+            self.dead_reason = reason or "the worker process ended"
+        failure = WorkerDied(self.dead_reason)
+        if not self._ready.done():
+            self._ready.set_exception(failure)
+        if self._pending is not None and not self._pending.done.done():
+            self._pending.done.set_exception(failure)
+
+    async def _exit_reason(self) -> str:
+        """The kernel's word on how the worker ended (signal or exit code)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.sandbox.process.wait(), timeout=2)
+        if self.dead_reason not in (None, "the worker process ended"):
+            return self.dead_reason  # type: ignore[return-value]
+        self.dead_reason = describe_exit(self.sandbox.process.returncode)
+        return self.dead_reason
+
+    def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for fd in list(self._readers):
+            loop.remove_reader(fd)
+        self._readers.clear()
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def wait_ready(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+        except WorkerDied:
+            raise WorkerDied(await self._exit_reason()) from None
+
+    def _send(self, message: dict[str, Any]) -> None:
+        data = encode(message)
+        # Commands are small; a blocking write on a pipe the worker always reads is fine.
+        fd = self.sandbox.command_fd
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+            except BrokenPipeError as exc:
+                raise WorkerDied(self.dead_reason or "the worker process ended") from exc
+
+    async def request(
+        self,
+        message: dict[str, Any],
+        timeout: float,
+        grace: float,
+        listener: OutputListener | None = None,
+    ) -> ExecutionResult:
+        """Send one request and collect its outputs until done, timeout or death."""
+        if self.dead_reason is not None:
+            raise WorkerDied(self.dead_reason)
+        loop = asyncio.get_running_loop()
+        request_id = next(self._ids)
+        pending = _Pending(
+            request_id, OutputCollector(self.max_output_bytes), loop.create_future(), listener
+        )
+        self._pending = pending
+        try:
+            self._send({**message, "id": request_id})
+            return await self._await_done(pending, timeout, grace)
+        finally:
+            self._pending = None
+
+    async def _await_done(self, pending: _Pending, timeout: float, grace: float) -> ExecutionResult:
+        collector = pending.collector
+        try:
+            done = await asyncio.wait_for(asyncio.shield(pending.done), timeout)
+            return ExecutionResult(collector.outputs, bool(done.get("ok")))
+        except WorkerDied:
+            reason = await self._exit_reason()
+            collector.add_error(f"WorkerDied: {reason}; the session was ended.")
+            return ExecutionResult(collector.outputs, False, worker_died=reason)
+        except TimeoutError:
+            pass
+        # Timed out: interrupt, give the code a grace period to unwind, then kill.
+        self.sandbox.interrupt()
+        try:
+            await asyncio.wait_for(asyncio.shield(pending.done), grace)
+        except TimeoutError:
+            self.sandbox.kill()
+            reason = (
+                f"execution timed out after {timeout:g} s (TCI_EXECUTE_TIMEOUT) and did not stop "
+                f"within {grace:g} s of the interrupt, so the worker was killed"
+            )
+            self._mark_dead(reason)
+            collector.add_error(f"TimeoutError: {reason}; the session was ended.")
+            return ExecutionResult(collector.outputs, False, timed_out=True, worker_died=reason)
+        except WorkerDied:
+            reason = await self._exit_reason()
+            collector.add_error(f"WorkerDied: {reason}; the session was ended.")
+            return ExecutionResult(collector.outputs, False, timed_out=True, worker_died=reason)
+        collector.replace_interrupt_error(
+            f"TimeoutError: execution timed out after {timeout:g} s (TCI_EXECUTE_TIMEOUT) and "
+            "was interrupted; the session is still alive."
+        )
+        return ExecutionResult(collector.outputs, False, timed_out=True)
+

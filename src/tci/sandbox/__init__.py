@@ -1,0 +1,1 @@
+"""Sandboxes: one bubblewrap process tree per session."""

@@ -1,0 +1,231 @@
+"""Starting and tearing down one sandbox: directories, uid, pipes, the bwrap process, network.
+
+Talking to the worker inside is the driver's job (kernel/driver.py); this module only owns
+the process tree and the host resources it uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from tci.config import Settings
+from tci.errors import SandboxUnavailable
+from tci.sandbox.bwrap import SANDBOX_GID, SANDBOX_UID, SandboxSpec, build_argv
+from tci.sandbox.network import Egress, start_egress
+from tci.sandbox.uids import UidPool
+
+log = logging.getLogger(__name__)
+
+USER_SITE = ".local/lib/python3.11/site-packages"
+
+
+@dataclass
+class Sandbox:
+    """A running sandbox and the host ends of its channels."""
+
+    name: str
+    uid: int
+    root: Path
+    workspace: Path
+    process: asyncio.subprocess.Process
+    child_pid: int  # host pid of the sandbox's pid 1
+    command_fd: int
+    event_fd: int
+    stdout_fd: int
+    stderr_fd: int
+    egress: Egress | None = None
+    closed: bool = False
+
+    def worker_pid(self) -> int | None:
+        """Host pid of the worker (the only child of the sandbox's pid 1)."""
+        try:
+            children = Path(f"/proc/{self.child_pid}/task/{self.child_pid}/children").read_text()
+        except OSError:
+            return None
+        pids = children.split()
+        return int(pids[0]) if pids else None
+
+    def interrupt(self) -> bool:
+        pid = self.worker_pid()
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+            return True
+        return False
+
+    def kill(self) -> None:
+        """Kill the whole tree at once: bwrap's pid 1 dies, the kernel ends its namespace."""
+        for pid in (self.child_pid, self.process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _write_etc(etc_dir: Path) -> None:
+    etc_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+        f"user:x:{SANDBOX_UID}:{SANDBOX_GID}:user:/home/user:/bin/bash\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        "group": f"root:x:0:\nuser:x:{SANDBOX_GID}:\nnogroup:x:65534:\n",
+        "hosts": "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        # slirp4netns answers DNS on this address inside the namespace.
+        "resolv.conf": "nameserver 10.0.2.3\n",
+        "hostname": "sandbox\n",
+    }
+    for name, text in files.items():
+        path = etc_dir / name
+        path.write_text(text)
+        path.chmod(0o644)
+
+
+async def _read_to_eof(fd: int, limit: int = 65536) -> bytes:
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    chunks: list[bytes] = []
+    done: asyncio.Future[None] = loop.create_future()
+
+    def on_readable() -> None:
+        try:
+            chunk = os.read(fd, limit)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            chunk = b""
+            log.debug("info fd read failed: %s", exc)
+        if chunk:
+            chunks.append(chunk)
+        elif not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, on_readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+    return b"".join(chunks)
+
+
+class SandboxLauncher:
+    """Creates sandboxes for sessions and frees everything they used."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = settings.resolved_sandbox_dir
+        self.uids = UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count)
+        self.runtime_site = settings.runtime_dir / "site"
+        self.runtime_bin = settings.runtime_dir / "site" / "bin"
+
+    def prepare(self) -> None:
+        """Called once at server start: directories, generated /etc, stale leftovers."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o711)
+        for stale in self.root.glob("ses_*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        _write_etc(self.root / "etc")
+        (self.root / "empty").mkdir(mode=0o555, exist_ok=True)
+        if not (self.runtime_site / "IPython").is_dir():
+            raise SandboxUnavailable(
+                f"the sandbox runtime is missing at {self.settings.runtime_dir}: run `make runtime`"
+            )
+
+    def _make_dirs(self, name: str, uid: int) -> tuple[Path, Path, Path]:
+        root = self.root / name
+        workspace, home = root / "work", root / "home"
+        root.mkdir(mode=0o711)
+        for directory in (workspace, home):
+            directory.mkdir(mode=0o700)
+        # Pre-create the user site so Python puts it on sys.path at start: `!pip install x`
+        # followed by `import x` in the same cell then works.
+        (home / USER_SITE).mkdir(parents=True)
+        for path in [workspace, home, *home.rglob("*")]:
+            os.chown(path, uid, uid)
+        return root, workspace, home
+
+    async def start(self, name: str) -> Sandbox:
+        uid = self.uids.acquire()
+        try:
+            return await self._start(name, uid)
+        except BaseException:
+            self.uids.release(uid)
+            shutil.rmtree(self.root / name, ignore_errors=True)
+            raise
+
+    async def _start(self, name: str, uid: int) -> Sandbox:
+        root, workspace, home = self._make_dirs(name, uid)
+        command_r, command_w = os.pipe()
+        event_r, event_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
+        info_r, info_w = os.pipe()
+        child_ends = (command_r, event_w, info_w, stdout_w, stderr_w)
+        spec = SandboxSpec(
+            workspace=workspace, home=home, etc_dir=self.root / "etc",
+            empty_dir=self.root / "empty",
+            runtime_site=self.runtime_site, runtime_bin=self.runtime_bin,
+            worker_dir=self.settings.worker_package_dir,
+            command_fd=command_r, event_fd=event_w, info_fd=info_w,
+            network=self.settings.network,
+        )
+        try:
+            # setpriv drops to the session's uid (uvloop has no user= for subprocesses).
+            drop_privileges = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                               "--"]
+            own_netns = ["unshare", "--net", "--"] if spec.network == "egress" else []
+            process = await asyncio.create_subprocess_exec(
+                *own_netns, *drop_privileges, *build_argv(spec),
+                stdin=asyncio.subprocess.DEVNULL, stdout=stdout_w, stderr=stderr_w,
+                pass_fds=(command_r, event_w, info_w),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            for fd in (*child_ends, command_w, event_r, stdout_r, stderr_r, info_r):
+                os.close(fd)
+            raise SandboxUnavailable(f"could not start the sandbox: {exc}") from exc
+        for fd in child_ends:
+            os.close(fd)
+        try:
+            info = json.loads(await _read_to_eof(info_r) or b"{}")
+        finally:
+            os.close(info_r)
+        sandbox = Sandbox(
+            name=name, uid=uid, root=root, workspace=workspace, process=process,
+            child_pid=int(info.get("child-pid", 0)), command_fd=command_w, event_fd=event_r,
+            stdout_fd=stdout_r, stderr_fd=stderr_r,
+        )
+        if not sandbox.child_pid:
+            await self.destroy(sandbox)
+            raise SandboxUnavailable("bubblewrap did not start the sandbox (no child pid)")
+        if spec.network == "egress":
+            # The outer process is in the new namespace by now: bwrap wrote its info after
+            # `unshare` had run, so slirp4netns cannot attach to the host's namespace.
+            try:
+                sandbox.egress = await start_egress(process.pid, root / "network.log")
+            except SandboxUnavailable:
+                await self.destroy(sandbox)
+                raise
+        return sandbox
+
+    async def destroy(self, sandbox: Sandbox) -> None:
+        """Kill every process of the sandbox and free its uid, pipes and directory."""
+        if sandbox.closed:
+            return
+        sandbox.closed = True
+        sandbox.kill()
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            await asyncio.wait_for(sandbox.process.wait(), timeout=10)
+        if sandbox.egress is not None:
+            await sandbox.egress.stop()
+        for fd in (sandbox.command_fd, sandbox.event_fd, sandbox.stdout_fd, sandbox.stderr_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        await asyncio.to_thread(shutil.rmtree, sandbox.root, True)
+        self.uids.release(sandbox.uid)

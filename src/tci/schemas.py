@@ -1,0 +1,61 @@
+"""Wire models of the TCI API, shared by the server, the SDK and MCP."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FileInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    encoding: Literal["string", "base64"] = "string"
+    content: str
+
+
+class ExecuteRequest(BaseModel):
+    language: Literal["python"]
+    code: str
+    session_id: str | None = None
+    files: list[FileInput] | None = None
+
+
+class Output(BaseModel):
+    type: Literal["stdout", "stderr", "error", "display_data", "execute_result"]
+    data: str | dict[str, Any]
+
+
+class ExecuteData(BaseModel):
+    session_id: str
+    status: Literal["completed"] = "completed"
+    outputs: list[Output]
+
+
+class ExecuteResponse(BaseModel):
+    data: ExecuteData
+    errors: None = None
+
+
+class SessionInfo(BaseModel):
+    id: str
+    execute_count: int
+    started_at: datetime
+    last_execute_at: datetime
+    expires_at: datetime
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionInfo] = Field(default_factory=list)
+
+
+class SessionListResponse(BaseModel):
+    data: SessionList
+    errors: None = None
+
+
+class ErrorResponse(BaseModel):
+    data: None = None
+    errors: list[str | dict[str, Any]]

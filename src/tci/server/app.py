@@ -1,0 +1,49 @@
+"""create_app(settings): wiring only. The path of a request: BodyLimit -> route (auth
+dependency) -> SessionManager -> WorkerConnection -> worker in its sandbox."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from tci.config import Settings
+from tci.sandbox.launcher import SandboxLauncher
+from tci.server import errors
+from tci.server.auth import Authenticator
+from tci.server.body_limit import BodyLimit
+from tci.server.routes import execute, health, sessions
+from tci.sessions.manager import SessionManager
+from tci.storage.store import AsyncStore, Store
+
+
+def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
+    async_store = AsyncStore(store or Store(settings.database_url))
+    manager = SessionManager(settings, async_store, SandboxLauncher(settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await manager.start()
+        try:
+            yield
+        finally:
+            await manager.shutdown()
+            async_store.close()
+
+    app = FastAPI(title="tci", version="0.1.0", lifespan=lifespan,
+                  description="Self-hosted, TCI-compatible code interpreter")
+    app.state.settings = settings
+    app.state.manager = manager
+    app.state.auth = Authenticator(async_store, settings.auth_cache_seconds)
+    errors.install(app)
+
+    api = APIRouter()
+    api.include_router(execute.router)
+    api.include_router(sessions.router)
+    # The official SDK calls {base}/tci/... with base ending in /v1; the seeds' curl calls /tci.
+    app.include_router(api, prefix="/v1")
+    app.include_router(api)
+    app.include_router(health.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    return app

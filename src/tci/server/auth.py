@@ -1,0 +1,46 @@
+"""Authentication: who is calling (a Bearer API key). Authorization (may they touch this
+session) is the session manager's ownership check."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import Request
+
+from tci.errors import Unauthorized
+from tci.storage.store import AsyncStore, KeyInfo, hash_key
+
+
+class Authenticator:
+    """Checks keys against the store, caching answers briefly so the hot path skips SQL.
+    A revoked key stops working within `auth_cache_seconds`."""
+
+    def __init__(self, store: AsyncStore, cache_seconds: float) -> None:
+        self.store = store
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, KeyInfo | None]] = {}
+
+    async def authenticate(self, header: str | None) -> KeyInfo:
+        if not header:
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        scheme, _, secret = header.partition(" ")
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret:
+            raise Unauthorized("malformed Authorization header: expected 'Bearer <key>'")
+        digest = hash_key(secret)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            key = cached[1]
+        else:
+            key = await self.store.call(self.store.store.find_active_key, secret)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now + self.cache_seconds, key)
+        if key is None:
+            raise Unauthorized("invalid or revoked API key")
+        return key
+
+
+async def require_key(request: Request) -> KeyInfo:
+    return await request.app.state.auth.authenticate(request.headers.get("authorization"))

@@ -1,0 +1,50 @@
+"""The one place where exceptions become HTTP responses in TCI's error shape."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from tci.errors import TCIError, TooManySessions
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, messages: list, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"data": None, "errors": messages}, status_code=status, headers=headers)
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+    return f"{where}: {error.get('msg', 'invalid value')}"
+
+
+async def _tci_error(request: Request, exc: TCIError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManySessions) else None
+    if exc.status_code >= 500:
+        log.error("request failed: %s", exc.message)
+    return error_response(exc.status_code, [exc.message], headers)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(422, [_describe(e) for e in exc.errors()])
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    return error_response(exc.status_code, [str(exc.detail)], getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, ["internal server error"])
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(TCIError, _tci_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)

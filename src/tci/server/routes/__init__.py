@@ -1,0 +1,1 @@
+"""Thin route modules: parse, call the manager, shape the response."""

@@ -1,0 +1,193 @@
+"""Session lifecycle: creation, ownership, one call at a time, expiry, ending. No HTTP, no SQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import string
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tci.config import Settings
+from tci.errors import NotFound, SandboxUnavailable, SessionEnded, TooManySessions, WorkerDied
+from tci.kernel.driver import OutputListener, WorkerConnection
+from tci.sandbox.launcher import Sandbox, SandboxLauncher
+from tci.schemas import ExecuteRequest
+from tci.storage.store import AsyncStore, KeyInfo
+from tci.workspace import decode_files, write_files
+
+log = logging.getLogger(__name__)
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+_ID_LENGTH = 24  # ~143 bits: unguessable
+
+
+def new_session_id() -> str:
+    return "ses_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class LiveSession:
+    id: str
+    key_id: int
+    started_at: datetime
+    expires_at: datetime
+    sandbox: Sandbox
+    worker: WorkerConnection
+    execute_count: int = 0
+    last_execute_at: datetime | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ended: str | None = None  # reason, once ended
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "execute_count": self.execute_count,
+            "started_at": self.started_at,
+            "last_execute_at": self.last_execute_at or self.started_at,
+            "expires_at": self.expires_at,
+        }
+
+
+class SessionManager:
+    def __init__(self, settings: Settings, store: AsyncStore, launcher: SandboxLauncher) -> None:
+        self.settings = settings
+        self.store = store
+        self.launcher = launcher
+        self.sessions: dict[str, LiveSession] = {}
+        self._starting = 0
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- lifecycle of the manager ------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.launcher.prepare()
+        ended = await self.store.call(self.store.store.end_all_live, "server restarted")
+        if ended:
+            log.info("marked %d sessions of the previous run as ended (server restarted)", ended)
+        self._reaper = asyncio.create_task(self._reap_forever(), name="tci-reaper")
+
+    async def shutdown(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await asyncio.gather(
+            *(self.end(s, "server shut down") for s in list(self.sessions.values())),
+            return_exceptions=True,
+        )
+        await self.store.drain()
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reap_interval_seconds)
+            await self.reap_expired()
+
+    async def reap_expired(self) -> None:
+        now = utcnow()
+        for session in list(self.sessions.values()):
+            if session.expires_at <= now and not session.lock.locked():
+                await self.end(session, "expired")
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    async def _create(self, key: KeyInfo) -> LiveSession:
+        if len(self.sessions) + self._starting >= self.settings.max_sessions:
+            raise TooManySessions(
+                f"the server is running its maximum of {self.settings.max_sessions} sessions "
+                "(TCI_MAX_SESSIONS); retry shortly or end a session"
+            )
+        self._starting += 1
+        session_id = new_session_id()
+        try:
+            sandbox = await self.launcher.start(session_id)
+            worker = WorkerConnection(sandbox, self.settings.max_output_bytes)
+            try:
+                await worker.wait_ready(self.settings.worker_start_timeout)
+            except (WorkerDied, TimeoutError) as exc:
+                worker.close()
+                await self.launcher.destroy(sandbox)
+                raise SandboxUnavailable(f"the session's worker did not start: {exc}") from exc
+        finally:
+            self._starting -= 1
+        started = utcnow()
+        expires = started + timedelta(seconds=self.settings.session_lifetime_seconds)
+        session = LiveSession(session_id, key.id, started, expires, sandbox, worker)
+        self.sessions[session_id] = session
+        await self.store.call(self.store.store.add_session, session_id, key.id, started, expires)
+        log.info("session %s started", session_id)
+        return session
+
+    async def get(self, key: KeyInfo, session_id: str) -> LiveSession:
+        session = self.sessions.get(session_id)
+        if session is not None and session.key_id == key.id:
+            if session.expires_at <= utcnow():
+                await self.end(session, "expired")
+                raise SessionEnded(f"session {session_id} has expired")
+            return session
+        if session is None:
+            ended = await self.store.call(self.store.store.find_ended, session_id)
+            if ended is not None and ended.key_id == key.id:
+                raise SessionEnded(f"session {session_id} has ended: {ended.reason}")
+        # Another key's session and an unknown id look the same: no leak that it exists.
+        raise NotFound(f"session {session_id} not found")
+
+    async def end(self, session: LiveSession, reason: str) -> None:
+        if session.ended is not None:
+            return
+        session.ended = reason
+        self.sessions.pop(session.id, None)
+        session.worker.close()
+        await self.launcher.destroy(session.sandbox)
+        self.store.fire(self.store.store.end_session, session.id, reason)
+        log.info("session %s ended: %s", session.id, reason)
+
+    def list(self, key: KeyInfo) -> list[dict[str, Any]]:
+        now = utcnow()
+        return [
+            s.info() for s in self.sessions.values() if s.key_id == key.id and s.expires_at > now
+        ]
+
+    # -- execution -----------------------------------------------------------------------------
+
+    async def execute(
+        self, key: KeyInfo, request: ExecuteRequest, listener: OutputListener | None = None
+    ) -> dict[str, Any]:
+        files = decode_files(request.files or [], self.settings)
+        if request.session_id:
+            session = await self.get(key, request.session_id)
+        else:
+            session = await self._create(key)
+        async with session.lock:
+            if session.ended is not None:
+                raise SessionEnded(f"session {session.id} has ended: {session.ended}")
+            if files:
+                await asyncio.to_thread(
+                    write_files, str(session.sandbox.workspace), files, session.sandbox.uid
+                )
+            started_at, started = utcnow(), time.perf_counter()
+            result = await session.worker.request(
+                {"op": "execute", "code": request.code},
+                timeout=self.settings.execute_timeout,
+                grace=self.settings.interrupt_grace_seconds,
+                listener=listener,
+            )
+            session.execute_count += 1
+            session.last_execute_at = started_at
+            outcome = "died" if result.worker_died else (
+                "timeout" if result.timed_out else ("ok" if result.ok else "error"))
+            self.store.fire(
+                self.store.store.record_execution, session.id, started_at,
+                time.perf_counter() - started, outcome, session.execute_count,
+            )
+        if result.worker_died:
+            await self.end(session, result.worker_died)
+        return {"session_id": session.id, "status": "completed", "outputs": result.outputs}

@@ -1,0 +1,173 @@
+"""The Store: every SQL statement of the project lives here.
+
+Methods are synchronous; async callers go through `AsyncStore`, which runs them on one
+dedicated thread, so SQLite sees a single writer and the event loop never blocks on I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import create_engine, event, select, update
+from sqlalchemy.orm import sessionmaker
+
+from tci.errors import BadRequest, NotFound
+from tci.storage.models import ApiKey, Base, ExecutionRecord, SessionRecord, utcnow
+
+T = TypeVar("T")
+KEY_PREFIX = "tci_"
+
+
+def hash_key(secret: str) -> str:
+    # Keys are 256-bit random tokens, so a fast hash is safe (no dictionary to attack).
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class EndedSession:
+    id: str
+    key_id: int
+    ended_at: datetime
+    reason: str
+
+
+def _key_info(row: ApiKey) -> KeyInfo:
+    return KeyInfo(row.id, row.name, row.prefix, row.created_at, row.revoked_at)
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def create_key(self, name: str) -> tuple[KeyInfo, str]:
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        with self._sessions.begin() as db:
+            if db.scalar(select(ApiKey).where(ApiKey.name == name)) is not None:
+                raise BadRequest(f"a key named {name!r} already exists")
+            row = ApiKey(name=name, key_hash=hash_key(secret), prefix=secret[:10])
+            db.add(row)
+            db.flush()
+            return _key_info(row), secret
+
+    def list_keys(self) -> list[KeyInfo]:
+        with self._sessions() as db:
+            return [_key_info(r) for r in db.scalars(select(ApiKey).order_by(ApiKey.id))]
+
+    def revoke_key(self, name: str) -> KeyInfo:
+        with self._sessions.begin() as db:
+            row = db.scalar(select(ApiKey).where(ApiKey.name == name))
+            if row is None:
+                raise NotFound(f"no key named {name!r}")
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+            return _key_info(row)
+
+    def find_active_key(self, secret: str) -> KeyInfo | None:
+        with self._sessions() as db:
+            row = db.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
+            if row is None or row.revoked_at is not None:
+                return None
+            return _key_info(row)
+
+    def count_keys(self) -> int:
+        return len(self.list_keys())
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def add_session(self, session_id: str, key_id: int, started: datetime, expires: datetime):
+        with self._sessions.begin() as db:
+            db.add(SessionRecord(id=session_id, key_id=key_id, started_at=started,
+                                 expires_at=expires, execute_count=0))
+
+    def record_execution(self, session_id: str, started: datetime, duration: float,
+                         outcome: str, execute_count: int) -> None:
+        with self._sessions.begin() as db:
+            db.add(ExecutionRecord(session_id=session_id, started_at=started,
+                                   duration_seconds=duration, outcome=outcome))
+            db.execute(update(SessionRecord).where(SessionRecord.id == session_id).values(
+                execute_count=execute_count, last_execute_at=started))
+
+    def end_session(self, session_id: str, reason: str) -> None:
+        with self._sessions.begin() as db:
+            db.execute(update(SessionRecord).where(
+                SessionRecord.id == session_id, SessionRecord.ended_at.is_(None)
+            ).values(ended_at=utcnow(), end_reason=reason))
+
+    def end_all_live(self, reason: str) -> int:
+        with self._sessions.begin() as db:
+            result = db.execute(update(SessionRecord).where(SessionRecord.ended_at.is_(None))
+                                .values(ended_at=utcnow(), end_reason=reason))
+            return result.rowcount or 0
+
+    def find_ended(self, session_id: str) -> EndedSession | None:
+        with self._sessions() as db:
+            row = db.get(SessionRecord, session_id)
+            if row is None or row.ended_at is None:
+                return None
+            return EndedSession(row.id, row.key_id, row.ended_at, row.end_reason or "ended")
+
+    def session_row(self, session_id: str) -> dict[str, Any] | None:
+        with self._sessions() as db:
+            row = db.get(SessionRecord, session_id)
+            if row is None:
+                return None
+            return {c.name: getattr(row, c.name) for c in SessionRecord.__table__.columns}
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class AsyncStore:
+    """Runs Store methods on one thread; `fire` queues a write without waiting for it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tci-store")
+        self._background: set[asyncio.Future[Any]] = set()
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def fire(self, fn: Callable[..., Any], *args: Any) -> None:
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.store.engine.dispose()

@@ -1,0 +1,105 @@
+"""Worker entry point: `python -m tci_worker` inside the sandbox.
+
+Channels (numbers passed in TCI_WORKER_FDS="commands,events"):
+  commands  host -> worker frames: {"op": "execute", "id", "code"} | {"op": "ping"}
+            | {"op": "preload", "modules": [...]} | {"op": "shutdown"}
+  events    worker -> host frames: {"type": "ready"} then, per request, any number of
+            display_data / execute_result / error events and one {"type": "done"}.
+  fd 1, 2   stdout and stderr, read by the host directly.
+The worker is single-threaded and starts no event loop, so it stays fork-safe.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+
+from .protocol import read_frame, write_frame
+from .streams import ordered_pair, wait_drained
+
+
+class Worker:
+    def __init__(self, command_fd: int, event_fd: int) -> None:
+        self.command_fd = command_fd
+        self.event_fd = event_fd
+        self.request_id: int | None = None
+        self.executing = False
+        self.stdout, self.stderr = ordered_pair(1, 2)
+        sys.stdout, sys.stderr = self.stdout, self.stderr
+        sys.stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the worker
+
+        from .figures import FigureCollector
+        from .shell import make_shell
+
+        self.shell = make_shell(self.emit)
+        self.figures = FigureCollector(self.emit)
+        self.figures.install_formatter(self.shell)
+        signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        # Only a running cell is interrupted; a late SIGINT must not break the protocol loop.
+        if self.executing:
+            raise KeyboardInterrupt
+
+    def emit(self, event: dict) -> None:
+        event["id"] = self.request_id
+        wait_drained(1, 2)  # stdout/stderr written so far reach the host first
+        write_frame(self.event_fd, event)
+
+    def execute(self, code: str) -> None:
+        self.figures.before_cell()
+        self.executing = True
+        try:
+            result = self.shell.run_cell(code, store_history=True)
+        finally:
+            self.executing = False
+        try:
+            self.figures.publish_open_figures()
+        except Exception as exc:  # a broken figure must not lose the cell's result
+            self.emit({"type": "error", "data": f"could not render figure: {exc!r}"})
+        self.emit({"type": "done", "ok": bool(result.success)})
+
+    def preload(self, modules: list[str]) -> None:
+        failed = []
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception as exc:
+                failed.append(f"{name}: {exc!r}")
+        self.figures.before_cell()
+        self.emit({"type": "done", "ok": not failed, "failed": failed})
+
+    def serve(self) -> None:
+        self.emit({"type": "ready", "pid": os.getpid()})
+        while True:
+            try:
+                request = read_frame(self.command_fd)
+            except EOFError:
+                return
+            except KeyboardInterrupt:
+                continue
+            self.request_id = request.get("id")
+            op = request.get("op")
+            if op == "execute":
+                self.execute(str(request.get("code", "")))
+            elif op == "preload":
+                self.preload(list(request.get("modules", [])))
+            elif op == "ping":
+                self.emit({"type": "done", "ok": True})
+            elif op == "shutdown":
+                return
+            else:
+                self.emit({"type": "done", "ok": False, "failed": [f"unknown op {op!r}"]})
+
+
+def main() -> None:
+    command_fd, event_fd = (int(x) for x in os.environ.pop("TCI_WORKER_FDS", "3,4").split(","))
+    os.set_inheritable(command_fd, False)
+    os.set_inheritable(event_fd, False)
+    Worker(command_fd, event_fd).serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The IPython shell the worker drives, with its output hooks pointed at our channel.
+
+IPython gives users what they expect from a notebook (`!cmd`, `%magics`, the last expression
+displayed, rich reprs, `display()`); we replace only where its output goes.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import signal
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.displayhook import DisplayHook
+from IPython.core.displaypub import DisplayPublisher
+from IPython.core.interactiveshell import InteractiveShell
+
+Emit = Callable[[dict], None]
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_SHELL = "/bin/bash"
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def jsonable_bundle(data: dict[str, Any]) -> dict[str, Any]:
+    """Make a MIME bundle JSON-safe: binary payloads become base64 text, as Jupyter does."""
+    out: dict[str, Any] = {}
+    for mime, value in data.items():
+        if isinstance(value, bytes | bytearray | memoryview):
+            value = base64.b64encode(bytes(value)).decode("ascii")
+        elif mime.startswith("image/") and mime != "image/svg+xml" and isinstance(value, str):
+            value = value.replace("\n", "")
+        out[mime] = value
+    return out
+
+
+class ChannelDisplayHook(DisplayHook):
+    """Sends the value of a cell's last expression as `execute_result`."""
+
+    emit: Emit
+
+    def write_output_prompt(self) -> None:
+        pass
+
+    def write_format_data(self, format_dict, md_dict=None) -> None:
+        self.emit({"type": "execute_result", "data": jsonable_bundle(format_dict)})
+
+    def finish_displayhook(self) -> None:
+        pass
+
+
+class ChannelDisplayPublisher(DisplayPublisher):
+    """Sends `display()` calls and rich reprs as `display_data`."""
+
+    emit: Emit
+
+    def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kw):
+        self.emit({"type": "display_data", "data": jsonable_bundle(data)})
+
+    def clear_output(self, wait=False) -> None:
+        pass
+
+
+class WorkerShell(InteractiveShell):
+    """InteractiveShell whose tracebacks and shell commands fit a headless worker."""
+
+    displayhook_class = ChannelDisplayHook
+    display_pub_class = ChannelDisplayPublisher
+    emit: Emit
+
+    def _showtraceback(self, etype, evalue, stb: list[str]) -> None:
+        text = strip_ansi(self.InteractiveTB.stb2text(stb)).strip("\n")
+        self.emit({"type": "error", "data": text, "ename": getattr(etype, "__name__", "")})
+
+    def system(self, cmd: str) -> None:  # type: ignore[override]
+        """Run `!cmd` with the worker's own stdout/stderr pipes, so output keeps its order."""
+        command = self.var_expand(cmd, depth=1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        process = subprocess.Popen(
+            command, shell=True, executable=_SHELL, stdin=subprocess.DEVNULL
+        )
+        try:
+            exit_code = process.wait()
+        except KeyboardInterrupt:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            raise
+        self.user_ns["_exit_code"] = exit_code
+
+
+def make_shell(emit: Emit) -> WorkerShell:
+    ChannelDisplayHook.emit = staticmethod(emit)  # type: ignore[assignment]
+    ChannelDisplayPublisher.emit = staticmethod(emit)  # type: ignore[assignment]
+    WorkerShell.emit = staticmethod(emit)  # type: ignore[assignment]
+    shell = WorkerShell.instance(colors="nocolor", history_length=0)
+    shell.history_manager.enabled = False
+    shell.InteractiveTB.set_mode(mode="Plain")  # a plain Python traceback, no banner
+    # Matplotlib's "cannot show: non-interactive backend" warning is noise here: every
+    # open figure is returned as a PNG at the end of the cell anyway.
+    warnings.filterwarnings("ignore", message=".*non-interactive.*cannot be shown")
+    warnings.filterwarnings("ignore", message=".*non-interactive, and thus cannot be shown")
+    return shell

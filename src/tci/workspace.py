@@ -1,0 +1,196 @@
+"""Safe file I/O inside a session's working directory.
+
+The workspace belongs to untrusted code, which may have planted symlinks, FIFOs or
+hardlinks in it. The server writes as root, so every path is walked one component at a
+time with `openat(O_NOFOLLOW)`: a symlink anywhere on the path is refused, never
+followed, even if it is swapped in between our check and our write.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from tci.config import Settings
+from tci.errors import BadRequest, PayloadTooLarge
+from tci.schemas import FileInput
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_COMPONENT = 255
+
+
+@dataclass(frozen=True)
+class DecodedFile:
+    parts: tuple[str, ...]
+    content: bytes
+
+    @property
+    def name(self) -> str:
+        return "/".join(self.parts)
+
+
+def split_path(name: str, max_length: int) -> tuple[str, ...]:
+    """Validate a relative file name and split it into components."""
+    if not name or not name.strip():
+        raise BadRequest("file name is empty")
+    if "\x00" in name:
+        raise BadRequest(f"file name {name!r} contains a NUL byte")
+    if len(name.encode()) > max_length:
+        raise BadRequest(f"file name is longer than {max_length} bytes (TCI_MAX_FILENAME_LENGTH)")
+    if name.startswith("/"):
+        raise BadRequest(f"file name {name!r} is absolute; names are relative to the workspace")
+    if "\\" in name:
+        raise BadRequest(f"file name {name!r} contains a backslash; use '/' between directories")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if not parts:
+        raise BadRequest(f"file name {name!r} names no file")
+    for part in parts:
+        if part == "..":
+            raise BadRequest(f"file name {name!r} contains '..'; it must stay in the workspace")
+        if len(part.encode()) > _MAX_COMPONENT:
+            raise BadRequest(f"a component of {name!r} is longer than {_MAX_COMPONENT} bytes")
+    if name.endswith("/"):
+        raise BadRequest(f"file name {name!r} names a directory, not a file")
+    return parts
+
+
+def decode_files(files: Iterable[FileInput], settings: Settings) -> list[DecodedFile]:
+    """Check every file of a request before anything is written (all or nothing)."""
+    files = list(files)
+    if len(files) > settings.max_files_per_request:
+        raise PayloadTooLarge(
+            f"{len(files)} files in one request; the limit is {settings.max_files_per_request} "
+            "(TCI_MAX_FILES_PER_REQUEST)"
+        )
+    decoded: list[DecodedFile] = []
+    total = 0
+    seen: set[tuple[str, ...]] = set()
+    for item in files:
+        parts = split_path(item.name, settings.max_filename_length)
+        if parts in seen:
+            raise BadRequest(f"file {item.name!r} appears twice in the request")
+        seen.add(parts)
+        if item.encoding == "base64":
+            try:
+                content = base64.b64decode(item.content, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise BadRequest(f"file {item.name!r} is not valid base64: {exc}") from exc
+        else:
+            content = item.content.encode()
+        if len(content) > settings.max_file_bytes:
+            raise PayloadTooLarge(
+                f"file {item.name!r} is {len(content)} bytes; the limit is "
+                f"{settings.max_file_bytes} bytes per file (TCI_MAX_FILE_BYTES)"
+            )
+        total += len(content)
+        if total > settings.max_files_bytes:
+            raise PayloadTooLarge(
+                f"the files of this request exceed {settings.max_files_bytes} bytes in total "
+                "(TCI_MAX_FILES_BYTES)"
+            )
+        decoded.append(DecodedFile(parts, content))
+    # A name must not be both a file and a directory of another file in the same request.
+    for item in decoded:
+        for depth in range(1, len(item.parts)):
+            if item.parts[:depth] in seen:
+                raise BadRequest(f"{'/'.join(item.parts[:depth])!r} is both a file and a directory")
+    return decoded
+
+
+def _refuse(name: str, exc: OSError) -> BadRequest:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return BadRequest(f"file {name!r} would pass through a symlink or a non-directory")
+    if exc.errno == errno.ENXIO:
+        return BadRequest(f"file {name!r} exists and is not a regular file")
+    return BadRequest(f"file {name!r} cannot be written: {exc.strerror}")
+
+
+def _open_parent(root_fd: int, parts: tuple[str, ...], uid: int, create: bool) -> int:
+    fd = os.dup(root_fd)
+    try:
+        for part in parts:
+            try:
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, 0o755, dir_fd=fd)
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.fchown(next_fd, uid, uid)
+            os.close(fd)
+            fd = next_fd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_writable(workspace: str, files: list[DecodedFile]) -> None:
+    """Refuse, before writing anything, a path that crosses a symlink or hits a non-file."""
+    root_fd = os.open(workspace, _DIR_FLAGS)
+    try:
+        for item in files:
+            fd = root_fd
+            try:
+                for index, part in enumerate(item.parts):
+                    try:
+                        info = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        break
+                    last = index == len(item.parts) - 1
+                    if stat.S_ISLNK(info.st_mode):
+                        raise BadRequest(f"file {item.name!r} would pass through a symlink")
+                    if last and not stat.S_ISREG(info.st_mode):
+                        raise BadRequest(f"file {item.name!r} exists and is not a regular file")
+                    if not last:
+                        if not stat.S_ISDIR(info.st_mode):
+                            raise BadRequest(f"{part!r} in {item.name!r} is not a directory")
+                        next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                        if fd != root_fd:
+                            os.close(fd)
+                        fd = next_fd
+            finally:
+                if fd != root_fd:
+                    os.close(fd)
+    finally:
+        os.close(root_fd)
+
+
+def write_files(workspace: str, files: list[DecodedFile], uid: int) -> None:
+    """Write files into the workspace as the session's uid would own them."""
+    check_writable(workspace, files)
+    root_fd = os.open(workspace, _DIR_FLAGS)
+    try:
+        for item in files:
+            try:
+                parent = _open_parent(root_fd, item.parts[:-1], uid, create=True)
+            except OSError as exc:
+                raise _refuse(item.name, exc) from exc
+            try:
+                flags = (os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                         | os.O_CLOEXEC)
+                try:
+                    fd = os.open(item.parts[-1], flags, 0o644, dir_fd=parent)
+                except OSError as exc:
+                    raise _refuse(item.name, exc) from exc
+                try:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        raise BadRequest(f"file {item.name!r} exists and is not a regular file")
+                    os.ftruncate(fd, 0)
+                    view = memoryview(item.content)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fchown(fd, uid, uid)
+                finally:
+                    os.close(fd)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.close(parent)
+    finally:
+        os.close(root_fd)
