@@ -9,17 +9,17 @@ RUNTIME_PYTHON := /usr/bin/python3.11
 APT_PACKAGES := bubblewrap slirp4netns python3.11 util-linux iproute2 curl
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint setup system uv venv runtime lock bench clean
+.PHONY: serve test lint setup system uv venv runtime lock clean
 
 serve: setup
 	.venv/bin/tci serve
 
 test: setup
-	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff check src tests
 	.venv/bin/pytest $(PYTEST_ARGS)
 
 lint: venv
-	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff check src tests
 
 setup: system venv runtime
 
@@ -61,9 +61,6 @@ runtime: .runtime/.stamp
 lock: uv
 	$(UV) pip compile -q pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
 	$(UV) pip compile -q runtime/requirements.in --python $(RUNTIME_PYTHON) -o runtime/requirements.lock
-
-bench: setup
-	.venv/bin/python -m bench
 
 clean:
 	rm -rf .venv .runtime .runtime.new .pytest_cache .ruff_cache

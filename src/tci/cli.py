@@ -11,6 +11,7 @@ import sys
 
 from tci.config import Settings
 from tci.errors import TCIError
+from tci.sandbox.launcher import SandboxLauncher
 from tci.storage.store import Store
 
 
@@ -27,6 +28,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings.host = args.host
     if args.port is not None:
         settings.port = args.port
+    # Refuse to start, with a clear message, when sandboxes cannot work on this host.
+    SandboxLauncher(settings).prepare()
     store = _store(settings)
     if not store.list_keys():
         _, secret = store.create_key("default")

@@ -114,6 +114,18 @@ async def _read_to_eof(fd: int, limit: int = 65536) -> bytes:
     return b"".join(chunks)
 
 
+def _check_reachable(path: Path) -> None:
+    """Sandboxes mount host paths as their own unprivileged uid, which must be able to
+    reach them: every parent directory needs the "others may traverse" bit."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            raise SandboxUnavailable(
+                f"{path} is not reachable by the unprivileged sandbox users: {parent} is not "
+                "traversable by others (chmod o+x it, or clone the repository elsewhere)"
+            )
+
+
 class SandboxLauncher:
     """Creates sandboxes for sessions and frees everything they used."""
 
@@ -136,6 +148,10 @@ class SandboxLauncher:
             raise SandboxUnavailable(
                 f"the sandbox runtime is missing at {self.settings.runtime_dir}: run `make runtime`"
             )
+        for path in (self.root, self.runtime_site, self.settings.worker_package_dir):
+            _check_reachable(path)
+        if shutil.which("bwrap") is None:
+            raise SandboxUnavailable("bubblewrap is not installed (apt-get install bubblewrap)")
 
     def _make_dirs(self, name: str, uid: int) -> tuple[Path, Path, Path]:
         root = self.root / name

@@ -13,7 +13,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tci.config import Settings
-from tci.errors import NotFound, SandboxUnavailable, SessionEnded, TooManySessions, WorkerDied
+from tci.errors import (
+    NotFound,
+    PayloadTooLarge,
+    SandboxUnavailable,
+    SessionEnded,
+    TooManySessions,
+    WorkerDied,
+)
 from tci.kernel.driver import OutputListener, WorkerConnection
 from tci.sandbox.launcher import Sandbox, SandboxLauncher
 from tci.schemas import ExecuteRequest
@@ -161,6 +168,10 @@ class SessionManager:
     async def execute(
         self, key: KeyInfo, request: ExecuteRequest, listener: OutputListener | None = None
     ) -> dict[str, Any]:
+        if len(request.code.encode()) > self.settings.max_code_bytes:
+            raise PayloadTooLarge(
+                f"code is larger than {self.settings.max_code_bytes} bytes (TCI_MAX_CODE_BYTES)"
+            )
         files = decode_files(request.files or [], self.settings)
         if request.session_id:
             session = await self.get(key, request.session_id)

@@ -1,0 +1,57 @@
+"""The bubblewrap command line: every namespace, no host path beyond the allowed ones."""
+
+from pathlib import Path
+
+from tci.sandbox.bwrap import SandboxSpec, build_argv, sandbox_env
+
+
+def spec(**overrides) -> SandboxSpec:
+    values = dict(
+        workspace=Path("/s/work"), home=Path("/s/home"), etc_dir=Path("/s/etc"),
+        empty_dir=Path("/s/empty"), runtime_site=Path("/r/site"), runtime_bin=Path("/r/site/bin"),
+        worker_dir=Path("/w"), command_fd=5, event_fd=6, info_fd=7,
+    )
+    values.update(overrides)
+    return SandboxSpec(**values)
+
+
+def test_all_namespaces_and_no_capabilities():
+    argv = build_argv(spec())
+    for flag in ("--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                 "--unshare-cgroup", "--unshare-net", "--die-with-parent", "--new-session",
+                 "--clearenv"):
+        assert flag in argv
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+    assert argv[argv.index("--uid") + 1] == "1000"
+
+
+def test_egress_leaves_the_prepared_namespace_alone():
+    assert "--unshare-net" not in build_argv(spec(network="egress"))
+
+
+def test_only_workspace_and_home_are_writable():
+    argv = build_argv(spec())
+    writable = [argv[i + 1] for i, a in enumerate(argv) if a == "--bind"]
+    assert writable == ["/s/home", "/s/work"]
+
+
+def test_host_paths_seen_are_the_allowed_ones():
+    argv = build_argv(spec())
+    binds = ("--ro-bind", "--ro-bind-try", "--bind")
+    sources = {argv[i + 1] for i, a in enumerate(argv) if a in binds}
+    for source in sources:
+        assert source.startswith(("/usr", "/etc/", "/s/", "/r/", "/w")), source
+    assert not any(s.startswith(("/root", "/home", "/var", "/proc")) for s in sources)
+
+
+def test_environment_is_built_not_inherited():
+    env = sandbox_env(spec())
+    assert env["HOME"] == "/home/user"
+    assert env["TCI_WORKER_FDS"] == "5,6"
+    assert env["PIP_BREAK_SYSTEM_PACKAGES"] == "1"
+    assert not any(key.startswith(("TOGETHER", "TCI_DATA")) for key in env)
+
+
+def test_command_is_the_worker_under_the_runtime_python():
+    argv = build_argv(spec())
+    assert argv[-4:] == ["--", "/usr/bin/python3.11", "-m", "tci_worker"]
