@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _encodable(value: str) -> str:
+    """JSON may carry lone surrogates (\\ud800) that no file or process can take."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"contains a character that is not valid Unicode at {exc.start}") from exc
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
 
 
 class FileInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: Text
     encoding: Literal["string", "base64"] = "string"
-    content: str
+    content: Text
 
 
 class ExecuteRequest(BaseModel):
     language: Literal["python"]
-    code: str
-    session_id: str | None = None
+    code: Text
+    session_id: Text | None = None
     files: list[FileInput] | None = None
 
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI
 from tci.config import Settings
 from tci.sandbox.launcher import SandboxLauncher
 from tci.server import errors
-from tci.server.auth import Authenticator
+from tci.server.auth import ApiKeyAuth, Authenticator
 from tci.server.body_limit import BodyLimit
 from tci.server.routes import execute, health, sessions
 from tci.sessions.manager import SessionManager
@@ -35,7 +35,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                   description="Self-hosted, TCI-compatible code interpreter")
     app.state.settings = settings
     app.state.manager = manager
-    app.state.auth = Authenticator(async_store, settings.auth_cache_seconds)
+    authenticator = Authenticator(async_store, settings.auth_cache_seconds)
+    app.state.auth = authenticator
     errors.install(app)
 
     api = APIRouter()
@@ -45,5 +46,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(api, prefix="/v1")
     app.include_router(api)
     app.include_router(health.router)
+    # The last added runs first: authenticate, then refuse oversized bodies, then route.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ApiKeyAuth, authenticator=authenticator, prefixes=("/tci", "/v1/tci"))
     return app

@@ -6,8 +6,11 @@ from __future__ import annotations
 import time
 
 from fastapi import Request
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tci.errors import Unauthorized
+from tci.server.errors import error_response
 from tci.storage.store import AsyncStore, KeyInfo, hash_key
 
 
@@ -43,4 +46,31 @@ class Authenticator:
 
 
 async def require_key(request: Request) -> KeyInfo:
-    return await request.app.state.auth.authenticate(request.headers.get("authorization"))
+    """Route dependency: the key `ApiKeyAuth` established (it ran before the body was read)."""
+    key = getattr(request.state, "key", None)
+    if key is None:
+        key = await request.app.state.auth.authenticate(request.headers.get("authorization"))
+    return key
+
+
+class ApiKeyAuth:
+    """ASGI middleware: authenticate API calls before their body is read or parsed, so an
+    anonymous caller learns nothing from validation errors and sends no large body for
+    nothing."""
+
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, prefixes: tuple[str, ...]):
+        self.app = app
+        self.authenticator = authenticator
+        self.prefixes = prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self.prefixes):
+            header = Headers(scope=scope).get("authorization")
+            try:
+                key = await self.authenticator.authenticate(header)
+            except Unauthorized as exc:
+                response = error_response(401, [exc.message], {"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+            scope.setdefault("state", {})["key"] = key
+        await self.app(scope, receive, send)

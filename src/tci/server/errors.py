@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from tci.errors import TCIError, TooManySessions
+from tci.errors import TCIError, TooManySessions, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -19,12 +19,19 @@ def error_response(status: int, messages: list, headers: dict | None = None) -> 
 
 
 def _describe(error: dict) -> str:
+    if error.get("type") == "json_invalid":
+        detail = (error.get("ctx") or {}).get("error", "")
+        return f"the body is not valid JSON: {detail}".rstrip(": ")
     where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
     return f"{where}: {error.get('msg', 'invalid value')}"
 
 
 async def _tci_error(request: Request, exc: TCIError) -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManySessions) else None
+    headers = None
+    if isinstance(exc, TooManySessions):
+        headers = {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
     if exc.status_code >= 500:
         log.error("request failed: %s", exc.message)
     return error_response(exc.status_code, [exc.message], headers)
