@@ -153,6 +153,10 @@ class SandboxLauncher:
         if shutil.which("bwrap") is None:
             raise SandboxUnavailable("bubblewrap is not installed (apt-get install bubblewrap)")
 
+    def cleanup(self) -> None:
+        """Called at server stop, after every session ended: remove what prepare() made."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
     def _make_dirs(self, name: str, uid: int) -> tuple[Path, Path, Path]:
         root = self.root / name
         workspace, home = root / "work", root / "home"

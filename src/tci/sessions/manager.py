@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 _ID_LENGTH = 24  # ~143 bits: unguessable
+_REMEMBER_ENDED = 10_000  # recently ended sessions answered from memory, not the store
 
 
 def new_session_id() -> str:
@@ -70,6 +71,7 @@ class SessionManager:
         self.store = store
         self.launcher = launcher
         self.sessions: dict[str, LiveSession] = {}
+        self._ended: dict[str, tuple[int, str]] = {}  # id -> (key id, reason), insertion order
         self._starting = 0
         self._reaper: asyncio.Task[None] | None = None
 
@@ -92,6 +94,7 @@ class SessionManager:
             return_exceptions=True,
         )
         await self.store.drain()
+        self.launcher.cleanup()
 
     async def _reap_forever(self) -> None:
         while True:
@@ -141,9 +144,13 @@ class SessionManager:
                 raise SessionEnded(f"session {session_id} has expired")
             return session
         if session is None:
-            ended = await self.store.call(self.store.store.find_ended, session_id)
-            if ended is not None and ended.key_id == key.id:
-                raise SessionEnded(f"session {session_id} has ended: {ended.reason}")
+            key_id, reason = self._ended.get(session_id, (None, None))
+            if key_id is None:
+                ended = await self.store.call(self.store.store.find_ended, session_id)
+                if ended is not None:
+                    key_id, reason = ended.key_id, ended.reason
+            if key_id == key.id:
+                raise SessionEnded(f"session {session_id} has ended: {reason}")
         # Another key's session and an unknown id look the same: no leak that it exists.
         raise NotFound(f"session {session_id} not found")
 
@@ -151,6 +158,10 @@ class SessionManager:
         if session.ended is not None:
             return
         session.ended = reason
+        # Remembered before it leaves the live table, so no call in between sees "not found".
+        self._ended[session.id] = (session.key_id, reason)
+        if len(self._ended) > _REMEMBER_ENDED:
+            self._ended.pop(next(iter(self._ended)))
         self.sessions.pop(session.id, None)
         session.worker.close()
         await self.launcher.destroy(session.sandbox)
