@@ -117,6 +117,9 @@ def make_server(tmp_path: Path, **settings: str) -> Server:
     data_dir.mkdir(parents=True)
     env = {f"TCI_{name.upper()}": str(value) for name, value in settings.items()}
     env.setdefault("TCI_MAX_SESSIONS", "200")
+    # Warm workers import numpy, pandas and matplotlib: on two cores, every test server
+    # filling a pool would slow the whole suite. Only the shared server keeps one.
+    env.setdefault("TCI_POOL_SIZE", "0")
     created = cli(data_dir, "keys", "create", "--name", "test", env=env)
     assert created.returncode == 0, created.stderr
     server = Server(data_dir, free_port(), created.stdout.strip().splitlines()[-1], env)
@@ -127,7 +130,7 @@ def make_server(tmp_path: Path, **settings: str) -> Server:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server shared by the tests that need only default settings."""
-    instance = make_server(tmp_path_factory.mktemp("tci"))
+    instance = make_server(tmp_path_factory.mktemp("tci"), pool_size="2")
     yield instance
     instance.stop()
 

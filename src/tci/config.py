@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     worker_start_timeout: float = 60.0
     max_sessions: int = 64
     reap_interval_seconds: float = 5.0
+    pool_size: int = 4
+    pool_preload: list[str] = ["numpy", "pandas", "matplotlib.pyplot"]
+    store_flush_seconds: float = 0.5
 
     # Sandbox.
     network: Literal["none", "egress"] = "egress"

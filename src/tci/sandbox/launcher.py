@@ -62,6 +62,16 @@ class Sandbox:
             return True
         return False
 
+    def set_priority(self, niceness: int) -> None:
+        """Renice every process of the sandbox (the root server may also lower niceness)."""
+        pids = {self.process.pid, self.child_pid}
+        worker = self.worker_pid()
+        if worker is not None:
+            pids.add(worker)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.setpriority(os.PRIO_PROCESS, pid, niceness)
+
     def kill(self) -> None:
         """Kill the whole tree at once: bwrap's pid 1 dies, the kernel ends its namespace."""
         for pid in (self.child_pid, self.process.pid):
@@ -170,17 +180,17 @@ class SandboxLauncher:
             os.chown(path, uid, uid)
         return root, workspace, home
 
-    async def start(self, name: str) -> Sandbox:
+    async def start(self, name: str, niceness: int = 0) -> Sandbox:
         uid = self.uids.acquire()
         try:
-            return await self._start(name, uid)
+            return await self._start(name, uid, niceness)
         except BaseException:
             self.uids.release(uid)
             shutil.rmtree(self.root / name, ignore_errors=True)
             raise
 
-    async def _start(self, name: str, uid: int) -> Sandbox:
-        root, workspace, home = self._make_dirs(name, uid)
+    async def _start(self, name: str, uid: int, niceness: int) -> Sandbox:
+        root, workspace, home = await asyncio.to_thread(self._make_dirs, name, uid)
         command_r, command_w = os.pipe()
         event_r, event_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
@@ -200,8 +210,9 @@ class SandboxLauncher:
             drop_privileges = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                                "--"]
             own_netns = ["unshare", "--net", "--"] if spec.network == "egress" else []
+            nice = ["nice", "-n", str(niceness)] if niceness else []
             process = await asyncio.create_subprocess_exec(
-                *own_netns, *drop_privileges, *build_argv(spec),
+                *nice, *own_netns, *drop_privileges, *build_argv(spec),
                 stdin=asyncio.subprocess.DEVNULL, stdout=stdout_w, stderr=stderr_w,
                 pass_fds=(command_r, event_w, info_w),
                 start_new_session=True,

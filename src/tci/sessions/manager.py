@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-import string
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,26 +14,20 @@ from tci.config import Settings
 from tci.errors import (
     NotFound,
     PayloadTooLarge,
-    SandboxUnavailable,
     SessionEnded,
     TooManySessions,
-    WorkerDied,
 )
 from tci.kernel.driver import OutputListener, WorkerConnection
 from tci.sandbox.launcher import Sandbox, SandboxLauncher
 from tci.schemas import ExecuteRequest
+from tci.sessions.execution_log import ExecutionLog
+from tci.sessions.pool import WarmPool, start_worker
 from tci.storage.store import AsyncStore, KeyInfo
 from tci.workspace import decode_files, write_files
 
 log = logging.getLogger(__name__)
 
-_ID_ALPHABET = string.ascii_letters + string.digits
-_ID_LENGTH = 24  # ~143 bits: unguessable
 _REMEMBER_ENDED = 10_000  # recently ended sessions answered from memory, not the store
-
-
-def new_session_id() -> str:
-    return "ses_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
 
 
 def utcnow() -> datetime:
@@ -70,6 +62,11 @@ class SessionManager:
         self.settings = settings
         self.store = store
         self.launcher = launcher
+        self.pool = WarmPool(
+            launcher, settings.pool_size, tuple(settings.pool_preload),
+            settings.max_output_bytes, settings.worker_start_timeout,
+        )
+        self.executions = ExecutionLog(store, settings.store_flush_seconds)
         self.sessions: dict[str, LiveSession] = {}
         self._ended: dict[str, tuple[int, str]] = {}  # id -> (key id, reason), insertion order
         self._starting = 0
@@ -83,16 +80,20 @@ class SessionManager:
         if ended:
             log.info("marked %d sessions of the previous run as ended (server restarted)", ended)
         self._reaper = asyncio.create_task(self._reap_forever(), name="tci-reaper")
+        self.pool.start()
+        self.executions.start()
 
     async def shutdown(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
+        await self.pool.close()
         await asyncio.gather(
             *(self.end(s, "server shut down") for s in list(self.sessions.values())),
             return_exceptions=True,
         )
+        await self.executions.close()
         await self.store.drain()
         self.launcher.cleanup()
 
@@ -115,24 +116,23 @@ class SessionManager:
                 f"the server is running its maximum of {self.settings.max_sessions} sessions "
                 "(TCI_MAX_SESSIONS); retry shortly or end a session"
             )
-        self._starting += 1
-        session_id = new_session_id()
-        try:
-            sandbox = await self.launcher.start(session_id)
-            worker = WorkerConnection(sandbox, self.settings.max_output_bytes)
+        ready = self.pool.take()
+        if ready is None:  # pool empty or disabled: a cold start, without preloading
+            self._starting += 1
             try:
-                await worker.wait_ready(self.settings.worker_start_timeout)
-            except (WorkerDied, TimeoutError) as exc:
-                worker.close()
-                await self.launcher.destroy(sandbox)
-                raise SandboxUnavailable(f"the session's worker did not start: {exc}") from exc
-        finally:
-            self._starting -= 1
+                ready = await start_worker(
+                    self.launcher, self.settings.max_output_bytes,
+                    self.settings.worker_start_timeout,
+                )
+            finally:
+                self._starting -= 1
+        session_id, sandbox, worker = ready.name, ready.sandbox, ready.worker
         started = utcnow()
         expires = started + timedelta(seconds=self.settings.session_lifetime_seconds)
         session = LiveSession(session_id, key.id, started, expires, sandbox, worker)
         self.sessions[session_id] = session
-        await self.store.call(self.store.store.add_session, session_id, key.id, started, expires)
+        # Queued, not awaited: the store's single thread keeps it ahead of later writes.
+        self.store.fire(self.store.store.add_session, session_id, key.id, started, expires)
         log.info("session %s started", session_id)
         return session
 
@@ -206,9 +206,9 @@ class SessionManager:
             session.last_execute_at = started_at
             outcome = "died" if result.worker_died else (
                 "timeout" if result.timed_out else ("ok" if result.ok else "error"))
-            self.store.fire(
-                self.store.store.record_execution, session.id, started_at,
-                time.perf_counter() - started, outcome, session.execute_count,
+            self.executions.add(
+                session.id, started_at, time.perf_counter() - started, outcome,
+                session.execute_count,
             )
         if result.worker_died:
             await self.end(session, result.worker_died)

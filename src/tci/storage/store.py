@@ -41,6 +41,15 @@ class KeyInfo:
 
 
 @dataclass(frozen=True)
+class ExecutionRow:
+    session_id: str
+    started_at: datetime
+    duration_seconds: float
+    outcome: str
+    execute_count: int  # the session's count after this execution
+
+
+@dataclass(frozen=True)
 class EndedSession:
     id: str
     key_id: int
@@ -104,13 +113,18 @@ class Store:
             db.add(SessionRecord(id=session_id, key_id=key_id, started_at=started,
                                  expires_at=expires, execute_count=0))
 
-    def record_execution(self, session_id: str, started: datetime, duration: float,
-                         outcome: str, execute_count: int) -> None:
+    def record_executions(self, rows: list[ExecutionRow]) -> None:
+        """Many executions in one transaction; each session's counters set to its latest."""
+        latest: dict[str, ExecutionRow] = {}
         with self._sessions.begin() as db:
-            db.add(ExecutionRecord(session_id=session_id, started_at=started,
-                                   duration_seconds=duration, outcome=outcome))
-            db.execute(update(SessionRecord).where(SessionRecord.id == session_id).values(
-                execute_count=execute_count, last_execute_at=started))
+            for row in rows:
+                db.add(ExecutionRecord(session_id=row.session_id, started_at=row.started_at,
+                                       duration_seconds=row.duration_seconds,
+                                       outcome=row.outcome))
+                latest[row.session_id] = row
+            for row in latest.values():
+                db.execute(update(SessionRecord).where(SessionRecord.id == row.session_id).values(
+                    execute_count=row.execute_count, last_execute_at=row.started_at))
 
     def end_session(self, session_id: str, reason: str) -> None:
         with self._sessions.begin() as db:

@@ -68,6 +68,9 @@ class Worker:
                 importlib.import_module(name)
             except Exception as exc:
                 failed.append(f"{name}: {exc!r}")
+        # One silent cell warms IPython's own machinery (compiler, display hooks), so the
+        # user's first cell costs what every later one does.
+        self.shell.run_cell("pass", store_history=False, silent=True)
         self.figures.before_cell()
         self.emit({"type": "done", "ok": not failed, "failed": failed})
 

@@ -9,4 +9,8 @@ router = APIRouter(tags=["health"])
 async def health(request: Request) -> dict:
     """200 once the server is ready to execute code."""
     manager = request.app.state.manager
-    return {"status": "ok", "sessions": len(manager.sessions)}
+    return {
+        "status": "ok",
+        "sessions": len(manager.sessions),
+        "pool": {"ready": len(manager.pool.ready), "size": manager.pool.size},
+    }
