@@ -6,7 +6,6 @@ SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
 RUNTIME_PYTHON := /usr/bin/python3.11
-APT_PACKAGES := bubblewrap slirp4netns python3.11 util-linux iproute2 curl
 PYTEST_ARGS ?=
 
 .PHONY: serve test lint setup system uv venv runtime lock clean
@@ -31,6 +30,8 @@ system:
 	[ -x $(RUNTIME_PYTHON) ] || missing="$$missing python3.11"; \
 	command -v setpriv >/dev/null || missing="$$missing util-linux"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v nft >/dev/null || missing="$$missing nftables"; \
+	ldconfig -p | grep -q libseccomp.so.2 || missing="$$missing libseccomp2"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -59,7 +60,7 @@ runtime: .runtime/.stamp
 	touch $@
 
 lock: uv
-	$(UV) pip compile -q pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	$(UV) pip compile -q pyproject.toml --extra dev --extra bench --python-version 3.11 -o requirements.lock
 	$(UV) pip compile -q runtime/requirements.in --python $(RUNTIME_PYTHON) -o runtime/requirements.lock
 
 clean:

@@ -45,6 +45,7 @@ class SandboxSpec:
     # put bwrap in a namespace owned by the host (so slirp4netns may enter it, and the
     # sandbox, in its own user namespace, has no capability over it).
     network: str = "none"
+    seccomp_fd: int | None = None  # a compiled BPF program bwrap installs before exec
     tmp_size_bytes: int = 512 * 1024 * 1024
     extra_env: dict[str, str] = field(default_factory=dict)
     existing_etc: tuple[str, ...] = ETC_RO
@@ -88,6 +89,8 @@ def build_argv(spec: SandboxSpec) -> list[str]:
     ]
     if spec.network == "none":
         argv.append("--unshare-net")
+    if spec.seccomp_fd is not None:
+        argv += ["--seccomp", str(spec.seccomp_fd)]
     for path in SYSTEM_RO:
         argv += ["--ro-bind", path, path]
     for target, link in SYSTEM_SYMLINKS:

@@ -19,7 +19,9 @@ from pathlib import Path
 from tci.config import Settings
 from tci.errors import SandboxUnavailable
 from tci.sandbox.bwrap import SANDBOX_GID, SANDBOX_UID, SandboxSpec, build_argv
+from tci.sandbox.egress_filter import EgressFilter
 from tci.sandbox.network import Egress, start_egress
+from tci.sandbox.seccomp import build_filter, open_filter_fd
 from tci.sandbox.uids import UidPool
 
 log = logging.getLogger(__name__)
@@ -145,6 +147,7 @@ class SandboxLauncher:
         self.uids = UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count)
         self.runtime_site = settings.runtime_dir / "site"
         self.runtime_bin = settings.runtime_dir / "site" / "bin"
+        self.egress_filter = EgressFilter() if settings.network == "egress" else None
 
     def prepare(self) -> None:
         """Called once at server start: directories, generated /etc, stale leftovers."""
@@ -162,6 +165,9 @@ class SandboxLauncher:
             _check_reachable(path)
         if shutil.which("bwrap") is None:
             raise SandboxUnavailable("bubblewrap is not installed (apt-get install bubblewrap)")
+        build_filter()  # fails now, clearly, if libseccomp is missing
+        if self.egress_filter is not None:
+            self.egress_filter.check()
 
     def cleanup(self) -> None:
         """Called at server stop, after every session ended: remove what prepare() made."""
@@ -196,14 +202,15 @@ class SandboxLauncher:
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         info_r, info_w = os.pipe()
-        child_ends = (command_r, event_w, info_w, stdout_w, stderr_w)
+        seccomp_fd = open_filter_fd()
+        child_ends = (command_r, event_w, info_w, stdout_w, stderr_w, seccomp_fd)
         spec = SandboxSpec(
             workspace=workspace, home=home, etc_dir=self.root / "etc",
             empty_dir=self.root / "empty",
             runtime_site=self.runtime_site, runtime_bin=self.runtime_bin,
             worker_dir=self.settings.worker_package_dir,
             command_fd=command_r, event_fd=event_w, info_fd=info_w,
-            network=self.settings.network,
+            network=self.settings.network, seccomp_fd=seccomp_fd,
         )
         try:
             # setpriv drops to the session's uid (uvloop has no user= for subprocesses).
@@ -214,7 +221,7 @@ class SandboxLauncher:
             process = await asyncio.create_subprocess_exec(
                 *nice, *own_netns, *drop_privileges, *build_argv(spec),
                 stdin=asyncio.subprocess.DEVNULL, stdout=stdout_w, stderr=stderr_w,
-                pass_fds=(command_r, event_w, info_w),
+                pass_fds=(command_r, event_w, info_w, seccomp_fd),
                 start_new_session=True,
             )
         except OSError as exc:
@@ -235,10 +242,11 @@ class SandboxLauncher:
         if not sandbox.child_pid:
             await self.destroy(sandbox)
             raise SandboxUnavailable("bubblewrap did not start the sandbox (no child pid)")
-        if spec.network == "egress":
+        if spec.network == "egress" and self.egress_filter is not None:
             # The outer process is in the new namespace by now: bwrap wrote its info after
-            # `unshare` had run, so slirp4netns cannot attach to the host's namespace.
+            # `unshare` had run, so neither the filter nor slirp4netns can touch the host's.
             try:
+                await self.egress_filter.apply(process.pid)
                 sandbox.egress = await start_egress(process.pid, root / "network.log")
             except SandboxUnavailable:
                 await self.destroy(sandbox)
