@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     sandbox_uid_base: int = 200_000
     sandbox_uid_count: int = 10_000
 
+    # Per-session limits, enforced by the kernel (see docs/security.md).
+    memory_limit_bytes: int = 2048 * MiB
+    pids_limit: int = 256
+    cpu_weight: int = 100  # relative CPU share; 100 = an equal share with other sessions
+    workspace_max_bytes: int = 1024 * MiB
+    workspace_max_files: int = 20_000
+    tmp_max_bytes: int = 256 * MiB  # each of /tmp and /dev/shm (RAM, counted in memory)
+    open_files_limit: int = 1024
+
     # Sizes.
     max_request_bytes: int = 160 * MiB
     max_file_bytes: int = 50 * MiB

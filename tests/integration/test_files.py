@@ -159,7 +159,7 @@ def test_files_are_owned_by_session_uid(server):
     # The session's code can modify what was uploaded, so it owns it.
     assert outputs_of(data, "error") == []
     assert stdout_of(data) == "uploaded appended\n"
-    found = glob.glob(f"/var/tmp/tci/*/{sid}/work")
+    found = glob.glob(f"/var/tmp/tci/*/{sid}/vol/work")
     assert len(found) == 1, found
     work = Path(found[0])
     uid = work.stat().st_uid

@@ -34,7 +34,7 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = DEADLI
 
 
 def workspace_of(session_id: str) -> Path:
-    matches = glob.glob(f"/var/tmp/tci/*/{session_id}/work")
+    matches = glob.glob(f"/var/tmp/tci/*/{session_id}/vol/work")
     assert len(matches) == 1, matches
     return Path(matches[0])
 
@@ -48,7 +48,7 @@ class Footprint:
     def __init__(self, session_id: str) -> None:
         workspace = workspace_of(session_id)
         self.uid = workspace.stat().st_uid
-        self.directory = workspace.parent
+        self.directory = workspace.parent.parent  # <session>/vol/work -> <session>
         self.marker = str(workspace)
         host_ns = os.readlink("/proc/self/ns/pid")
         bwraps = [pid for pid in all_pids() if self.marker in cmdline(pid)]

@@ -43,7 +43,7 @@ def run_json(server, code: str, session_id: str | None = None) -> tuple[str, obj
 
 
 def workspace_of(session_id: str) -> Path:
-    matches = glob.glob(f"/var/tmp/tci/*/{session_id}/work")
+    matches = glob.glob(f"/var/tmp/tci/*/{session_id}/vol/work")
     assert len(matches) == 1, matches
     return Path(matches[0])
 

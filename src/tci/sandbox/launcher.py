@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tci.config import Settings
 from tci.errors import SandboxUnavailable
+from tci.sandbox import volume
 from tci.sandbox.bwrap import SANDBOX_GID, SANDBOX_UID, SandboxSpec, build_argv
 from tci.sandbox.egress_filter import EgressFilter
 from tci.sandbox.network import Egress, start_egress
@@ -154,6 +155,7 @@ class SandboxLauncher:
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o711)
         for stale in self.root.glob("ses_*"):
+            volume.destroy(stale)
             shutil.rmtree(stale, ignore_errors=True)
         _write_etc(self.root / "etc")
         (self.root / "empty").mkdir(mode=0o555, exist_ok=True)
@@ -175,8 +177,11 @@ class SandboxLauncher:
 
     def _make_dirs(self, name: str, uid: int) -> tuple[Path, Path, Path]:
         root = self.root / name
-        workspace, home = root / "work", root / "home"
         root.mkdir(mode=0o711)
+        mounted = volume.create(
+            root, self.settings.workspace_max_bytes, self.settings.workspace_max_files
+        )
+        workspace, home = mounted / "work", mounted / "home"
         for directory in (workspace, home):
             directory.mkdir(mode=0o700)
         # Pre-create the user site so Python puts it on sys.path at start: `!pip install x`
@@ -192,7 +197,7 @@ class SandboxLauncher:
             return await self._start(name, uid, niceness)
         except BaseException:
             self.uids.release(uid)
-            shutil.rmtree(self.root / name, ignore_errors=True)
+            await asyncio.to_thread(self._remove_dirs, self.root / name)
             raise
 
     async def _start(self, name: str, uid: int, niceness: int) -> Sandbox:
@@ -211,6 +216,7 @@ class SandboxLauncher:
             worker_dir=self.settings.worker_package_dir,
             command_fd=command_r, event_fd=event_w, info_fd=info_w,
             network=self.settings.network, seccomp_fd=seccomp_fd,
+            tmp_size_bytes=self.settings.tmp_max_bytes,
         )
         try:
             # setpriv drops to the session's uid (uvloop has no user= for subprocesses).
@@ -218,8 +224,10 @@ class SandboxLauncher:
                                "--"]
             own_netns = ["unshare", "--net", "--"] if spec.network == "egress" else []
             nice = ["nice", "-n", str(niceness)] if niceness else []
+            limit_files = [f"--nofile={self.settings.open_files_limit}"]
+            rlimits = ["prlimit", *limit_files, "--"]
             process = await asyncio.create_subprocess_exec(
-                *nice, *own_netns, *drop_privileges, *build_argv(spec),
+                *nice, *rlimits, *own_netns, *drop_privileges, *build_argv(spec),
                 stdin=asyncio.subprocess.DEVNULL, stdout=stdout_w, stderr=stderr_w,
                 pass_fds=(command_r, event_w, info_w, seccomp_fd),
                 start_new_session=True,
@@ -266,5 +274,10 @@ class SandboxLauncher:
         for fd in (sandbox.command_fd, sandbox.event_fd, sandbox.stdout_fd, sandbox.stderr_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        await asyncio.to_thread(shutil.rmtree, sandbox.root, True)
+        await asyncio.to_thread(self._remove_dirs, sandbox.root)
         self.uids.release(sandbox.uid)
+
+    @staticmethod
+    def _remove_dirs(root: Path) -> None:
+        volume.destroy(root)
+        shutil.rmtree(root, ignore_errors=True)
