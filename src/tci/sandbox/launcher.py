@@ -20,7 +20,9 @@ from tci.config import Settings
 from tci.errors import SandboxUnavailable
 from tci.sandbox import volume
 from tci.sandbox.bwrap import SANDBOX_GID, SANDBOX_UID, SandboxSpec, build_argv
+from tci.sandbox.cgroups import CgroupDriver, CgroupLimits, SessionCgroup
 from tci.sandbox.egress_filter import EgressFilter
+from tci.sandbox.limits import Counters
 from tci.sandbox.network import Egress, start_egress
 from tci.sandbox.seccomp import build_filter, open_filter_fd
 from tci.sandbox.uids import UidPool
@@ -44,8 +46,27 @@ class Sandbox:
     event_fd: int
     stdout_fd: int
     stderr_fd: int
+    cgroup: SessionCgroup | None = None
+    volume_path: Path | None = None
     egress: Egress | None = None
     closed: bool = False
+
+    def counters(self) -> Counters:
+        """The kernel's count of limit hits so far (cheap: two small cgroupfs reads)."""
+        if self.cgroup is None:
+            return Counters()
+        try:
+            return Counters(self.cgroup.oom_kills(), self.cgroup.pids_limit_hit())
+        except OSError:
+            return Counters()
+
+    def volume_usage(self) -> volume.Usage | None:
+        if self.volume_path is None:
+            return None
+        try:
+            return volume.usage(self.volume_path)
+        except OSError:
+            return None
 
     def worker_pid(self) -> int | None:
         """Host pid of the worker (the only child of the sandbox's pid 1)."""
@@ -127,6 +148,14 @@ async def _read_to_eof(fd: int, limit: int = 65536) -> bytes:
     return b"".join(chunks)
 
 
+def _remove_cgroup(cgroup: SessionCgroup) -> None:
+    try:
+        cgroup.kill_all()
+        cgroup.remove()
+    except (OSError, SandboxUnavailable) as exc:
+        log.warning("could not remove cgroup %s: %s", cgroup.name, exc)
+
+
 def _check_reachable(path: Path) -> None:
     """Sandboxes mount host paths as their own unprivileged uid, which must be able to
     reach them: every parent directory needs the "others may traverse" bit."""
@@ -149,6 +178,11 @@ class SandboxLauncher:
         self.runtime_site = settings.runtime_dir / "site"
         self.runtime_bin = settings.runtime_dir / "site" / "bin"
         self.egress_filter = EgressFilter() if settings.network == "egress" else None
+        self.cgroups: CgroupDriver | None = None
+        self.limits = CgroupLimits(
+            memory_bytes=settings.memory_limit_bytes, pids_max=settings.pids_limit,
+            cpu_weight=settings.cpu_weight,
+        )
 
     def prepare(self) -> None:
         """Called once at server start: directories, generated /etc, stale leftovers."""
@@ -168,12 +202,22 @@ class SandboxLauncher:
         if shutil.which("bwrap") is None:
             raise SandboxUnavailable("bubblewrap is not installed (apt-get install bubblewrap)")
         build_filter()  # fails now, clearly, if libseccomp is missing
+        # One cgroup parent per server (named like its sandbox dir), cleaned of leftovers.
+        self.cgroups = CgroupDriver.detect(f"tci-{self.root.name}")
+        self.cgroups.cleanup_stale()
         if self.egress_filter is not None:
             self.egress_filter.check()
 
     def cleanup(self) -> None:
         """Called at server stop, after every session ended: remove what prepare() made."""
+        if self.cgroups is not None:
+            self.cgroups.remove_parent()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def _make_cgroup(self, name: str) -> SessionCgroup:
+        if self.cgroups is None:
+            raise SandboxUnavailable("the sandbox launcher was not prepared (no cgroups)")
+        return self.cgroups.create(name, self.limits)
 
     def _make_dirs(self, name: str, uid: int) -> tuple[Path, Path, Path]:
         root = self.root / name
@@ -202,6 +246,7 @@ class SandboxLauncher:
 
     async def _start(self, name: str, uid: int, niceness: int) -> Sandbox:
         root, workspace, home = await asyncio.to_thread(self._make_dirs, name, uid)
+        cgroup = await asyncio.to_thread(self._make_cgroup, name)
         command_r, command_w = os.pipe()
         event_r, event_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
@@ -227,7 +272,8 @@ class SandboxLauncher:
             limit_files = [f"--nofile={self.settings.open_files_limit}"]
             rlimits = ["prlimit", *limit_files, "--"]
             process = await asyncio.create_subprocess_exec(
-                *nice, *rlimits, *own_netns, *drop_privileges, *build_argv(spec),
+                *cgroup.attach_argv(), *nice, *rlimits, *own_netns, *drop_privileges,
+                *build_argv(spec),
                 stdin=asyncio.subprocess.DEVNULL, stdout=stdout_w, stderr=stderr_w,
                 pass_fds=(command_r, event_w, info_w, seccomp_fd),
                 start_new_session=True,
@@ -235,6 +281,7 @@ class SandboxLauncher:
         except OSError as exc:
             for fd in (*child_ends, command_w, event_r, stdout_r, stderr_r, info_r):
                 os.close(fd)
+            await asyncio.to_thread(_remove_cgroup, cgroup)
             raise SandboxUnavailable(f"could not start the sandbox: {exc}") from exc
         for fd in child_ends:
             os.close(fd)
@@ -245,7 +292,7 @@ class SandboxLauncher:
         sandbox = Sandbox(
             name=name, uid=uid, root=root, workspace=workspace, process=process,
             child_pid=int(info.get("child-pid", 0)), command_fd=command_w, event_fd=event_r,
-            stdout_fd=stdout_r, stderr_fd=stderr_r,
+            stdout_fd=stdout_r, stderr_fd=stderr_r, cgroup=cgroup, volume_path=workspace.parent,
         )
         if not sandbox.child_pid:
             await self.destroy(sandbox)
@@ -267,8 +314,11 @@ class SandboxLauncher:
             return
         sandbox.closed = True
         sandbox.kill()
-        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+        with contextlib.suppress(ProcessLookupError, ChildProcessError, TimeoutError):
             await asyncio.wait_for(sandbox.process.wait(), timeout=10)
+        if sandbox.cgroup is not None:
+            # Anything that slipped out of the pid namespace's teardown dies here too.
+            await asyncio.to_thread(_remove_cgroup, sandbox.cgroup)
         if sandbox.egress is not None:
             await sandbox.egress.stop()
         for fd in (sandbox.command_fd, sandbox.event_fd, sandbox.stdout_fd, sandbox.stderr_fd):

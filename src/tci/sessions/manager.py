@@ -19,6 +19,7 @@ from tci.errors import (
 )
 from tci.kernel.driver import OutputListener, WorkerConnection
 from tci.sandbox.launcher import Sandbox, SandboxLauncher
+from tci.sandbox.limits import limits_hit
 from tci.schemas import ExecuteRequest
 from tci.sessions.execution_log import ExecutionLog
 from tci.sessions.pool import WarmPool, start_worker
@@ -196,12 +197,22 @@ class SessionManager:
                     write_files, str(session.sandbox.workspace), files, session.sandbox.uid
                 )
             started_at, started = utcnow(), time.perf_counter()
+            before = session.sandbox.counters()
             result = await session.worker.request(
                 {"op": "execute", "code": request.code},
                 timeout=self.settings.execute_timeout,
                 grace=self.settings.interrupt_grace_seconds,
                 listener=listener,
             )
+            # The kernel's record of limits hit during the call, each named by its setting.
+            hit = limits_hit(self.settings, before, session.sandbox.counters(),
+                             session.sandbox.volume_usage(), result.worker_died is not None)
+            if result.worker_died and hit and hit[0].startswith("MemoryError"):
+                # The kernel says why the worker died: say that instead of "killed by SIGKILL".
+                result.worker_died = hit[0]
+                if result.outputs and result.outputs[-1]["data"].startswith("WorkerDied"):
+                    result.outputs.pop()
+            result.outputs.extend({"type": "error", "data": message} for message in hit)
             session.execute_count += 1
             session.last_execute_at = started_at
             outcome = "died" if result.worker_died else (

@@ -1,0 +1,556 @@
+"""Kernel-enforced resources per session: one cgroup with memory, pids and CPU-share limits.
+
+Layout, in every hierarchy used:  <cgroup mount>/<parent_name>/<session_name>
+- cgroup v1 (a hierarchy per controller, e.g. /sys/fs/cgroup/memory): memory, pids, cpu,
+  cpuacct (CPU time) and freezer (to kill a tree that forks while it is being killed);
+- cgroup v2 (one hierarchy, e.g. /sys/fs/cgroup): memory, pids, cpu enabled down to the sessions.
+The parent holds no process: sessions are its leaves. Its own limits stay at the defaults, so
+on CPU all sessions together weigh as much as one ordinary group next to the host's others.
+
+A process joins its session before it runs anything of the sandbox (see attach_argv), so every
+process the sandbox ever forks is counted and limited from the start, and bwrap's cgroup
+namespace then shows the session's cgroup as "/".
+
+Every operation is a few small synchronous reads and writes of cgroupfs files (plus short
+polls while the kernel freezes or reaps tasks); async callers run them in a thread.
+Must run as root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shlex
+import signal
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tci.errors import SandboxUnavailable
+
+V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
+V2_CONTROLLERS = ("memory", "pids", "cpu")
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+# cpu_weight is in cgroup v2 units: 100 is the default share, 1..10000 the kernel's range.
+# v1 expresses the same ratio in cpu.shares, where 1024 is the default (range 2..262144).
+CPU_WEIGHT_DEFAULT = 100
+CPU_WEIGHT_MAX = 10000
+_V1_SHARES_PER_WEIGHT = 1024 / CPU_WEIGHT_DEFAULT
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# How long to wait for the kernel: freezing a tree, tasks exiting after SIGKILL, rmdir.
+_SETTLE_SECONDS = 5.0
+
+
+class CgroupError(SandboxUnavailable):
+    """The host's cgroups cannot do what a session needs (says what is missing)."""
+
+
+@dataclass(frozen=True)
+class CgroupLimits:
+    """Limits of one session.
+
+    memory_bytes: RAM of the whole tree (tmpfs pages it writes included), swap off.
+    pids_max: tasks at once, threads included (the kernel counts tasks, not processes).
+    cpu_weight: CPU share relative to other sessions when the CPU is contended, in cgroup v2
+        units: 100 = normal, 200 = twice as much, range 1..10000 (v1: cpu.shares = weight*10.24).
+    """
+
+    memory_bytes: int
+    pids_max: int
+    cpu_weight: int = CPU_WEIGHT_DEFAULT
+
+    def __post_init__(self) -> None:
+        if self.memory_bytes < 1 << 20:
+            raise ValueError(f"memory_bytes must be at least 1 MiB, not {self.memory_bytes}")
+        if self.pids_max < 1:
+            raise ValueError(f"pids_max must be at least 1, not {self.pids_max}")
+        if not 1 <= self.cpu_weight <= CPU_WEIGHT_MAX:
+            raise ValueError(f"cpu_weight must be in 1..{CPU_WEIGHT_MAX}, not {self.cpu_weight}")
+
+    @property
+    def cpu_shares(self) -> int:
+        """The weight as cgroup v1 cpu.shares."""
+        return max(2, round(self.cpu_weight * _V1_SHARES_PER_WEIGHT))
+
+
+# --- small file helpers ------------------------------------------------------------------
+
+
+def _write(path: Path, value: str | int) -> None:
+    """One write(2) of the whole value: cgroupfs parses each write on its own. No O_CREAT:
+    a missing file means a missing controller, which must fail, not create a plain file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise CgroupError(f"{path} does not exist (is its controller enabled?)") from None
+    try:
+        os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+
+
+def _read_keyed(path: Path, key: str) -> int:
+    """A "key value" line of a flat-keyed file (memory.events, pids.events, cpu.stat ...);
+    0 when the file or the key is absent (that counter is not kept on this kernel)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return 0
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    return 0
+
+
+def _read_pids(path: Path) -> set[int]:
+    try:
+        return {int(pid) for pid in path.read_text().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def _wait_until(done: Callable[[], bool], timeout: float = _SETTLE_SECONDS) -> bool:
+    """Poll a cgroupfs condition; the kernel gives no cheaper portable notification."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return True
+
+
+def _subtree_bottom_up(directory: Path) -> list[Path]:
+    """The cgroup and its descendants, deepest first (the order rmdir needs)."""
+    if not directory.is_dir():
+        return []
+    return [Path(root) for root, _, _ in os.walk(directory, topdown=False)]
+
+
+def _rmdir_all(directories: Iterable[Path]) -> None:
+    """rmdir each cgroup tree, retrying briefly: tasks killed a moment ago may still be
+    leaving, and until they have, the kernel answers EBUSY."""
+    for top in directories:
+        for directory in _subtree_bottom_up(top):
+            error: OSError | None = None
+
+            def gone(directory: Path = directory) -> bool:
+                nonlocal error
+                try:
+                    directory.rmdir()
+                except FileNotFoundError:
+                    return True
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY:
+                        raise CgroupError(f"cannot remove cgroup {directory}: {exc}") from exc
+                    error = exc
+                    return False
+                return True
+
+            if not _wait_until(gone):
+                raise CgroupError(f"cannot remove cgroup {directory}: {error} (processes left?)")
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"not a valid cgroup name: {name!r}")
+
+
+def _kill_pids(pids: Iterable[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+# --- sessions ------------------------------------------------------------------------------
+
+
+class SessionCgroup(ABC):
+    """The cgroup(s) of one session: how to enter them, what the kernel counted, teardown."""
+
+    name: str
+
+    @property
+    @abstractmethod
+    def paths(self) -> list[Path]:
+        """The session's directories, one per hierarchy."""
+
+    def attach_argv(self) -> list[str]:
+        """An argv prefix, run as root, that moves its own process into the session's
+        cgroup(s) and then execs the rest of the command. If a move fails the shell stops
+        there: nothing runs outside its limits."""
+        moves = [f"echo $$ > {shlex.quote(str(path / 'cgroup.procs'))}" for path in self.paths]
+        return ["/bin/sh", "-c", " && ".join([*moves, 'exec "$@"']), "sh"]
+
+    def procs(self) -> list[int]:
+        """Host pids of every process in the session (zombies excluded by the kernel)."""
+        pids: set[int] = set()
+        for path in self.paths:
+            for directory in _subtree_bottom_up(path):
+                pids |= _read_pids(directory / "cgroup.procs")
+        return sorted(pids)
+
+    @abstractmethod
+    def set_limits(self, limits: CgroupLimits) -> None:
+        """Write the limits (also to change them on a live session)."""
+
+    @abstractmethod
+    def oom_kills(self) -> int:
+        """Processes the kernel's OOM killer killed in this session (its own record)."""
+
+    @abstractmethod
+    def memory_limit_hit(self) -> bool:
+        """Whether memory use ever reached the limit (reclaim or OOM followed)."""
+
+    @abstractmethod
+    def pids_limit_hit(self) -> int:
+        """fork/clone calls refused because pids_max was reached."""
+
+    @abstractmethod
+    def cpu_seconds(self) -> float:
+        """CPU time used by every process the session ever had, user + system."""
+
+    @abstractmethod
+    def memory_peak_bytes(self) -> int | None:
+        """Highest memory use seen, None when the kernel does not record it."""
+
+    @abstractmethod
+    def kill_all(self) -> bool:
+        """SIGKILL every process, forks racing the kill included; True once none is left."""
+
+    def remove(self) -> None:
+        """Remove the session's directories (kill_all first); raises CgroupError if busy."""
+        _rmdir_all(self.paths)
+
+
+class SessionCgroupV1(SessionCgroup):
+    def __init__(self, name: str, dirs: Mapping[str, Path]) -> None:
+        self.name = name
+        self.dirs = dict(dirs)  # controller -> directory; co-mounted controllers share one
+
+    @property
+    def paths(self) -> list[Path]:
+        return list(dict.fromkeys(self.dirs.values()))
+
+    def set_limits(self, limits: CgroupLimits) -> None:
+        memory = self.dirs["memory"]
+        memsw = memory / "memory.memsw.limit_in_bytes"
+        # The kernel keeps memsw (memory + swap) >= memory: raise memsw first, lower it last.
+        current = _read_int(memory / "memory.limit_in_bytes") or 0
+        order = [memsw, memory / "memory.limit_in_bytes"]
+        if limits.memory_bytes < current:
+            order.reverse()
+        for path in order:
+            # memsw exists only with swap accounting on; without it, swappiness 0 is the
+            # remaining way to keep the session's pages out of swap.
+            if path is not memsw or memsw.exists():
+                _write(path, limits.memory_bytes)
+        _write(memory / "memory.swappiness", 0)
+        _write(self.dirs["pids"] / "pids.max", limits.pids_max)
+        _write(self.dirs["cpu"] / "cpu.shares", limits.cpu_shares)
+
+    def oom_kills(self) -> int:
+        return _read_keyed(self.dirs["memory"] / "memory.oom_control", "oom_kill")
+
+    def memory_limit_hit(self) -> bool:
+        memory = self.dirs["memory"]
+        limit = _read_int(memory / "memory.limit_in_bytes")
+        peak = _read_int(memory / "memory.max_usage_in_bytes") or 0
+        return bool(_read_int(memory / "memory.failcnt")) or (limit is not None and peak >= limit)
+
+    def pids_limit_hit(self) -> int:
+        return _read_keyed(self.dirs["pids"] / "pids.events", "max")
+
+    def cpu_seconds(self) -> float:
+        return (_read_int(self.dirs["cpuacct"] / "cpuacct.usage") or 0) / 1e9
+
+    def memory_peak_bytes(self) -> int | None:
+        return _read_int(self.dirs["memory"] / "memory.max_usage_in_bytes")
+
+    def _freeze(self, state: str) -> bool:
+        path = self.dirs["freezer"] / "freezer.state"
+        if not path.exists():
+            return False
+        _write(path, state)
+        return _wait_until(lambda: path.read_text().strip() == state, timeout=1.0)
+
+    def kill_all(self) -> bool:
+        # Frozen, the tree cannot fork between reading the pids and killing them; SIGKILL
+        # takes effect at the thaw. A task that will not freeze (stuck in the kernel) is
+        # killed anyway, and the loop catches whatever it forked meanwhile.
+        def empty() -> bool:
+            pids = self.procs()
+            if pids:
+                try:
+                    self._freeze("FROZEN")
+                    _kill_pids(self.procs())
+                finally:
+                    self._freeze("THAWED")
+            return not pids
+
+        return _wait_until(empty)
+
+
+class SessionCgroupV2(SessionCgroup):
+    def __init__(self, name: str, path: Path, controllers: Iterable[str] = V2_CONTROLLERS):
+        self.name = name
+        self.path = path
+        self.controllers = frozenset(controllers)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.path]
+
+    def set_limits(self, limits: CgroupLimits) -> None:
+        if "memory" in self.controllers:
+            _write(self.path / "memory.max", limits.memory_bytes)
+            swap = self.path / "memory.swap.max"
+            if swap.exists():  # absent when the kernel does not account swap
+                _write(swap, 0)
+        if "pids" in self.controllers:
+            _write(self.path / "pids.max", limits.pids_max)
+        if "cpu" in self.controllers:
+            _write(self.path / "cpu.weight", limits.cpu_weight)
+
+    def oom_kills(self) -> int:
+        return _read_keyed(self.path / "memory.events", "oom_kill")
+
+    def memory_limit_hit(self) -> bool:
+        return _read_keyed(self.path / "memory.events", "max") > 0
+
+    def pids_limit_hit(self) -> int:
+        return _read_keyed(self.path / "pids.events", "max")
+
+    def cpu_seconds(self) -> float:
+        # cpu.stat's usage_usec is kept by every v2 cgroup, cpu controller enabled or not.
+        return _read_keyed(self.path / "cpu.stat", "usage_usec") / 1e6
+
+    def memory_peak_bytes(self) -> int | None:
+        return _read_int(self.path / "memory.peak")  # Linux 5.19+
+
+    def kill_all(self) -> bool:
+        kill = self.path / "cgroup.kill"
+        if kill.exists():
+            # Linux 5.14+: the kernel kills the whole subtree, forks in flight included.
+            with contextlib.suppress(FileNotFoundError):
+                _write(kill, 1)
+            return _wait_until(lambda: not self.procs())
+        return self._kill_by_freezing()
+
+    def _kill_by_freezing(self) -> bool:
+        """Before cgroup.kill: freeze, SIGKILL every pid, thaw, until empty (the v2 freezer
+        lets a fatal signal through, so the kill lands even while frozen)."""
+        freeze, events = self.path / "cgroup.freeze", self.path / "cgroup.events"
+
+        def empty() -> bool:
+            pids = self.procs()
+            if pids:
+                try:
+                    _write(freeze, 1)
+                    _wait_until(lambda: _read_keyed(events, "frozen") == 1, timeout=1.0)
+                    _kill_pids(self.procs())
+                finally:
+                    _write(freeze, 0)
+            return not pids
+
+        return _wait_until(empty)
+
+
+# --- drivers ---------------------------------------------------------------------------------
+
+
+def _unescape_mount_path(field: str) -> str:
+    # /proc/self/mountinfo writes space, tab, newline and backslash as \ooo octal.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def cgroup_mounts(mountinfo: Path = MOUNTINFO) -> tuple[list[Path], dict[str, Path]]:
+    """The cgroup v2 mounts, and the first mount of each v1 controller we use."""
+    v2: list[Path] = []
+    v1: dict[str, Path] = {}
+    for line in mountinfo.read_text().splitlines():
+        before, _, after = line.partition(" - ")
+        fields, tail = before.split(), after.split()
+        if len(fields) < 5 or len(tail) < 3:
+            continue
+        mountpoint = Path(_unescape_mount_path(fields[4]))
+        fstype, options = tail[0], tail[2].split(",")
+        if fstype == "cgroup2":
+            v2.append(mountpoint)
+        elif fstype == "cgroup":
+            for option in options:
+                if option in V1_CONTROLLERS:
+                    v1.setdefault(option, mountpoint)
+    return v2, v1
+
+
+class CgroupDriver(ABC):
+    """Session cgroups of one server, all under <mount>/<parent_name> in each hierarchy."""
+
+    version: int
+
+    def __init__(self, parent_name: str) -> None:
+        _check_name(parent_name)
+        self.parent_name = parent_name
+
+    @classmethod
+    def detect(cls, parent_name: str, mountinfo: Path = MOUNTINFO) -> CgroupDriver:
+        """The driver for this host: v2 when its hierarchy offers memory, pids and cpu, else
+        v1 when those controllers (and cpuacct, freezer) have hierarchies; else CgroupError
+        naming what is missing."""
+        v2_mounts, v1_mounts = cgroup_mounts(mountinfo)
+        problems: list[str] = []
+        for mount in v2_mounts:
+            try:
+                available = set((mount / "cgroup.controllers").read_text().split())
+            except OSError as exc:
+                problems.append(f"cgroup v2 at {mount} is unreadable ({exc})")
+                continue
+            missing = [name for name in V2_CONTROLLERS if name not in available]
+            if not missing:
+                _check_writable(mount)
+                return CgroupV2Driver(mount, parent_name)
+            problems.append(f"cgroup v2 at {mount} lacks the {', '.join(missing)} controller(s)")
+        if not v2_mounts:
+            problems.append("no cgroup v2 hierarchy is mounted")
+        missing = [name for name in V1_CONTROLLERS if name not in v1_mounts]
+        if not missing:
+            for mount in set(v1_mounts.values()):
+                _check_writable(mount)
+            return CgroupV1Driver(v1_mounts, parent_name)
+        problems.append(f"cgroup v1 has no hierarchy for {', '.join(missing)}")
+        raise CgroupError("no usable cgroups for session limits: " + "; ".join(problems))
+
+    @property
+    @abstractmethod
+    def parents(self) -> list[Path]:
+        """The parent directory in each hierarchy."""
+
+    @abstractmethod
+    def _session(self, session_name: str) -> SessionCgroup: ...
+
+    @abstractmethod
+    def _prepare_parent(self) -> None: ...
+
+    def create(self, session_name: str, limits: CgroupLimits) -> SessionCgroup:
+        """A new session cgroup with its limits written (before any process joins)."""
+        _check_name(session_name)
+        self._prepare_parent()
+        session = self._session(session_name)
+        created: list[Path] = []
+        try:
+            for path in session.paths:
+                try:
+                    path.mkdir()
+                except FileExistsError:
+                    raise CgroupError(f"cgroup {path} already exists") from None
+                created.append(path)
+            session.set_limits(limits)
+        except BaseException:
+            _rmdir_all(created)
+            raise
+        return session
+
+    def cleanup_stale(self) -> list[str]:
+        """Kill and remove the session cgroups a previous run left under the parent; the
+        names removed."""
+        names = sorted({child.name for parent in self.parents if parent.is_dir()
+                        for child in parent.iterdir() if child.is_dir()})
+        for name in names:
+            session = self._session(name)
+            session.kill_all()
+            session.remove()
+        return names
+
+    def remove_parent(self) -> None:
+        """At shutdown: remove any session left, then the parent itself."""
+        self.cleanup_stale()
+        _rmdir_all(self.parents)
+
+
+def _check_writable(mount: Path) -> None:
+    if not os.access(mount, os.W_OK):
+        raise CgroupError(
+            f"{mount} is not writable: session cgroups need the server to run as root with a "
+            "writable cgroup filesystem"
+        )
+
+
+class CgroupV1Driver(CgroupDriver):
+    version = 1
+
+    def __init__(self, mounts: Mapping[str, Path], parent_name: str) -> None:
+        super().__init__(parent_name)
+        self.mounts = {name: mounts[name] for name in V1_CONTROLLERS}
+
+    @property
+    def parents(self) -> list[Path]:
+        return list(dict.fromkeys(mount / self.parent_name for mount in self.mounts.values()))
+
+    def _session(self, session_name: str) -> SessionCgroupV1:
+        return SessionCgroupV1(session_name, {
+            name: mount / self.parent_name / session_name for name, mount in self.mounts.items()
+        })
+
+    def _prepare_parent(self) -> None:
+        for parent in self.parents:
+            parent.mkdir(exist_ok=True)
+
+
+class CgroupV2Driver(CgroupDriver):
+    version = 2
+
+    def __init__(self, mount: Path, parent_name: str,
+                 controllers: Iterable[str] = V2_CONTROLLERS) -> None:
+        super().__init__(parent_name)
+        self.mount = mount
+        self.parent = mount / parent_name
+        # Tests pass fewer controllers to run the process handling on a v2 hierarchy that
+        # has none enabled; detect() always requires all of V2_CONTROLLERS.
+        self.controllers = tuple(controllers)
+
+    @property
+    def parents(self) -> list[Path]:
+        return [self.parent]
+
+    def _session(self, session_name: str) -> SessionCgroupV2:
+        return SessionCgroupV2(session_name, self.parent / session_name, self.controllers)
+
+    def _prepare_parent(self) -> None:
+        # A v2 controller acts in a cgroup only if every ancestor enables it for its children.
+        _enable_controllers(self.mount, self.controllers)
+        self.parent.mkdir(exist_ok=True)
+        _enable_controllers(self.parent, self.controllers)
+
+
+def _enable_controllers(directory: Path, controllers: Iterable[str]) -> None:
+    control = directory / "cgroup.subtree_control"
+    enabled = set(control.read_text().split()) if controllers else set()
+    for name in controllers:
+        if name in enabled:
+            continue
+        try:
+            _write(control, f"+{name}")
+        except OSError as exc:
+            hint = ""
+            if exc.errno == errno.EBUSY:
+                hint = (": the cgroup holds processes, and v2 lets only leaves hold them (in a "
+                        "container, move its processes into a child cgroup first)")
+            raise CgroupError(
+                f"cannot enable the {name} controller in {control}: {exc}{hint}"
+            ) from exc
