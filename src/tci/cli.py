@@ -6,12 +6,13 @@ line of stdout; every command reads TCI_DATA_DIR (and every other TCI_ setting).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 
 from tci.config import Settings
 from tci.errors import TCIError
-from tci.sandbox.launcher import SandboxLauncher
+from tci.sandbox import selfcheck
 from tci.storage.store import Store
 
 
@@ -28,8 +29,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings.host = args.host
     if args.port is not None:
         settings.port = args.port
-    # Refuse to start, with a clear message, when sandboxes cannot work on this host.
-    SandboxLauncher(settings).prepare()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # Refuse to start, with a clear message, when sandboxes cannot work on this host or a
+    # protection is missing (a real probe sandbox is started and checked).
+    asyncio.run(selfcheck.run(settings))
     store = _store(settings)
     if not store.list_keys():
         _, secret = store.create_key("default")
@@ -38,9 +43,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  export TOGETHER_BASE_URL=http://{settings.host}:{settings.port}/v1")
         print(f"  export TOGETHER_API_KEY={secret}")
         print("=" * 72, flush=True)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     app = create_app(settings, store)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
                 access_log=args.access_log, timeout_graceful_shutdown=10)

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     store_flush_seconds: float = 0.5
 
     # Sandbox.
+    # Serve even when the start-up self-check finds a protection missing (no cgroups, no
+    # seccomp...). Named for the danger: only for development on a host that lacks them.
+    unsafe_allow_missing_protections: bool = False
     network: Literal["none", "egress"] = "egress"
     sandbox_uid_base: int = 200_000
     sandbox_uid_count: int = 10_000

@@ -214,3 +214,8 @@ def test_serve_with_existing_key_prints_none(tmp_path):
     finally:
         serve.stop()
     assert list(list_rows(tmp_path)) == ["mine"]
+
+
+def test_serve_runs_the_sandbox_self_check_before_serving(server_factory):
+    server = server_factory()
+    assert "sandbox self-check passed" in server.log()

@@ -203,7 +203,13 @@ class SandboxLauncher:
             raise SandboxUnavailable("bubblewrap is not installed (apt-get install bubblewrap)")
         build_filter()  # fails now, clearly, if libseccomp is missing
         # One cgroup parent per server (named like its sandbox dir), cleaned of leftovers.
-        self.cgroups = CgroupDriver.detect(f"tci-{self.root.name}")
+        try:
+            self.cgroups = CgroupDriver.detect(f"tci-{self.root.name}")
+        except SandboxUnavailable as exc:
+            if not self.settings.unsafe_allow_missing_protections:
+                raise
+            log.warning("UNSAFE: sessions run without cgroup limits: %s", exc.message)
+            return
         self.cgroups.cleanup_stale()
         if self.egress_filter is not None:
             self.egress_filter.check()
@@ -214,9 +220,9 @@ class SandboxLauncher:
             self.cgroups.remove_parent()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def _make_cgroup(self, name: str) -> SessionCgroup:
+    def _make_cgroup(self, name: str) -> SessionCgroup | None:
         if self.cgroups is None:
-            raise SandboxUnavailable("the sandbox launcher was not prepared (no cgroups)")
+            return None  # only with TCI_UNSAFE_ALLOW_MISSING_PROTECTIONS (see prepare)
         return self.cgroups.create(name, self.limits)
 
     def _make_dirs(self, name: str, uid: int) -> tuple[Path, Path, Path]:
@@ -271,9 +277,9 @@ class SandboxLauncher:
             nice = ["nice", "-n", str(niceness)] if niceness else []
             limit_files = [f"--nofile={self.settings.open_files_limit}"]
             rlimits = ["prlimit", *limit_files, "--"]
+            enter_cgroup = cgroup.attach_argv() if cgroup else []
             process = await asyncio.create_subprocess_exec(
-                *cgroup.attach_argv(), *nice, *rlimits, *own_netns, *drop_privileges,
-                *build_argv(spec),
+                *enter_cgroup, *nice, *rlimits, *own_netns, *drop_privileges, *build_argv(spec),
                 stdin=asyncio.subprocess.DEVNULL, stdout=stdout_w, stderr=stderr_w,
                 pass_fds=(command_r, event_w, info_w, seccomp_fd),
                 start_new_session=True,
@@ -281,7 +287,8 @@ class SandboxLauncher:
         except OSError as exc:
             for fd in (*child_ends, command_w, event_r, stdout_r, stderr_r, info_r):
                 os.close(fd)
-            await asyncio.to_thread(_remove_cgroup, cgroup)
+            if cgroup is not None:
+                await asyncio.to_thread(_remove_cgroup, cgroup)
             raise SandboxUnavailable(f"could not start the sandbox: {exc}") from exc
         for fd in child_ends:
             os.close(fd)
