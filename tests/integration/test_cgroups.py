@@ -37,27 +37,54 @@ from tci.sandbox.cgroups import (
 MiB = 1 << 20
 LIMITS = CgroupLimits(memory_bytes=256 * MiB, pids_max=64, cpu_weight=100)
 
-# A process with a forked child and a double-forked setsid daemon; prints each one's pid as
-# "<role> <pid>" in whatever order they run, then everything sleeps until killed.
-TREE_CODE = """
-import os, time
-def say(role, pid):  # one write per line: the processes share the pipe
-    os.write(1, f"{role} {pid}\\n".encode())
+# Every long-lived test process blocks reading stdin, a pipe from the test: closing it at
+# teardown ends them even if a broken cgroup let them escape kill_all (no stray processes,
+# no hang). "<role> <pid>" lines are single writes: the processes share the stdout pipe.
+PRELUDE = """
+import os
+def say(text):
+    os.write(1, (text + "\\n").encode())
+def park():
+    os.read(0, 1)
+    os._exit(0)
+"""
+
+# A process with a forked child and a double-forked setsid daemon, each saying its pid.
+TREE_CODE = PRELUDE + """
 if os.fork() == 0:
     os.setsid()
     if os.fork() == 0:
-        say("daemon", os.getpid())
-        time.sleep(600)
+        say(f"daemon {os.getpid()}")
+        park()
     os._exit(0)
 os.wait()  # the daemon's parent is gone: it is reparented, outside our process tree
 child = os.fork()
 if child == 0:
-    time.sleep(600)
-    os._exit(0)
-say("child", child)
-say("main", os.getpid())
-time.sleep(600)
+    park()
+say(f"child {child}")
+say(f"main {os.getpid()}")
+park()
 """
+
+# Each process forks two that do the same, 6 levels deep: 127 processes if nothing stops it.
+# A refused fork says "refused"; each process that forked all its children says "ok".
+BOMB_CODE = PRELUDE + """
+def bomb(depth):
+    for _ in range(2):
+        try:
+            pid = os.fork()
+        except BlockingIOError:
+            say("refused")
+            park()
+        if pid == 0:
+            if depth:
+                bomb(depth - 1)
+            park()
+    say("ok")
+bomb(6)
+park()
+"""
+BOMB_FORKERS = 127  # processes that run bomb() when nothing is refused
 
 
 def unique_parent() -> str:
@@ -77,23 +104,50 @@ def driver(parent_name):
     return CgroupDriver.detect(parent_name)
 
 
-def spawn(cgroup: SessionCgroup, code: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [*cgroup.attach_argv(), sys.executable, "-c", code],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-    )
+class Launcher:
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def spawn(self, cgroup: SessionCgroup, code: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [*cgroup.attach_argv(), sys.executable, "-c", code],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def tree(self, cgroup: SessionCgroup) -> tuple[subprocess.Popen, dict[str, int]]:
+        proc = self.spawn(cgroup, TREE_CODE)
+        pids: dict[str, int] = {}
+        while len(pids) < 3:
+            line = proc.stdout.readline()
+            assert line, f"the tree did not start: {pids}"
+            role, pid = line.split()
+            pids[role] = int(pid)
+        return proc, pids
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.stdin and not proc.stdin.closed:
+                proc.stdin.close()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
 
 
-def start_tree(cgroup: SessionCgroup) -> tuple[subprocess.Popen, dict[str, int]]:
-    """A process with a forked child and a double-forked setsid daemon; their pids."""
-    proc = spawn(cgroup, TREE_CODE)
-    pids: dict[str, int] = {}
-    while len(pids) < 3:
-        line = proc.stdout.readline()
-        assert line, f"the tree did not start: {pids}"
-        role, pid = line.split()
-        pids[role] = int(pid)
-    return proc, pids
+@pytest.fixture
+def launch():
+    launcher = Launcher()
+    yield launcher
+    launcher.close()
+
+
+def waited(proc: subprocess.Popen) -> int:
+    """The exit status; a bounded wait so that a failure to kill fails instead of hanging."""
+    return proc.wait(timeout=10)
 
 
 def dead(pid: int) -> bool:
@@ -109,6 +163,10 @@ def ppid_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+def pids_in(path: Path) -> set[int]:
+    return {int(pid) for pid in (path / "cgroup.procs").read_text().split()}
+
+
 # --- the host's own driver (v1 here) ---------------------------------------------------------
 
 
@@ -121,18 +179,13 @@ def test_detect_picks_this_host(driver):
     assert driver.version == (2 if v2_has_all else 1)
 
 
-def test_process_and_its_children_are_inside(driver):
+def test_process_and_its_children_are_inside(driver, launch):
     cgroup = driver.create("ses_inside", LIMITS)
-    proc, pids = start_tree(cgroup)
-    try:
-        assert proc.pid == pids["main"]  # the attach shell exec'd: no extra process
-        for pid in pids.values():
-            for path in cgroup.paths:
-                assert pid in {int(p) for p in (path / "cgroup.procs").read_text().split()}
-        assert sorted(pids.values()) == cgroup.procs()
-    finally:
-        cgroup.kill_all()
-        proc.wait()
+    proc, pids = launch.tree(cgroup)
+    assert proc.pid == pids["main"]  # the attach shell exec'd: no extra process
+    for path in cgroup.paths:
+        assert set(pids.values()) == pids_in(path)
+    assert sorted(pids.values()) == cgroup.procs()
 
 
 def test_limits_are_written(driver):
@@ -156,11 +209,12 @@ def test_limits_are_written(driver):
             assert (cgroup.path / "memory.swap.max").read_text() == "0\n"
 
 
-def test_memory_hog_is_oom_killed(driver):
+def test_memory_hog_is_oom_killed(driver, launch):
     cgroup = driver.create("ses_oom", CgroupLimits(memory_bytes=64 * MiB, pids_max=16))
     assert cgroup.oom_kills() == 0
-    proc = spawn(cgroup, "chunks = [b'x' * (1 << 20) for _ in range(1024)]\nprint('survived')")
-    out, _ = proc.communicate()
+    hog = "chunks = [b'x' * (1 << 20) for _ in range(1024)]\nprint('survived')"
+    proc = launch.spawn(cgroup, hog)
+    out, _ = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert out == ""
     assert cgroup.oom_kills() >= 1
@@ -169,68 +223,49 @@ def test_memory_hog_is_oom_killed(driver):
     assert peak is None or peak <= 64 * MiB
 
 
-@pytest.mark.timeout(60)  # without the limit, "refused" never comes
-def test_fork_bomb_stops_at_pids_max(driver):
+def test_fork_bomb_stops_at_pids_max(driver, launch):
     cgroup = driver.create("ses_bomb", CgroupLimits(memory_bytes=512 * MiB, pids_max=16))
-    # Each process forks two children that do the same, 8 levels deep (511 processes if
-    # nothing stopped it); the first refused fork prints "refused".
-    bomb = """
-import os, time
-def bomb(depth):
-    for _ in range(2):
-        try:
-            pid = os.fork()
-        except BlockingIOError:
-            os.write(1, b"refused\\n")  # one write: many processes share the pipe
-            return
-        if pid == 0:
-            if depth:
-                bomb(depth - 1)
-            time.sleep(600)
-            os._exit(0)
-bomb(8)
-time.sleep(600)
-"""
-    proc = spawn(cgroup, bomb)
-    try:
-        assert proc.stdout.readline() == "refused\n"
-        assert cgroup.pids_limit_hit() >= 1
-        assert 0 < len(cgroup.procs()) <= 16
-    finally:
-        assert cgroup.kill_all()
-        proc.wait()
+    proc = launch.spawn(cgroup, BOMB_CODE)
+    said: list[str] = []
+    while "refused\n" not in said and said.count("ok\n") < BOMB_FORKERS:
+        said.append(proc.stdout.readline())
+    assert "refused\n" in said
+    assert cgroup.pids_limit_hit() >= 1
+    assert 0 < len(cgroup.procs()) <= 16
+    assert cgroup.kill_all()
+    assert waited(proc) == -signal.SIGKILL
     assert cgroup.procs() == []
     assert subprocess.run(["true"]).returncode == 0  # the host can still fork
 
 
-def test_cpu_seconds_count_a_busy_loop(driver):
+def test_cpu_seconds_count_a_busy_loop(driver, launch):
     cgroup = driver.create("ses_cpu", LIMITS)
     before = cgroup.cpu_seconds()
     busy = "import time\nwhile time.process_time() < 0.3: pass\nprint(time.process_time())"
-    proc = spawn(cgroup, busy)
-    out, _ = proc.communicate()
+    proc = launch.spawn(cgroup, busy)
+    out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     after = cgroup.cpu_seconds()
     assert after > before
     assert after >= float(out)  # at least what the process itself measured
 
 
-def test_kill_all_kills_tree_and_setsid_daemon(driver):
+def test_kill_all_kills_tree_and_setsid_daemon(driver, launch):
     cgroup = driver.create("ses_kill", LIMITS)
-    proc, pids = start_tree(cgroup)
+    proc, pids = launch.tree(cgroup)
     assert ppid_of(pids["daemon"]) != pids["main"]  # it really left the process tree
     assert os.getsid(pids["daemon"]) != os.getsid(pids["main"])
     assert cgroup.kill_all()
-    assert proc.wait() == -signal.SIGKILL
+    assert waited(proc) == -signal.SIGKILL
     assert cgroup.procs() == []
     assert all(dead(pid) for pid in pids.values())
 
 
-def test_remove_leaves_no_directory(driver):
+def test_remove_leaves_no_directory(driver, launch):
     cgroup = driver.create("ses_remove", LIMITS)
-    proc, _ = start_tree(cgroup)
-    cgroup.kill_all()
-    proc.wait()
+    proc, _ = launch.tree(cgroup)
+    assert cgroup.kill_all()
+    waited(proc)
     cgroup.remove()
     assert cgroup.paths and not any(path.exists() for path in cgroup.paths)
     assert all(parent.is_dir() for parent in driver.parents)
@@ -252,23 +287,23 @@ def test_create_refuses_an_existing_session(driver):
         driver.create("ses_twice", LIMITS)
 
 
-def test_cleanup_stale_after_restart(parent_name):
+def test_cleanup_stale_after_restart(parent_name, launch):
     cgroup = CgroupDriver.detect(parent_name).create("ses_left", LIMITS)
-    proc, pids = start_tree(cgroup)
+    proc, pids = launch.tree(cgroup)
     after = CgroupDriver.detect(parent_name)  # a new server run, same parent name
     assert after.cleanup_stale() == ["ses_left"]
-    assert proc.wait() == -signal.SIGKILL
+    assert waited(proc) == -signal.SIGKILL
     assert all(dead(pid) for pid in pids.values())
     assert not any(path.exists() for path in cgroup.paths)
     assert after.cleanup_stale() == []
     assert all(parent.is_dir() for parent in after.parents)  # the parent itself is kept
 
 
-def test_remove_parent_ends_remaining_sessions(driver):
-    started = [start_tree(driver.create(name, LIMITS)) for name in ("ses_a", "ses_b")]
+def test_remove_parent_ends_remaining_sessions(driver, launch):
+    started = [launch.tree(driver.create(name, LIMITS)) for name in ("ses_a", "ses_b")]
     driver.remove_parent()
     for proc, pids in started:
-        assert proc.wait() == -signal.SIGKILL
+        assert waited(proc) == -signal.SIGKILL
         assert all(dead(pid) for pid in pids.values())
     assert not any(parent.exists() for parent in driver.parents)
 
@@ -286,36 +321,36 @@ def v2_driver():
     driver.remove_parent()
 
 
-def test_v2_tree_inside_counted_and_killed_by_cgroup_kill(v2_driver):
+def test_v2_tree_inside_counted_and_killed_by_cgroup_kill(v2_driver, launch):
     cgroup = v2_driver.create("ses_v2", LIMITS)
     assert (cgroup.path / "cgroup.kill").exists()  # so kill_all takes that path here
-    proc, pids = start_tree(cgroup)
+    proc, pids = launch.tree(cgroup)
     assert sorted(pids.values()) == cgroup.procs()
     relative = cgroup.path.relative_to(v2_driver.mount)
     assert f"0::/{relative}\n" in Path(f"/proc/{pids['daemon']}/cgroup").read_text()
     assert cgroup.cpu_seconds() > 0
     assert cgroup.kill_all()
-    assert proc.wait() == -signal.SIGKILL
+    assert waited(proc) == -signal.SIGKILL
     assert all(dead(pid) for pid in pids.values())
     cgroup.remove()
     assert not cgroup.path.exists()
 
 
-def test_v2_freeze_and_kill_fallback(v2_driver):
+def test_v2_freeze_and_kill_fallback(v2_driver, launch):
     """The path for kernels before cgroup.kill (5.14)."""
     cgroup = v2_driver.create("ses_v2_freeze", LIMITS)
-    proc, pids = start_tree(cgroup)
+    proc, pids = launch.tree(cgroup)
     assert cgroup._kill_by_freezing()
-    assert proc.wait() == -signal.SIGKILL
+    assert waited(proc) == -signal.SIGKILL
     assert all(dead(pid) for pid in pids.values())
     assert (cgroup.path / "cgroup.freeze").read_text() == "0\n"  # left thawed
 
 
-def test_v2_cleanup_stale_and_remove_parent(v2_driver):
-    proc, pids = start_tree(v2_driver.create("ses_v2_left", LIMITS))
+def test_v2_cleanup_stale_and_remove_parent(v2_driver, launch):
+    proc, pids = launch.tree(v2_driver.create("ses_v2_left", LIMITS))
     again = CgroupV2Driver(v2_driver.mount, v2_driver.parent_name, controllers=())
     assert again.cleanup_stale() == ["ses_v2_left"]
-    assert proc.wait() == -signal.SIGKILL
+    assert waited(proc) == -signal.SIGKILL
     assert all(dead(pid) for pid in pids.values())
     again.remove_parent()
     assert not again.parent.exists()

@@ -347,7 +347,7 @@ class SessionCgroupV2(SessionCgroup):
         kill = self.path / "cgroup.kill"
         if kill.exists():
             # Linux 5.14+: the kernel kills the whole subtree, forks in flight included.
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(CgroupError):  # removed meanwhile: nothing to kill
                 _write(kill, 1)
             return _wait_until(lambda: not self.procs())
         return self._kill_by_freezing()
