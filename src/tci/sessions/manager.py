@@ -19,7 +19,7 @@ from tci.errors import (
 )
 from tci.kernel.driver import OutputListener, WorkerConnection
 from tci.sandbox.launcher import Sandbox, SandboxLauncher
-from tci.sandbox.limits import limits_hit
+from tci.sandbox.limits import Counters, limits_hit
 from tci.schemas import ExecuteRequest
 from tci.sessions.execution_log import ExecutionLog
 from tci.sessions.pool import WarmPool, start_worker
@@ -47,6 +47,7 @@ class LiveSession:
     last_execute_at: datetime | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     ended: str | None = None  # reason, once ended
+    counters: Counters = field(default_factory=Counters)  # the kernel's limit-hit counts
 
     def info(self) -> dict[str, Any]:
         return {
@@ -197,7 +198,7 @@ class SessionManager:
                     write_files, str(session.sandbox.workspace), files, session.sandbox.uid
                 )
             started_at, started = utcnow(), time.perf_counter()
-            before = session.sandbox.counters()
+            before = session.counters  # as read after the previous call: one read per call
             result = await session.worker.request(
                 {"op": "execute", "code": request.code},
                 timeout=self.settings.execute_timeout,
@@ -205,7 +206,8 @@ class SessionManager:
                 listener=listener,
             )
             # The kernel's record of limits hit during the call, each named by its setting.
-            hit = limits_hit(self.settings, before, session.sandbox.counters(),
+            session.counters = session.sandbox.counters()
+            hit = limits_hit(self.settings, before, session.counters,
                              session.sandbox.volume_usage(), result.worker_died is not None)
             if result.worker_died and hit and hit[0].startswith("MemoryError"):
                 # The kernel says why the worker died: say that instead of "killed by SIGKILL".
