@@ -8,17 +8,21 @@ UV := $(PYTHON) -m uv
 RUNTIME_PYTHON := /usr/bin/python3.11
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint setup system uv venv runtime lock clean
+.PHONY: serve test lint bench setup system uv venv runtime lock clean
 
 serve: setup
 	.venv/bin/tci serve
 
 test: setup
-	.venv/bin/ruff check src tests
+	.venv/bin/ruff check src tests bench
 	.venv/bin/pytest $(PYTEST_ARGS)
 
 lint: venv
-	.venv/bin/ruff check src tests
+	.venv/bin/ruff check src tests bench
+
+# Benchmarks of tci and its peers, side by side: prints a table, rewrites docs/benchmarks.md.
+bench: setup
+	.venv/bin/python -m bench
 
 setup: system venv runtime
 

@@ -18,6 +18,7 @@ from typing import Any
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell
+from traitlets.config import Config
 
 Emit = Callable[[dict], None]
 
@@ -104,8 +105,12 @@ def make_shell(emit: Emit) -> WorkerShell:
     ChannelDisplayHook.emit = staticmethod(emit)  # type: ignore[assignment]
     ChannelDisplayPublisher.emit = staticmethod(emit)  # type: ignore[assignment]
     WorkerShell.emit = staticmethod(emit)  # type: ignore[assignment]
-    shell = WorkerShell.instance(colors="nocolor", history_length=0)
-    shell.history_manager.enabled = False
+    # No history database: it would start a saving thread, and the worker must stay
+    # single-threaded (fork-safe) and write nothing outside the user's own files.
+    config = Config()
+    config.HistoryManager.enabled = False
+    config.HistoryManager.hist_file = ":memory:"
+    shell = WorkerShell.instance(config=config, colors="nocolor")
     shell.InteractiveTB.set_mode(mode="Plain")  # a plain Python traceback, no banner
     # Matplotlib's "cannot show: non-interactive backend" warning is noise here: every
     # open figure is returned as a PNG at the end of the cell anyway.
