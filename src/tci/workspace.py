@@ -143,6 +143,8 @@ def check_writable(workspace: str, files: list[DecodedFile]) -> None:
                         info = os.stat(part, dir_fd=fd, follow_symlinks=False)
                     except FileNotFoundError:
                         break
+                    except OSError as exc:
+                        raise _refuse(item.name, exc) from exc
                     last = index == len(item.parts) - 1
                     if stat.S_ISLNK(info.st_mode):
                         raise BadRequest(f"file {item.name!r} would pass through a symlink")
@@ -151,7 +153,10 @@ def check_writable(workspace: str, files: list[DecodedFile]) -> None:
                     if not last:
                         if not stat.S_ISDIR(info.st_mode):
                             raise BadRequest(f"{part!r} in {item.name!r} is not a directory")
-                        next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                        try:  # the session's code may have swapped in a symlink meanwhile
+                            next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                        except OSError as exc:
+                            raise _refuse(item.name, exc) from exc
                         if fd != root_fd:
                             os.close(fd)
                         fd = next_fd
@@ -187,6 +192,13 @@ def write_files(workspace: str, files: list[DecodedFile], uid: int) -> None:
                     while view:
                         view = view[os.write(fd, view) :]
                     os.fchown(fd, uid, uid)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise PayloadTooLarge(
+                            f"file {item.name!r} does not fit: the session's workspace is full "
+                            "(TCI_WORKSPACE_MAX_BYTES / TCI_WORKSPACE_MAX_FILES)"
+                        ) from exc
+                    raise _refuse(item.name, exc) from exc
                 finally:
                     os.close(fd)
             finally:

@@ -110,6 +110,10 @@ def build_argv(spec: SandboxSpec) -> list[str]:
         "--size", str(spec.tmp_size_bytes), "--tmpfs", "/dev/shm",
         "--bind", str(spec.home), SANDBOX_HOME,
         "--bind", str(spec.workspace), WORKSPACE,
+        # The sandbox's root and /dev are bwrap's own tmpfs: read-only once everything is
+        # mounted, so the only writable places are the capped ones above.
+        "--remount-ro", "/dev",
+        "--remount-ro", "/",
         "--chdir", WORKSPACE,
         "--clearenv",
     ]

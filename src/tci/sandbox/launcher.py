@@ -30,6 +30,7 @@ from tci.sandbox.uids import UidPool
 log = logging.getLogger(__name__)
 
 USER_SITE = ".local/lib/python3.11/site-packages"
+_TOOLS_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass
@@ -281,6 +282,9 @@ class SandboxLauncher:
             process = await asyncio.create_subprocess_exec(
                 *enter_cgroup, *nice, *rlimits, *own_netns, *drop_privileges, *build_argv(spec),
                 stdin=asyncio.subprocess.DEVNULL, stdout=stdout_w, stderr=stderr_w,
+                # bwrap itself (the sandbox's pid 1, whose /proc/1/environ the code can read)
+                # must not carry the server's environment: only a PATH to find its tools.
+                env={"PATH": _TOOLS_PATH},
                 pass_fds=(command_r, event_w, info_w, seccomp_fd),
                 start_new_session=True,
             )
