@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     max_files_bytes: int = 100 * MiB
     max_files_per_request: int = 1000
     max_filename_length: int = 1024
+    max_files_listed: int = 10_000
     max_code_bytes: int = 4 * MiB
     max_output_bytes: int = 8 * MiB
 

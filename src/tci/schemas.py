@@ -33,6 +33,7 @@ class ExecuteRequest(BaseModel):
     code: Text
     session_id: Text | None = None
     files: list[FileInput] | None = None
+    stream: bool = False  # answer text/event-stream: outputs as produced, then the response
 
 
 class Output(BaseModel):

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tci.config import Settings
-from tci.errors import BadRequest, PayloadTooLarge
+from tci.errors import BadRequest, NotFound, PayloadTooLarge
 from tci.schemas import FileInput
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -204,5 +204,87 @@ def write_files(workspace: str, files: list[DecodedFile], uid: int) -> None:
             finally:
                 with contextlib.suppress(OSError):
                     os.close(parent)
+    finally:
+        os.close(root_fd)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    size: int
+    modified: float
+
+
+def list_files(workspace: str, limit: int) -> list[FileInfo]:
+    """Regular files under the workspace (symlinks are listed as nothing and never followed)."""
+    found: list[FileInfo] = []
+    root_fd = os.open(workspace, _DIR_FLAGS)
+    stack: list[tuple[int, str]] = [(root_fd, "")]
+    try:
+        while stack and len(found) < limit:
+            fd, prefix = stack.pop()
+            try:
+                for entry in sorted(os.scandir(fd), key=lambda e: e.name):
+                    info = entry.stat(follow_symlinks=False)
+                    relative = f"{prefix}{entry.name}"
+                    if stat.S_ISREG(info.st_mode):
+                        found.append(FileInfo(relative, info.st_size, info.st_mtime))
+                    elif stat.S_ISDIR(info.st_mode):
+                        with contextlib.suppress(OSError):
+                            stack.append((os.open(entry.name, _DIR_FLAGS, dir_fd=fd),
+                                          relative + "/"))
+            finally:
+                if fd != root_fd:
+                    os.close(fd)
+    finally:
+        for fd, _ in stack:
+            if fd != root_fd:
+                os.close(fd)
+        os.close(root_fd)
+    return sorted(found[:limit], key=lambda f: f.path)
+
+
+def read_file(workspace: str, name: str, max_length: int, max_bytes: int) -> bytes:
+    """One regular file's bytes, reached without following any symlink."""
+    parts = split_path(name, max_length)
+    root_fd = os.open(workspace, _DIR_FLAGS)
+    try:
+        try:
+            parent = _open_parent(root_fd, parts[:-1], uid=-1, create=False)
+        except FileNotFoundError as exc:
+            raise NotFound(f"file {name!r} not found") from exc
+        except OSError as exc:
+            raise _refuse(name, exc) from exc
+        try:
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=parent)
+        except FileNotFoundError as exc:
+            raise NotFound(f"file {name!r} not found") from exc
+        except OSError as exc:
+            raise _refuse(name, exc) from exc
+        finally:
+            os.close(parent)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise BadRequest(f"{name!r} is not a regular file")
+            if info.st_size > max_bytes:
+                raise PayloadTooLarge(
+                    f"file {name!r} is {info.st_size} bytes; downloads are limited to "
+                    f"{max_bytes} bytes (TCI_MAX_FILE_BYTES)"
+                )
+            chunks, remaining = [], max_bytes + 1
+            while remaining > 0:
+                chunk = os.read(fd, min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                remaining -= len(chunk)
+            data = b"".join(chunks)
+            if len(data) > max_bytes:
+                raise PayloadTooLarge(f"file {name!r} grew past {max_bytes} bytes while read")
+            return data
+        finally:
+            os.close(fd)
     finally:
         os.close(root_fd)

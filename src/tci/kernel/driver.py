@@ -214,6 +214,10 @@ class WorkerConnection:
         try:
             self._send({**message, "id": request_id})
             return await self._await_done(pending, timeout, grace)
+        except asyncio.CancelledError:
+            # The caller went away (a streaming client disconnected): stop the cell too.
+            self.sandbox.interrupt()
+            raise
         finally:
             self._pending = None
 

@@ -13,7 +13,7 @@ from tci.sandbox.launcher import SandboxLauncher
 from tci.server import errors
 from tci.server.auth import ApiKeyAuth, Authenticator
 from tci.server.body_limit import BodyLimit
-from tci.server.routes import execute, health, sessions
+from tci.server.routes import execute, files, health, sessions
 from tci.sessions.manager import SessionManager
 from tci.storage.store import AsyncStore, Store
 
@@ -42,6 +42,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     api = APIRouter()
     api.include_router(execute.router)
     api.include_router(sessions.router)
+    api.include_router(files.router)
     # The official SDK calls {base}/tci/... with base ending in /v1; the seeds' curl calls /tci.
     app.include_router(api, prefix="/v1")
     app.include_router(api)

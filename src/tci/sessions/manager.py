@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,11 +22,11 @@ from tci.errors import (
 from tci.kernel.driver import OutputListener, WorkerConnection
 from tci.sandbox.launcher import Sandbox, SandboxLauncher
 from tci.sandbox.limits import Counters, limits_hit
-from tci.schemas import ExecuteRequest
+from tci.schemas import ExecuteRequest, FileInput
 from tci.sessions.execution_log import ExecutionLog
 from tci.sessions.pool import WarmPool, start_worker
 from tci.storage.store import AsyncStore, KeyInfo
-from tci.workspace import decode_files, write_files
+from tci.workspace import FileInfo, decode_files, list_files, read_file, write_files
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +172,36 @@ class SessionManager:
         self.store.fire(self.store.store.end_session, session.id, reason)
         log.info("session %s ended: %s", session.id, reason)
 
+    async def end_by_client(self, key: KeyInfo, session_id: str) -> None:
+        """DELETE: end now, even mid-call (the running call gets the worker's death)."""
+        await self.end(await self.get(key, session_id), "ended by the client")
+
+    # -- files -------------------------------------------------------------------------------
+
+    async def list_files(self, key: KeyInfo, session_id: str) -> list[FileInfo]:
+        session = await self.get(key, session_id)
+        return await asyncio.to_thread(
+            list_files, str(session.sandbox.workspace), self.settings.max_files_listed
+        )
+
+    async def read_file(self, key: KeyInfo, session_id: str, path: str) -> bytes:
+        session = await self.get(key, session_id)
+        return await asyncio.to_thread(
+            read_file, str(session.sandbox.workspace), path,
+            self.settings.max_filename_length, self.settings.max_file_bytes,
+        )
+
+    async def write_file(self, key: KeyInfo, session_id: str, path: str, content: bytes) -> int:
+        session = await self.get(key, session_id)
+        files = decode_files(
+            [FileInput(name=path, encoding="base64", content=base64.b64encode(content).decode())],
+            self.settings,
+        )
+        await asyncio.to_thread(
+            write_files, str(session.sandbox.workspace), files, session.sandbox.uid
+        )
+        return len(content)
+
     def list(self, key: KeyInfo) -> list[dict[str, Any]]:
         now = utcnow()
         return [
@@ -179,8 +211,11 @@ class SessionManager:
     # -- execution -----------------------------------------------------------------------------
 
     async def execute(
-        self, key: KeyInfo, request: ExecuteRequest, listener: OutputListener | None = None
+        self, key: KeyInfo, request: ExecuteRequest, listener: OutputListener | None = None,
+        on_start: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
+        """Run one call. `listener` sees each output as it is produced; `on_start` is told the
+        session id once the session is resolved and the code is about to run."""
         if len(request.code.encode()) > self.settings.max_code_bytes:
             raise PayloadTooLarge(
                 f"code is larger than {self.settings.max_code_bytes} bytes (TCI_MAX_CODE_BYTES)"
@@ -197,6 +232,8 @@ class SessionManager:
                 await asyncio.to_thread(
                     write_files, str(session.sandbox.workspace), files, session.sandbox.uid
                 )
+            if on_start is not None:
+                on_start(session.id)
             started_at, started = utcnow(), time.perf_counter()
             before = session.counters  # as read after the previous call: one read per call
             result = await session.worker.request(

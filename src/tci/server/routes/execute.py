@@ -3,10 +3,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from tci.schemas import ExecuteRequest, ExecuteResponse
 from tci.server.auth import require_key
+from tci.server.streaming import stream_execute
 from tci.storage.store import KeyInfo
 
 router = APIRouter(tags=["execute"])
@@ -15,8 +16,11 @@ router = APIRouter(tags=["execute"])
 @router.post("/tci/execute", response_model=ExecuteResponse)
 async def execute(
     body: ExecuteRequest, request: Request, key: Annotated[KeyInfo, Depends(require_key)]
-) -> JSONResponse:
-    """Run code in a new session, or in `session_id`'s session."""
+) -> Response:
+    """Run code in a new session, or in `session_id`'s session. With `"stream": true`, the
+    answer is text/event-stream (see server/streaming.py)."""
+    if body.stream:
+        return await stream_execute(request.app.state.manager, key, body)
     data = await request.app.state.manager.execute(key, body)
     # Already plain JSON types: answered directly, without re-validating the outputs through
     # the response model (which only documents the shape), since this is the hot path.

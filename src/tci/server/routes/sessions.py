@@ -15,3 +15,12 @@ router = APIRouter(tags=["sessions"])
 async def list_sessions(request: Request, key: Annotated[KeyInfo, Depends(require_key)]) -> dict:
     """The caller's active sessions."""
     return {"data": {"sessions": request.app.state.manager.list(key)}, "errors": None}
+
+
+@router.delete("/tci/sessions/{session_id}")
+async def end_session(
+    session_id: str, request: Request, key: Annotated[KeyInfo, Depends(require_key)]
+) -> dict:
+    """End a session now and free everything it used."""
+    await request.app.state.manager.end_by_client(key, session_id)
+    return {"data": {"id": session_id, "ended": True}, "errors": None}

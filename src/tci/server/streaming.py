@@ -1,0 +1,78 @@
+"""`"stream": true`: the execute call as Server-Sent Events.
+
+Events: `output` (one TCI output, stdout chunks as they are written), then one `result`
+holding the whole TCI response ({"data": ..., "errors": null}), or `error` ({"data": null,
+"errors": [...]}) if the call failed after it started. A comment line keeps quiet
+connections alive. A client that disconnects interrupts its cell. Errors found before the
+code starts (bad key, unknown session, bad files) are ordinary HTTP errors, not events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+
+from tci.errors import TCIError
+from tci.schemas import ExecuteRequest
+from tci.sessions.manager import SessionManager
+from tci.storage.store import KeyInfo
+
+KEEPALIVE_SECONDS = 15.0
+
+
+def sse(event: str, payload: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+async def stream_execute(
+    manager: SessionManager, key: KeyInfo, body: ExecuteRequest
+) -> StreamingResponse:
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def listener(event: dict[str, Any]) -> None:
+        queue.put_nowait({"type": event["type"], "data": event["data"]})
+
+    def on_start(session_id: str) -> None:
+        if not started.done():
+            started.set_result(session_id)
+
+    task = asyncio.create_task(manager.execute(key, body, listener, on_start))
+    await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
+    if not started.done():
+        started.cancel()
+        task.result()  # raises the TCIError: an ordinary HTTP error response
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait(
+                    {getter, task}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getter in done:
+                    yield sse("output", getter.result())
+                    continue
+                getter.cancel()
+                if task in done:
+                    break
+                yield b": keep-alive\n\n"
+            while not queue.empty():
+                yield sse("output", queue.get_nowait())
+            try:
+                yield sse("result", {"data": task.result(), "errors": None})
+            except TCIError as exc:
+                yield sse("error", {"data": None, "errors": [exc.message]})
+        finally:
+            if not task.done():  # the client went away mid-cell
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, TCIError):
+                    await task
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
