@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import make_server, outputs_of, stdout_of
+from tests.host import all_pids, cmdline, pid_ns
 
 DEADLINE = 30.0
 
@@ -90,24 +91,6 @@ class Footprint:
     def assert_gone(self) -> None:
         wait_for(lambda: not self.processes(), f"processes of uid {self.uid} to end")
         wait_for(lambda: not self.directory.exists(), f"{self.directory} to be removed")
-
-
-def all_pids() -> list[int]:
-    return sorted(int(entry) for entry in os.listdir("/proc") if entry.isdigit())
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace").replace("\0", " ")
-    except OSError:
-        return ""
-
-
-def pid_ns(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/pid")
-    except OSError:
-        return None
 
 
 def uid_of(pid: int) -> int | None:

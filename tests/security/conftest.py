@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server, make_server, outputs_of, stdout_of
+from tests.host import all_pids, cmdline, pid_ns
 
 MiB = 1 << 20
 LIVENESS_SECONDS = 5.0
@@ -242,24 +243,6 @@ def session_root(session_id: str) -> Path:
 
 def workspace_of(session_id: str) -> Path:
     return session_root(session_id) / "vol" / "work"
-
-
-def all_pids() -> list[int]:
-    return sorted(int(entry) for entry in os.listdir("/proc") if entry.isdigit())
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace").replace("\0", " ")
-    except OSError:
-        return ""
-
-
-def pid_ns(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/pid")
-    except OSError:
-        return None
 
 
 def status_of(pid: int) -> dict[str, str]:
