@@ -1,0 +1,93 @@
+"""One exception tree for everything the client raises.
+
+    TCIClientError
+    ├── APIConnectionError          the server could not be reached (wraps the httpx error)
+    │   └── APITimeoutError         the request took longer than the client's timeout
+    └── APIStatusError              the server answered with an error
+        ├── BadRequestError         400, 413, 422
+        ├── AuthenticationError     401
+        ├── NotFoundError           404
+        ├── SessionEndedError       410 (the message says why)
+        ├── RateLimitError          429 (``retry_after`` from the Retry-After header)
+        └── APIError                anything else, and an ``error`` event in a stream
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TCIClientError(Exception):
+    """Base of every error the client raises."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class APIConnectionError(TCIClientError):
+    """The request did not get an answer (connection refused, reset, ...). ``__cause__`` is
+    the httpx error."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The request did not finish within the client's timeout."""
+
+
+class APIStatusError(TCIClientError):
+    """The server answered with an error. ``status_code`` is the HTTP status (None for an
+    ``error`` event inside a stream), ``errors`` the body's ``errors`` list, ``body`` the
+    parsed body (or the raw text if it was not JSON)."""
+
+    def __init__(
+        self, message: str, *, status_code: int | None, errors: list[Any] | None = None,
+        body: Any = None, headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.errors = errors or [message]
+        self.body = body
+        self.headers = headers or {}
+
+    def __str__(self) -> str:
+        return self.message if self.status_code is None else f"{self.status_code}: {self.message}"
+
+
+class BadRequestError(APIStatusError):
+    """400 (bad files), 413 (too large), 422 (invalid body)."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: missing, unknown or revoked API key."""
+
+
+class NotFoundError(APIStatusError):
+    """404: unknown session, another key's session, or a missing file."""
+
+
+class SessionEndedError(APIStatusError):
+    """410: the session expired or was ended; the message says why."""
+
+
+class RateLimitError(APIStatusError):
+    """429: too many live sessions. ``retry_after`` is the server's Retry-After in seconds
+    (None if absent)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class APIError(APIStatusError):
+    """Any other error status (5xx, ...), or an ``error`` event ending a stream."""
+
+
+STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    404: NotFoundError,
+    410: SessionEndedError,
+    413: BadRequestError,
+    422: BadRequestError,
+    429: RateLimitError,
+}
