@@ -8,12 +8,12 @@ UV := $(PYTHON) -m uv
 RUNTIME_PYTHON := /usr/bin/python3.11
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint bench setup system uv venv runtime lock clean
+.PHONY: serve test lint bench setup system uv venv runtime node-e2e lock clean
 
 serve: setup
 	.venv/bin/tci serve
 
-test: setup
+test: setup node-e2e
 	.venv/bin/ruff check src tests bench
 	.venv/bin/pytest $(PYTEST_ARGS)
 
@@ -63,9 +63,16 @@ runtime: .runtime/.stamp
 	rm -rf .runtime && mv .runtime.new .runtime
 	touch $@
 
+# The official TypeScript SDK for tests/e2e (pinned by its package-lock.json), installed only
+# when missing or when the lock changes; npm's download cache (~/.npm) is outside the clone.
+node-e2e: tests/e2e/ts/node_modules/.stamp
+tests/e2e/ts/node_modules/.stamp: tests/e2e/ts/package-lock.json
+	cd tests/e2e/ts && npm ci --no-audit --no-fund --prefer-offline
+	touch $@
+
 lock: uv
 	$(UV) pip compile -q pyproject.toml --extra dev --extra bench --python-version 3.11 -o requirements.lock
 	$(UV) pip compile -q runtime/requirements.in --python $(RUNTIME_PYTHON) -o runtime/requirements.lock
 
 clean:
-	rm -rf .venv .runtime .runtime.new .pytest_cache .ruff_cache
+	rm -rf .venv .runtime .runtime.new .pytest_cache .ruff_cache tests/e2e/ts/node_modules

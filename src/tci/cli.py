@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from tci.config import Settings
@@ -29,9 +28,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings.host = args.host
     if args.port is not None:
         settings.port = args.port
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from tci.server.logging import configure
+
+    configure(settings.log_format)
     # Refuse to start, with a clear message, when sandboxes cannot work on this host or a
     # protection is missing (a real probe sandbox is started and checked).
     asyncio.run(selfcheck.run(settings))
@@ -44,7 +43,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  export TOGETHER_API_KEY={secret}")
         print("=" * 72, flush=True)
     app = create_app(settings, store)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", log_config=None,
                 access_log=args.access_log, timeout_graceful_shutdown=10)
     return 0
 
@@ -66,6 +65,44 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_usage(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import datetime
+
+    from tci.metering import cost, window
+
+    try:
+        since, until = window(
+            datetime.fromisoformat(args.since) if args.since else None,
+            datetime.fromisoformat(args.until) if args.until else None,
+        )
+    except ValueError as exc:
+        print(f"tci: bad date: {exc}", file=sys.stderr)
+        return 2
+    rows = _store(settings).usage(since, until)
+    print(f"usage of sessions started from {since.isoformat()} to {until.isoformat()}"
+          " (live sessions' CPU is counted when they end)")
+    print(f"{'NAME':<24} {'SESSIONS':>9} {'EXECUTIONS':>11} {'CPU_SECONDS':>12} {'COST_USD':>10}")
+    for row in rows.values():
+        price = cost(row.sessions, settings.price_per_session_usd)
+        print(f"{row.name:<24} {row.sessions:>9} {row.executions:>11} "
+              f"{row.cpu_seconds:>12.2f} {price:>10.4f}")
+    return 0
+
+
+def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
+    from tci.mcp import run_stdio
+
+    url = args.url or os.environ.get("TCI_BASE_URL") or "http://127.0.0.1:8000/v1"
+    key = args.api_key or os.environ.get("TCI_API_KEY")
+    if not key:
+        print("tci: an API key is needed: --api-key KEY or TCI_API_KEY", file=sys.stderr)
+        return 2
+    run_stdio(url, key)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tci", description="Self-hosted code interpreter")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("name")
     keys.set_defaults(handler=cmd_keys)
+
+    mcp = commands.add_parser("mcp", help="serve MCP over stdio, calling a tci server")
+    mcp.add_argument("--url", default=None,
+                     help="the server's base URL (default $TCI_BASE_URL or http://127.0.0.1:8000/v1)")
+    mcp.add_argument("--api-key", default=None, help="API key (default $TCI_API_KEY)")
+    mcp.set_defaults(handler=cmd_mcp)
+
+    usage = commands.add_parser("usage", help="sessions, executions, CPU and cost per key")
+    usage.add_argument("--since", help="ISO date/time (default: until - 30 days)")
+    usage.add_argument("--until", help="ISO date/time (default: now)")
+    usage.set_defaults(handler=cmd_usage)
     return parser
 
 

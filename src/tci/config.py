@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     # Auth.
     auth_cache_seconds: float = 10.0
 
+    # Usage, metrics, logs.
+    price_per_session_usd: float = 0.03  # cost = sessions started x this price
+    # /metrics is open by default (counts only, for a Prometheus scraper on the same host);
+    # set true when the port is reachable by others: then it needs a Bearer key.
+    metrics_require_key: bool = False
+    log_format: Literal["text", "json"] = "text"
+
     @cached_property
     def database_url(self) -> str:
         return f"sqlite:///{self.data_dir / 'tci.db'}"

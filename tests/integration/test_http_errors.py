@@ -110,7 +110,7 @@ def test_every_problem_is_listed(client, prefix):
 # -- routes and methods -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/nope", "/execute/extra", "/session", "/sessions/x"])
+@pytest.mark.parametrize("path", ["/nope", "/execute/extra", "/session", "/sessions/x/y"])
 def test_unknown_route(client, prefix, path):
     assert_error(client.get(prefix + path), 404, "Not Found")
     assert_error(client.post(prefix + path, json={}), 404, "Not Found")

@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
+from tci import mcp
 from tci.config import Settings
 from tci.sandbox.launcher import SandboxLauncher
 from tci.server import errors
 from tci.server.auth import ApiKeyAuth, Authenticator
 from tci.server.body_limit import BodyLimit
-from tci.server.routes import execute, files, health, sessions
+from tci.server.openapi import ERROR_RESPONSES
+from tci.server.routes import execute, files, health, metrics, sessions, usage
 from tci.sessions.manager import SessionManager
 from tci.storage.store import AsyncStore, Store
 
@@ -26,7 +28,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await manager.start()
         try:
-            yield
+            async with mcp_running():  # MCP's streamable HTTP sessions (tci/mcp.py)
+                yield
         finally:
             await manager.shutdown()
             async_store.close()
@@ -39,14 +42,18 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.state.auth = authenticator
     errors.install(app)
 
-    api = APIRouter()
+    # Every API route may answer these, in TCI's error shape (documented once, here).
+    api = APIRouter(responses=ERROR_RESPONSES)
     api.include_router(execute.router)
     api.include_router(sessions.router)
     api.include_router(files.router)
+    api.include_router(usage.router)
     # The official SDK calls {base}/tci/... with base ending in /v1; the seeds' curl calls /tci.
     app.include_router(api, prefix="/v1")
     app.include_router(api)
     app.include_router(health.router)
+    mcp_running = mcp.mount(app, "/mcp")  # authenticates its requests itself
+    app.include_router(metrics.router)  # outside the /tci prefixes: see its docstring
     # The last added runs first: authenticate, then refuse oversized bodies, then route.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(ApiKeyAuth, authenticator=authenticator, prefixes=("/tci", "/v1/tci"))

@@ -4,13 +4,16 @@ session) is the session manager's ownership check."""
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tci.errors import Unauthorized
 from tci.server.errors import error_response
+from tci.server.openapi import bearer
 from tci.storage.store import AsyncStore, KeyInfo, hash_key
 
 
@@ -45,8 +48,12 @@ class Authenticator:
         return key
 
 
-async def require_key(request: Request) -> KeyInfo:
-    """Route dependency: the key `ApiKeyAuth` established (it ran before the body was read)."""
+async def require_key(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
+) -> KeyInfo:
+    """Route dependency: the key `ApiKeyAuth` established (it ran before the body was read).
+    `_credentials` only declares the Bearer scheme in the OpenAPI document."""
     key = getattr(request.state, "key", None)
     if key is None:
         key = await request.app.state.auth.authenticate(request.headers.get("authorization"))

@@ -20,6 +20,7 @@ from tci.errors import (
     TooManySessions,
 )
 from tci.kernel.driver import OutputListener, WorkerConnection
+from tci.metering import Metrics, cpu_seconds
 from tci.sandbox.launcher import Sandbox, SandboxLauncher
 from tci.sandbox.limits import Counters, limits_hit
 from tci.schemas import ExecuteRequest, FileInput
@@ -50,6 +51,12 @@ class LiveSession:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     ended: str | None = None  # reason, once ended
     counters: Counters = field(default_factory=Counters)  # the kernel's limit-hit counts
+    cpu_baseline: float | None = None  # cgroup CPU seconds when handed out (pool warm-up)
+
+    def cpu_used(self) -> float | None:
+        """CPU seconds used since the client got the session (None without cgroups)."""
+        now = cpu_seconds(self.sandbox)
+        return None if now is None else max(0.0, now - (self.cpu_baseline or 0.0))
 
     def info(self) -> dict[str, Any]:
         return {
@@ -75,6 +82,7 @@ class SessionManager:
         self._ended: dict[str, tuple[int, str]] = {}  # id -> (key id, reason), insertion order
         self._starting = 0
         self._reaper: asyncio.Task[None] | None = None
+        self.metrics = Metrics(self)
 
     # -- lifecycle of the manager ------------------------------------------------------------
 
@@ -133,11 +141,13 @@ class SessionManager:
         session_id, sandbox, worker = ready.name, ready.sandbox, ready.worker
         started = utcnow()
         expires = started + timedelta(seconds=self.settings.session_lifetime_seconds)
-        session = LiveSession(session_id, key.id, started, expires, sandbox, worker)
+        session = LiveSession(session_id, key.id, started, expires, sandbox, worker,
+                              cpu_baseline=cpu_seconds(sandbox))
         self.sessions[session_id] = session
+        self.metrics.session_created()
         # Queued, not awaited: the store's single thread keeps it ahead of later writes.
         self.store.fire(self.store.store.add_session, session_id, key.id, started, expires)
-        log.info("session %s started", session_id)
+        log.info("session started", extra={"session": session_id, "key": key.name})
         return session
 
     async def get(self, key: KeyInfo, session_id: str) -> LiveSession:
@@ -166,11 +176,14 @@ class SessionManager:
         self._ended[session.id] = (session.key_id, reason)
         if len(self._ended) > _REMEMBER_ENDED:
             self._ended.pop(next(iter(self._ended)))
+        used = session.cpu_used()  # before the sandbox (and its cgroup) is destroyed
         self.sessions.pop(session.id, None)
         session.worker.close()
         await self.launcher.destroy(session.sandbox)
-        self.store.fire(self.store.store.end_session, session.id, reason)
-        log.info("session %s ended: %s", session.id, reason)
+        self.store.fire(self.store.store.end_session, session.id, reason, used)
+        self.metrics.session_ended(reason)
+        log.info("session ended", extra={"session": session.id, "reason": reason,
+                                         "cpu_seconds": used})
 
     async def end_by_client(self, key: KeyInfo, session_id: str) -> None:
         """DELETE: end now, even mid-call (the running call gets the worker's death)."""
@@ -256,10 +269,11 @@ class SessionManager:
             session.last_execute_at = started_at
             outcome = "died" if result.worker_died else (
                 "timeout" if result.timed_out else ("ok" if result.ok else "error"))
-            self.executions.add(
-                session.id, started_at, time.perf_counter() - started, outcome,
-                session.execute_count,
-            )
+            duration = time.perf_counter() - started
+            self.executions.add(session.id, started_at, duration, outcome, session.execute_count)
+            self.metrics.executed(outcome, duration)
+        if outcome in ("timeout", "died"):
+            log.warning("execution %s", outcome, extra={"session": session.id})
         if result.worker_died:
             await self.end(session, result.worker_died)
         return {"session_id": session.id, "status": "completed", "outputs": result.outputs}

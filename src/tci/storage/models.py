@@ -54,6 +54,8 @@ class SessionRecord(Base):
     execute_count: Mapped[int] = mapped_column(Integer, default=0)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     end_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # CPU used while the client had the session (from its cgroup; None without cgroups).
+    cpu_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class ExecutionRecord(Base):

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event, select, update
+from sqlalchemy import create_engine, event, func, inspect, select, text, update
 from sqlalchemy.orm import sessionmaker
 
 from tci.errors import BadRequest, NotFound
@@ -57,6 +57,15 @@ class EndedSession:
     reason: str
 
 
+@dataclass
+class UsageRow:
+    key_id: int
+    name: str
+    sessions: int
+    executions: int
+    cpu_seconds: float
+
+
 def _key_info(row: ApiKey) -> KeyInfo:
     return KeyInfo(row.id, row.name, row.prefix, row.created_at, row.revoked_at)
 
@@ -69,7 +78,15 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        self._migrate()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _migrate(self) -> None:
+        """Columns added after a database was created (create_all adds only tables)."""
+        columns = {c["name"] for c in inspect(self.engine).get_columns("sessions")}
+        if "cpu_seconds" not in columns:
+            with self.engine.begin() as connection:
+                connection.execute(text("ALTER TABLE sessions ADD COLUMN cpu_seconds FLOAT"))
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -126,11 +143,12 @@ class Store:
                 db.execute(update(SessionRecord).where(SessionRecord.id == row.session_id).values(
                     execute_count=row.execute_count, last_execute_at=row.started_at))
 
-    def end_session(self, session_id: str, reason: str) -> None:
+    def end_session(self, session_id: str, reason: str,
+                    cpu_seconds: float | None = None) -> None:
         with self._sessions.begin() as db:
             db.execute(update(SessionRecord).where(
                 SessionRecord.id == session_id, SessionRecord.ended_at.is_(None)
-            ).values(ended_at=utcnow(), end_reason=reason))
+            ).values(ended_at=utcnow(), end_reason=reason, cpu_seconds=cpu_seconds))
 
     def end_all_live(self, reason: str) -> int:
         with self._sessions.begin() as db:
@@ -151,6 +169,36 @@ class Store:
             if row is None:
                 return None
             return {c.name: getattr(row, c.name) for c in SessionRecord.__table__.columns}
+
+
+    # -- usage -------------------------------------------------------------------------------
+
+    def usage(self, since: datetime, until: datetime,
+              key_id: int | None = None) -> dict[int, UsageRow]:
+        """Per key: sessions started in [since, until), their recorded CPU seconds, and the
+        executions started in that window. Keys without use are included (all zeros)."""
+        in_window = (SessionRecord.started_at >= since) & (SessionRecord.started_at < until)
+        with self._sessions() as db:
+            keys = select(ApiKey.id, ApiKey.name).order_by(ApiKey.id)
+            sessions = select(SessionRecord.key_id, func.count(SessionRecord.id),
+                              func.coalesce(func.sum(SessionRecord.cpu_seconds), 0.0)
+                              ).where(in_window).group_by(SessionRecord.key_id)
+            executions = select(SessionRecord.key_id, func.count(ExecutionRecord.id)).join(
+                SessionRecord, ExecutionRecord.session_id == SessionRecord.id
+            ).where((ExecutionRecord.started_at >= since) & (ExecutionRecord.started_at < until)
+                    ).group_by(SessionRecord.key_id)
+            if key_id is not None:
+                keys = keys.where(ApiKey.id == key_id)
+                sessions = sessions.where(SessionRecord.key_id == key_id)
+                executions = executions.where(SessionRecord.key_id == key_id)
+            rows = {kid: UsageRow(kid, name, 0, 0, 0.0) for kid, name in db.execute(keys)}
+            for kid, count, cpu in db.execute(sessions):
+                if kid in rows:
+                    rows[kid].sessions, rows[kid].cpu_seconds = count, float(cpu)
+            for kid, count in db.execute(executions):
+                if kid in rows:
+                    rows[kid].executions = count
+            return rows
 
 
 def _sqlite_pragmas(connection, _record) -> None:

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from tci.server.auth import require_key
+from tci.server.openapi import RAW_BODY, RAW_RESPONSE
 from tci.storage.store import KeyInfo
 
 router = APIRouter(tags=["files"])
@@ -25,7 +26,8 @@ async def list_files(
     ]}, "errors": None}
 
 
-@router.get("/tci/sessions/{session_id}/files/{path:path}")
+@router.get("/tci/sessions/{session_id}/files/{path:path}", response_class=Response,
+            responses=RAW_RESPONSE)
 async def download(
     session_id: str, path: str, request: Request, key: Annotated[KeyInfo, Depends(require_key)]
 ) -> Response:
@@ -34,7 +36,7 @@ async def download(
     return Response(content, media_type="application/octet-stream")
 
 
-@router.put("/tci/sessions/{session_id}/files/{path:path}")
+@router.put("/tci/sessions/{session_id}/files/{path:path}", openapi_extra=RAW_BODY)
 async def upload(
     session_id: str, path: str, request: Request, key: Annotated[KeyInfo, Depends(require_key)]
 ) -> dict:

@@ -1,0 +1,132 @@
+"""Metering: what each key used (sessions, executions, CPU seconds, cost) and the server's
+Prometheus metrics. No HTTP here; the routes in server/routes/usage.py and metrics.py read it.
+
+Usage comes from the store (ended sessions carry their CPU seconds, read from the session's
+cgroup when it ended) plus the live sessions' cgroups read at the time of the question.
+CPU is counted from the moment a client got the session: the warm pool's preloading is not
+billed (`cpu_baseline`, read when the session was handed out, is subtracted).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from tci.sandbox.launcher import Sandbox
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW = timedelta(days=30)
+OUTCOMES = ("ok", "error", "timeout", "died")
+KILL_REASONS = ("expired", "client", "shutdown", "worker_died", "memory_limit", "timeout")
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Seconds; a warm call takes about a millisecond, a busy one up to TCI_EXECUTE_TIMEOUT.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+@dataclass(frozen=True)
+class Usage:
+    since: datetime
+    until: datetime
+    sessions: int
+    executions: int
+    cpu_seconds: float
+    cost_usd: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "since": self.since.isoformat(), "until": self.until.isoformat(),
+            "sessions": self.sessions, "executions": self.executions,
+            "cpu_seconds": round(self.cpu_seconds, 6), "cost_usd": round(self.cost_usd, 6),
+        }
+
+
+def cost(sessions: int, price_per_session: float) -> float:
+    return round(sessions * price_per_session, 6)
+
+
+def window(since: datetime | None, until: datetime | None,
+           now: datetime | None = None) -> tuple[datetime, datetime]:
+    """[since, until), both aware UTC; by default the last 30 days. Naive times are UTC."""
+    until = _aware(until) if until is not None else (now or datetime.now(UTC))
+    since = _aware(since) if since is not None else until - DEFAULT_WINDOW
+    return since, until
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def cpu_seconds(sandbox: Sandbox) -> float | None:
+    """CPU seconds the sandbox's processes used so far; None without cgroups (or if the
+    cgroup is already gone)."""
+    if sandbox.cgroup is None:
+        return None
+    try:
+        return sandbox.cgroup.cpu_seconds()
+    except (OSError, ValueError) as exc:
+        log.debug("could not read cpu seconds of %s: %s", sandbox.cgroup.name, exc)
+        return None
+
+
+def kill_reason(reason: str) -> str:
+    """A session's end reason (free text) as one of KILL_REASONS, for a metric label."""
+    if reason == "expired":
+        return "expired"
+    if reason == "ended by the client":
+        return "client"
+    if reason in ("server shut down", "server restarted"):
+        return "shutdown"
+    if reason.startswith("MemoryError"):
+        return "memory_limit"
+    if reason.startswith("execution timed out"):
+        return "timeout"
+    return "worker_died"
+
+
+class Metrics:
+    """One registry per app (never the process-global one), so several apps in one process
+    do not collide. The hot path costs a counter increment and a histogram observation; the
+    gauges are read only when /metrics is scraped."""
+
+    def __init__(self, manager: Any) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        Gauge("tci_sessions_live", "Sessions currently live", registry=r).set_function(
+            lambda: len(manager.sessions))
+        Gauge("tci_pool_ready", "Warm sandboxes ready to be handed out",
+              registry=r).set_function(lambda: len(manager.pool.ready))
+        Gauge("tci_pool_size", "Target size of the warm pool (TCI_POOL_SIZE)",
+              registry=r).set_function(lambda: manager.pool.size)
+        self.sessions_created = Counter("tci_sessions_created", "Sessions created", registry=r)
+        self.executions = Counter("tci_executions", "Executions by outcome", ["outcome"],
+                                  registry=r)
+        self.latency = Histogram("tci_execute_duration_seconds",
+                                 "Time to run one execute call's code, in seconds",
+                                 buckets=_LATENCY_BUCKETS, registry=r)
+        self.killed = Counter("tci_sandboxes_killed", "Sandboxes ended, by reason", ["reason"],
+                              registry=r)
+        # Every label value present from the start (at 0), so dashboards see the series.
+        self._by_outcome = {o: self.executions.labels(o) for o in OUTCOMES}
+        self._by_reason = {k: self.killed.labels(k) for k in KILL_REASONS}
+
+    def session_created(self) -> None:
+        self.sessions_created.inc()
+
+    def executed(self, outcome: str, seconds: float) -> None:
+        counter = self._by_outcome.get(outcome) or self.executions.labels(outcome)
+        counter.inc()
+        self.latency.observe(seconds)
+
+    def session_ended(self, reason: str) -> None:
+        self._by_reason[kill_reason(reason)].inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,31 @@
+"""What /openapi.json says beyond the models: the error shape, the Bearer scheme, raw bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.security import HTTPBearer
+
+from tci.schemas import ErrorResponse
+
+# Documents the scheme in OpenAPI; the check itself is ApiKeyAuth, before the body is read.
+bearer = HTTPBearer(auto_error=False, description="An API key from `tci keys create`.")
+
+_ERRORS = {
+    400: "Refused input (e.g. a file name leaving the workspace)",
+    401: "Missing, malformed, invalid or revoked API key",
+    404: "No such session for this key (another key's session looks the same)",
+    410: "The session has ended or expired; the message says why",
+    413: "A body, code, file or request over its limit (the message names the setting)",
+    422: "The body does not match the schema",
+    429: "The server runs its maximum of sessions; see Retry-After",
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text} for status, text in _ERRORS.items()
+}
+
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+RAW_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": BINARY}}}
+RAW_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The file's bytes", "content": {"application/octet-stream": BINARY}}
+}
