@@ -58,6 +58,10 @@ import os, time
 main = os.getpid()
 release_r, release_w = os.pipe()
 while True:
+    # Once released, a child stops forking: without this, children reparented to pid 1 keep
+    # refilling every freed slot and the bomb outlives the cell (what a real bomb does).
+    if os.getpid() != main and os.path.exists('release'):
+        os._exit(0)
     try:
         pid = os.fork()
     except BlockingIOError as exc:
