@@ -35,11 +35,9 @@ from mcp.types import (
     TextContent,
 )
 from pydantic import Field
-from starlette.datastructures import Headers
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tci.errors import TCIError, Unauthorized
+from tci.errors import TCIError
 from tci.schemas import ExecuteRequest, SessionList
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
@@ -247,27 +245,6 @@ class ManagerBackend:
         return await self._call(self.manager.write_file(self.key, session_id, path, content))
 
 
-class _Authenticated:
-    """ASGI wrapper of the MCP endpoint: a Bearer API key is required (401 as the REST API
-    answers it); the key is left in the request's state for the tools."""
-
-    def __init__(self, app: ASGIApp, authenticator: Any) -> None:
-        self.app = app
-        self.authenticator = authenticator
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from tci.server.errors import error_response
-
-        try:
-            key = await self.authenticator.authenticate(Headers(scope=scope).get("authorization"))
-        except Unauthorized as exc:
-            response = error_response(401, [exc.message], {"WWW-Authenticate": "Bearer"})
-            await response(scope, receive, send)
-            return
-        scope.setdefault("state", {})["key"] = key
-        await self.app(scope, receive, send)
-
-
 def mount(app: Any, path: str = "/mcp") -> Callable[[], Any]:
     """Serve MCP (streamable HTTP) at `path` of the FastAPI `app`, whose `state.manager` and
     `state.auth` the tools and the key check use. Returns the context manager factory the
@@ -286,7 +263,11 @@ def mount(app: Any, path: str = "/mcp") -> Callable[[], Any]:
     # Builds the session manager; DNS-rebinding protection is on when bound to loopback.
     server.streamable_http_app(streamable_http_path=path, host=settings.host,
                                max_request_body_size=settings.max_request_bytes)
-    endpoint = _Authenticated(StreamableHTTPASGIApp(server.session_manager), app.state.auth)
+    # The REST API's key check, applied to every request of the endpoint; it leaves the key in
+    # the request's state for the tools.
+    from tci.server.auth import ApiKeyAuth
+
+    endpoint = ApiKeyAuth(StreamableHTTPASGIApp(server.session_manager), app.state.auth, ("/",))
     app.router.routes.append(Route(path, endpoint=endpoint))
     return server.session_manager.run
 
