@@ -8,12 +8,12 @@ UV := $(PYTHON) -m uv
 RUNTIME_PYTHON := /usr/bin/python3.11
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint bench setup system uv venv runtime node-e2e lock clean
+.PHONY: serve test lint bench setup system browser uv venv runtime node-e2e screenshot lock clean
 
 serve: setup
 	.venv/bin/tci serve
 
-test: setup node-e2e
+test: setup browser node-e2e
 	.venv/bin/ruff check src tests bench
 	.venv/bin/pytest $(PYTEST_ARGS)
 
@@ -40,6 +40,16 @@ system:
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+
+# Debian's Chromium for the console's browser tests (tests/browser, driven by Playwright with
+# executable_path: Playwright's own browser download is never used).
+browser:
+	@command -v chromium >/dev/null || { echo "installing Debian package: chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# docs/console.png: the web console on a session with a plot (tests/browser/screenshot.py).
+screenshot: setup browser
+	.venv/bin/python -m tests.browser.screenshot docs/console.png
 
 uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q uv

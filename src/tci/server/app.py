@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from tci import mcp
+from tci import console, mcp
 from tci.config import Settings
 from tci.sandbox.launcher import SandboxLauncher
 from tci.server import errors
@@ -54,6 +54,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(health.router)
     mcp_running = mcp.mount(app, "/mcp")  # authenticates its requests itself
     app.include_router(metrics.router)  # outside the /tci prefixes: see its docstring
+    console.mount(app)  # the web console at / (static files; talks to /v1/tci like any client)
     # The last added runs first: authenticate, then refuse oversized bodies, then route.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(ApiKeyAuth, authenticator=authenticator, prefixes=("/tci", "/v1/tci"))

@@ -40,8 +40,10 @@ class Worker:
 
     def _on_sigint(self, signum, frame) -> None:
         # Only a running cell is interrupted; a late SIGINT must not break the protocol loop.
+        # Python's own handler raises from C, so the traceback ends at the user's line rather
+        # than in this file.
         if self.executing:
-            raise KeyboardInterrupt
+            signal.default_int_handler(signum, frame)
 
     def emit(self, event: dict) -> None:
         event["id"] = self.request_id

@@ -1,0 +1,117 @@
+// Renders TCI outputs the way a notebook user expects. Everything here comes from untrusted
+// code: text goes in as text, images as data: URLs in <img> (which never runs script), and
+// HTML into an iframe sandboxed without script permission.
+
+import { el } from "./dom.js";
+
+const IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif"];
+const JSON_TYPES = ["application/json", "application/geo+json",
+  "application/vnd.vega.v5+json", "application/vnd.vegalite.v4+json"];
+
+const MAX_FRAME_HEIGHT = 600; // taller HTML scrolls inside its frame
+
+// Styles for HTML outputs (pandas tables look like they do in Jupyter).
+const FRAME_STYLE = `<style>
+  body { margin: 0; font: 13px/1.4 system-ui, sans-serif; color: #1f2328; }
+  table { border-collapse: collapse; }
+  th, td { padding: 4px 10px; text-align: right; border-bottom: 1px solid #e1e4e8; }
+  thead th { border-bottom: 1px solid #8c959f; }
+  tbody tr:nth-child(odd) { background: #f6f8fa; }
+</style>`;
+
+export class OutputArea {
+  constructor() {
+    this.element = el("div", "outputs");
+    this.lastStream = null; // consecutive stdout (or stderr) chunks share one block
+  }
+
+  clear() {
+    this.element.replaceChildren();
+    this.lastStream = null;
+  }
+
+  add(output) {
+    const { type, data } = output;
+    if (type === "stdout" || type === "stderr") {
+      if (this.lastStream?.dataset.stream === type) {
+        this.lastStream.textContent += data;
+      } else {
+        this.lastStream = el("pre", `output ${type}`, data);
+        this.lastStream.dataset.stream = type;
+        this.element.append(this.lastStream);
+      }
+      return;
+    }
+    this.lastStream = null;
+    if (type === "error") this.element.append(el("pre", "output error", data));
+    else if (type === "display_data" || type === "execute_result") {
+      this.element.append(renderBundle(data || {}, type));
+    } else this.element.append(el("pre", "output", JSON.stringify(output)));
+  }
+
+  /** A problem of the call itself (not of the user's code), e.g. an ended session. */
+  addProblem(message) {
+    this.lastStream = null;
+    this.element.append(el("div", "output problem", message));
+  }
+}
+
+function renderBundle(bundle, type) {
+  const box = el("div", `output ${type === "execute_result" ? "result" : "display"}`);
+  const image = IMAGE_TYPES.find((mime) => bundle[mime]);
+  if (image) {
+    const img = el("img", "output-image");
+    img.src = `data:${image};base64,${bundle[image]}`;
+    img.alt = bundle["text/plain"] || "image output";
+    box.append(img);
+  } else if (bundle["image/svg+xml"]) {
+    const img = el("img", "output-image");
+    img.src = `data:image/svg+xml;charset=utf-8,${encodeURIComponent(bundle["image/svg+xml"])}`;
+    img.alt = bundle["text/plain"] || "SVG output";
+    box.append(img);
+  } else if (bundle["text/html"]) {
+    box.append(htmlFrame(bundle["text/html"]));
+  } else if (JSON_TYPES.some((mime) => bundle[mime] !== undefined)) {
+    const mime = JSON_TYPES.find((m) => bundle[m] !== undefined);
+    box.append(jsonTree(bundle[mime]));
+  } else if (bundle["text/markdown"] || bundle["text/latex"]) {
+    box.append(el("pre", "text", bundle["text/markdown"] || bundle["text/latex"]));
+  } else if (bundle["text/plain"] !== undefined) {
+    box.append(el("pre", "text", bundle["text/plain"]));
+  } else if (bundle["application/pdf"]) {
+    box.append(el("pre", "text", "[PDF output: download it from the session's files]"));
+  } else if (bundle["application/javascript"]) {
+    box.append(el("pre", "text", "[JavaScript output is not run by the console]"));
+  } else {
+    box.append(el("pre", "text", `[${Object.keys(bundle).join(", ") || "empty"} output]`));
+  }
+  return box;
+}
+
+function htmlFrame(html) {
+  const frame = el("iframe", "output-html");
+  // allow-same-origin without allow-scripts: nothing in the frame runs, and the page can
+  // still read the frame's height to size it.
+  frame.setAttribute("sandbox", "allow-same-origin");
+  frame.setAttribute("referrerpolicy", "no-referrer");
+  frame.title = "HTML output";
+  frame.srcdoc = `<!doctype html><meta charset="utf-8">${FRAME_STYLE}${html}`;
+  frame.addEventListener("load", () => {
+    // The body's own height: the document's scrollHeight never goes below the frame's.
+    const body = frame.contentDocument?.body;
+    if (!body) return;
+    const scrollbar = body.scrollWidth > frame.clientWidth ? 16 : 0;
+    const height = Math.ceil(body.getBoundingClientRect().height) + 2 + scrollbar;
+    frame.style.height = `${Math.min(height, MAX_FRAME_HEIGHT)}px`;
+  });
+  return frame;
+}
+
+function jsonTree(value) {
+  const details = el("details", "json");
+  details.open = true;
+  const summary = el("summary", "", Array.isArray(value) ? `Array(${value.length})`
+    : value && typeof value === "object" ? `Object {${Object.keys(value).length} keys}` : "JSON");
+  details.append(summary, el("pre", "text", JSON.stringify(value, null, 2)));
+  return details;
+}
