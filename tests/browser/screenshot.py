@@ -25,7 +25,8 @@ CELLS = (
     "import numpy as np\nimport matplotlib.pyplot as plt\n\n"
     "x = np.linspace(0, 4 * np.pi, 400)\n"
     "plt.figure(figsize=(7, 3.2))\n"
-    "plt.plot(x, np.sin(x), label='sin')\nplt.plot(x, np.cos(x) * np.exp(-x / 8), label='damped cos')\n"
+    "plt.plot(x, np.sin(x), label='sin')\n"
+    "plt.plot(x, np.cos(x) * np.exp(-x / 8), label='damped cos')\n"
     "plt.legend(); plt.title('Plotted in a tci session')\nplt.show()\n"
     "print(f'{len(x)} points, max {np.sin(x).max():.3f}')",
     "import pandas as pd\n"

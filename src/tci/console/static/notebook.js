@@ -5,6 +5,7 @@ import { ApiError, api } from "./api.js";
 import { countdown, everySecond, h } from "./dom.js";
 import { CodeEditor } from "./editor.js";
 import { FilesPanel } from "./files.js";
+import { forgetCells, loadCells, saveCells } from "./notebooks.js";
 import { OutputArea } from "./outputs.js";
 import { confirmButton, startSession } from "./sessions.js";
 
@@ -17,8 +18,9 @@ plt.plot(x, np.sin(x))
 plt.title("sin(x)")
 plt.show()`;
 
-// Cells (code and outputs) of each session opened in this tab, kept while the tab lives.
-const notebooks = new Map();
+// A save waiting for typing to pause; done at once if the page is left or reloaded.
+let unsaved = null;
+window.addEventListener("pagehide", () => unsaved?.());
 
 export async function notebookView(app, sessionId) {
   app.main.replaceChildren(h("p", { class: "state loading" }, "Opening session…"));
@@ -63,8 +65,23 @@ class Notebook {
     this.cells = [];
     this.ended = false;
     this.files = new FilesPanel(app, session.id);
-    this.saved = notebooks.get(session.id) || [{ code: FIRST_CELL, outputs: [], count: null }];
-    notebooks.set(session.id, this.saved);
+    this.saved = loadCells(session.id, () => [{ code: FIRST_CELL, outputs: [], count: null }]);
+  }
+
+  /** Saves the cells; typing (`soon`) saves once it pauses rather than at every key, and a
+   *  page that goes away first saves what is pending. */
+  persist(soon = false) {
+    clearTimeout(this.saveTimer);
+    const save = () => {
+      unsaved = null;
+      saveCells(this.session.id, this.saved);
+    };
+    if (!soon) {
+      save();
+      return;
+    }
+    unsaved = save;
+    this.saveTimer = setTimeout(save, 300);
   }
 
   render() {
@@ -107,6 +124,7 @@ class Notebook {
     const index = after ? this.cells.indexOf(after) + 1 : this.cells.length;
     this.cells.splice(index, 0, cell);
     this.cellList.insertBefore(cell.element, this.cellList.children[index] || null);
+    this.persist();
     return cell;
   }
 
@@ -115,6 +133,7 @@ class Notebook {
     this.cells.splice(this.cells.indexOf(cell), 1);
     this.saved.splice(this.saved.indexOf(cell.saved), 1);
     cell.element.remove();
+    this.persist();
   }
 
   /** Shift+Enter: the next cell gets the focus, created if this was the last. */
@@ -126,7 +145,9 @@ class Notebook {
   async end() {
     try {
       await api.endSession(this.session.id);
-      notebooks.delete(this.session.id);
+      clearTimeout(this.saveTimer);
+      unsaved = null;
+      forgetCells(this.session.id);
       this.app.navigate("#/sessions");
     } catch (error) {
       this.app.fail(error);
@@ -150,6 +171,7 @@ class Notebook {
     } finally {
       this.running = null;
       finished();
+      this.persist();
       this.files.refresh();
     }
   }
@@ -164,7 +186,10 @@ class Cell {
     this.editor = new CodeEditor({
       value: saved.code,
       onRun: (mode) => this.run(mode),
-      onChange: (code) => (saved.code = code),
+      onChange: (code) => {
+        saved.code = code;
+        notebook.persist(true);
+      },
     });
     this.prompt = h("div", { class: "prompt" }, this.label());
     this.runButton = h("button", { type: "button", class: "run", title: "Run (Shift+Enter)",
