@@ -73,6 +73,9 @@ class Settings(BaseSettings):
 
     # Usage, metrics, logs.
     price_per_session_usd: float = 0.03  # cost = sessions started x this price
+    # GET /tci/usage?bucket=: at most this many buckets in one answer (1000 hours is ~41 days),
+    # so one request cannot make the server build an arbitrarily long series.
+    usage_max_buckets: int = 1000
     # /metrics is open by default (counts only, for a Prometheus scraper on the same host);
     # set true when the port is reachable by others: then it needs a Bearer key.
     metrics_require_key: bool = False

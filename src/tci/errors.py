@@ -34,6 +34,12 @@ class PayloadTooLarge(TCIError):
     status_code = 413
 
 
+class Unprocessable(TCIError):
+    """Well-formed but unusable input the schema cannot express (e.g. since after until)."""
+
+    status_code = 422
+
+
 class TooManySessions(TCIError):
     status_code = 429
 

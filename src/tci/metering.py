@@ -5,17 +5,22 @@ Usage comes from the store (ended sessions carry their CPU seconds, read from th
 cgroup when it ended) plus the live sessions' cgroups read at the time of the question.
 CPU is counted from the moment a client got the session: the warm pool's preloading is not
 billed (`cpu_baseline`, read when the session was handed out, is subtracted).
+A usage series counts each session (with its CPU and cost) in the UTC hour or day it started
+and each execution in the one it started, so the totals are exactly the series' sums.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from tci.errors import Unprocessable
 
 if TYPE_CHECKING:
     from tci.sandbox.launcher import Sandbox
@@ -31,6 +36,37 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
                     10.0, 30.0, 60.0, 120.0, 300.0)
 
 
+Bucket = Literal["hour", "day"]
+BUCKET_LENGTH: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+
+
+@dataclass
+class BucketUsage:
+    """What started in one bucket, as counted (the store's rows plus live sessions' CPU)."""
+
+    sessions: int = 0
+    executions: int = 0
+    cpu_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class UsageBucket:
+    """One hour or day of a usage series: what started in [start, start + length)."""
+
+    start: datetime
+    sessions: int
+    executions: int
+    cpu_seconds: float
+    cost_usd: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "start": self.start.isoformat(), "sessions": self.sessions,
+            "executions": self.executions, "cpu_seconds": round(self.cpu_seconds, 6),
+            "cost_usd": round(self.cost_usd, 6),
+        }
+
+
 @dataclass(frozen=True)
 class Usage:
     since: datetime
@@ -39,13 +75,17 @@ class Usage:
     executions: int
     cpu_seconds: float
     cost_usd: float
+    series: list[UsageBucket] | None = None  # only when a bucket was asked for
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "since": self.since.isoformat(), "until": self.until.isoformat(),
             "sessions": self.sessions, "executions": self.executions,
             "cpu_seconds": round(self.cpu_seconds, 6), "cost_usd": round(self.cost_usd, 6),
         }
+        if self.series is not None:
+            data["series"] = [bucket.as_dict() for bucket in self.series]
+        return data
 
 
 def cost(sessions: int, price_per_session: float) -> float:
@@ -54,10 +94,55 @@ def cost(sessions: int, price_per_session: float) -> float:
 
 def window(since: datetime | None, until: datetime | None,
            now: datetime | None = None) -> tuple[datetime, datetime]:
-    """[since, until), both aware UTC; by default the last 30 days. Naive times are UTC."""
-    until = _aware(until) if until is not None else (now or datetime.now(UTC))
-    since = _aware(since) if since is not None else until - DEFAULT_WINDOW
+    """[since, until), both aware UTC; by default the last 30 days. Naive times are UTC.
+    A date so close to year 1 that the window or the conversion to UTC leaves the calendar
+    is refused (Unprocessable) rather than failing deep inside."""
+    try:
+        until = _aware(until) if until is not None else (now or datetime.now(UTC))
+        since = _aware(since) if since is not None else until - DEFAULT_WINDOW
+    except OverflowError:
+        raise Unprocessable("since/until: out of the supported date range") from None
     return since, until
+
+
+def bucket_floor(moment: datetime, bucket: Bucket) -> datetime:
+    """The start of the UTC hour or day holding `moment` (aware UTC)."""
+    moment = _aware(moment)
+    if bucket == "day":
+        return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def bucket_starts(since: datetime, until: datetime, bucket: Bucket,
+                  max_buckets: int) -> list[datetime]:
+    """Starts of the consecutive UTC-aligned buckets covering [since, until), oldest first
+    (an unaligned since or until makes the first or last bucket partial; an empty window has
+    none). Counted before any is built, so a huge window is refused (Unprocessable) cheaply;
+    the last start is before `until`, so no date past the calendar's end is computed."""
+    if since >= until:
+        return []
+    first, length = bucket_floor(since, bucket), BUCKET_LENGTH[bucket]
+    count = -((first - until) // length)  # ceil((until - first) / length)
+    if count > max_buckets:
+        raise Unprocessable(
+            f"bucket: [since, until) would make {count} {bucket} buckets, more than "
+            f"{max_buckets} (TCI_USAGE_MAX_BUCKETS); narrow the window or use a larger bucket"
+        )
+    return [first + i * length for i in range(count)]
+
+
+def usage_series(since: datetime, until: datetime, starts: list[datetime],
+                 counts: Mapping[datetime, BucketUsage], price_per_session: float) -> Usage:
+    """The series over `starts`, zero-filled from the per-bucket `counts` (keyed by bucket
+    start), and totals that are its sums, so the two can never disagree."""
+    series = []
+    for start in starts:
+        used = counts.get(start) or BucketUsage()
+        series.append(UsageBucket(start, used.sessions, used.executions, used.cpu_seconds,
+                                  cost(used.sessions, price_per_session)))
+    sessions = sum(b.sessions for b in series)
+    return Usage(since, until, sessions, sum(b.executions for b in series),
+                 sum(b.cpu_seconds for b in series), cost(sessions, price_per_session), series)
 
 
 def _aware(moment: datetime) -> datetime:

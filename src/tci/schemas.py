@@ -69,6 +69,52 @@ class SessionListResponse(BaseModel):
     errors: None = None
 
 
+class NewSessionRequest(BaseModel):
+    """POST /tci/sessions takes no options yet: no body, or `{}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SessionResponse(BaseModel):
+    data: SessionInfo
+    errors: None = None
+
+
+class Interrupted(BaseModel):
+    id: str
+    interrupted: bool = Field(description="false: no call was running, nothing was done")
+
+
+class InterruptResponse(BaseModel):
+    data: Interrupted
+    errors: None = None
+
+
+class UsageBucketInfo(BaseModel):
+    start: datetime = Field(description="the bucket's UTC hour or day boundary")
+    sessions: int
+    executions: int
+    cpu_seconds: float
+    cost_usd: float
+
+
+class UsageData(BaseModel):
+    since: datetime
+    until: datetime
+    sessions: int
+    executions: int
+    cpu_seconds: float
+    cost_usd: float
+    series: list[UsageBucketInfo] | None = Field(
+        default=None, description="only with `bucket`: oldest first, zero-filled; its sums "
+        "are the totals")
+
+
+class UsageResponse(BaseModel):
+    data: UsageData
+    errors: None = None
+
+
 class ErrorResponse(BaseModel):
     data: None = None
     errors: list[str | dict[str, Any]]

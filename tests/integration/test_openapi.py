@@ -52,7 +52,10 @@ def test_openapi_lists_every_endpoint(openapi, prefix):
     assert {
         (f"{prefix}/execute", "post"),
         (f"{prefix}/sessions", "get"),
+        (f"{prefix}/sessions", "post"),
         (f"{prefix}/sessions/{{session_id}}", "delete"),
+        (f"{prefix}/sessions/{{session_id}}/interrupt", "post"),
+        (f"{prefix}/usage", "get"),
         (f"{prefix}/sessions/{{session_id}}/files", "get"),
         (f"{prefix}/sessions/{{session_id}}/files/{{path}}", "get"),
         (f"{prefix}/sessions/{{session_id}}/files/{{path}}", "put"),
@@ -81,6 +84,37 @@ def test_openapi_describes_the_sessions_list(openapi):
     assert set(session["required"]) == {
         "id", "execute_count", "started_at", "last_execute_at", "expires_at",
     }
+
+
+def test_openapi_describes_the_console_routes(openapi):
+    paths = openapi["paths"]
+    create = paths["/v1/tci/sessions"]["post"]
+    assert create.get("requestBody", {}).get("required") is not True  # no body is fine
+    created = _resolve(openapi, create["responses"]["200"]["content"]["application/json"][
+        "schema"])
+    assert _resolve(openapi, created["properties"]["data"])["title"] == "SessionInfo"
+    assert "429" in create["responses"]
+
+    interrupt = paths["/v1/tci/sessions/{session_id}/interrupt"]["post"]
+    answer = _resolve(openapi, interrupt["responses"]["200"]["content"]["application/json"][
+        "schema"])
+    data = _resolve(openapi, answer["properties"]["data"])
+    assert set(data["required"]) == {"id", "interrupted"}
+    assert {"404", "410"} <= interrupt["responses"].keys()
+
+    usage = paths["/v1/tci/usage"]["get"]
+    bucket = next(p for p in usage["parameters"] if p["name"] == "bucket")
+    assert bucket["required"] is False
+    assert {"enum": ["hour", "day"], "type": "string"} in bucket["schema"]["anyOf"]
+    answer = _resolve(openapi, usage["responses"]["200"]["content"]["application/json"][
+        "schema"])
+    data = _resolve(openapi, answer["properties"]["data"])
+    assert {"since", "until", "sessions", "executions", "cpu_seconds", "cost_usd"} == set(
+        data["required"])
+    series = next(s for s in data["properties"]["series"]["anyOf"] if s["type"] == "array")
+    item = _resolve(openapi, series["items"])
+    assert set(item["required"]) == {"start", "sessions", "executions", "cpu_seconds",
+                                     "cost_usd"}
 
 
 def test_fuzzed_requests_get_no_server_error(fuzz_server):
@@ -126,10 +160,13 @@ def test_fuzzed_requests_get_no_server_error(fuzz_server):
             fuzz(operation, "live", path_parameters={"session_id": live})
 
     print("\n".join(f"{name}: {dict(counts)}" for name, counts in statuses.items()))
-    assert len(operations) >= 15  # 7 under each of /v1/tci and /tci, and /health
+    assert len(operations) >= 19  # 9 under each of /v1/tci and /tci, and /health
     # The fuzzer reached the code-running and per-session paths, not only validation errors.
     assert statuses["valid POST /v1/tci/execute"][200] > 0
     assert statuses["invalid POST /v1/tci/execute"][422] > 0
     assert statuses["live GET /v1/tci/sessions/{session_id}/files"][200] > 0
     assert statuses["live PUT /v1/tci/sessions/{session_id}/files/{path}"][200] > 0
+    assert statuses["valid POST /v1/tci/sessions"][200] > 0
+    assert statuses["live POST /v1/tci/sessions/{session_id}/interrupt"][200] > 0
+    assert statuses["valid GET /v1/tci/usage"][200] > 0
     assert not server_errors, "\n".join(server_errors)

@@ -1,15 +1,18 @@
 """Usage, metrics and logs: `GET /v1/tci/usage` counts exactly the caller's sessions and
 executions, its CPU seconds come from the sessions' cgroups (live ones read now, ended ones
 stored), cost = sessions x TCI_PRICE_PER_SESSION_USD, keys are kept apart and since/until
-filter; `tci usage` prints every key; an old database gains the new column; `/metrics` is
-Prometheus text whose counters move with real executions and ended sessions; log lines about a
-session carry its id, in text (key=value) and JSON formats."""
+filter, and `bucket=hour|day` adds a zero-filled series per UTC hour or day whose sums are
+the totals (a bad bucket or too many buckets is a 422); `tci usage` prints every key; an old
+database gains the new column; `/metrics` is Prometheus text whose counters move with real
+executions and ended sessions; log lines about a session carry its id, in text (key=value)
+and JSON formats."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -140,6 +143,95 @@ def test_usage_bad_dates_are_422(server):
             assert body["data"] is None and body["errors"], body
         unauthenticated = httpx.get(f"{server.url}/tci/usage", timeout=30)
         assert unauthenticated.status_code == 401
+
+
+def hour_start(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def assert_series_sums_to_totals(data: dict) -> None:
+    series = data["series"]
+    assert sum(b["sessions"] for b in series) == data["sessions"]
+    assert sum(b["executions"] for b in series) == data["executions"]
+    assert abs(sum(b["cpu_seconds"] for b in series) - data["cpu_seconds"]) < 1e-5
+    assert abs(sum(b["cost_usd"] for b in series) - data["cost_usd"]) < 1e-5
+
+
+def test_usage_series_by_hour(server):
+    key = fresh_key(server, "series")
+    now = datetime.now(UTC)
+    if hour_start(now) + timedelta(hours=1) - now < timedelta(seconds=30):
+        time.sleep(31)  # so every execution and the question fall in the same UTC hour
+    current = hour_start(datetime.now(UTC))
+    first = run(server, key, BUSY)["session_id"]
+    run(server, key, "1", first)
+    second = run(server, key, "2")["session_id"]
+    delete(server, key, second)  # ended: its CPU now comes from the store, not its cgroup
+
+    since, until = current - timedelta(hours=23), current + timedelta(hours=1)
+    data = usage(server, key, since=since.isoformat(), until=until.isoformat(), bucket="hour")
+    assert (data["sessions"], data["executions"], data["cost_usd"]) == (2, 3, 0.06)
+    series = data["series"]
+    assert [datetime.fromisoformat(b["start"]) for b in series] == [
+        since + timedelta(hours=i) for i in range(24)]
+    assert_series_sums_to_totals(data)
+    assert series[-1]["start"] == current.isoformat()
+    assert (series[-1]["sessions"], series[-1]["executions"], series[-1]["cost_usd"]) == (
+        2, 3, 0.06)
+    assert series[-1]["cpu_seconds"] >= 0.5  # the busy loop, read from the live session
+    assert all(b == {"start": b["start"], "sessions": 0, "executions": 0, "cpu_seconds": 0,
+                     "cost_usd": 0} for b in series[:-1])
+
+    # The totals are the same as without a bucket (the behaviour kept for other callers).
+    plain = usage(server, key, since=since.isoformat(), until=until.isoformat())
+    assert "series" not in plain
+    assert (plain["sessions"], plain["executions"]) == (data["sessions"], data["executions"])
+    delete(server, key, first)
+
+
+def test_usage_series_unaligned_and_default_windows(server):
+    key = fresh_key(server, "series-days")
+    run(server, key, "1")
+    # The default window (the last 30 days, ending now) by day: 31 UTC days, the first and
+    # last partial, today's the last.
+    data = usage(server, key, bucket="day")
+    until = datetime.fromisoformat(data["until"])
+    starts = [datetime.fromisoformat(b["start"]) for b in data["series"]]
+    assert len(starts) == 31 and starts[-1] == until.replace(hour=0, minute=0, second=0,
+                                                             microsecond=0)
+    assert all(b - a == timedelta(days=1) for a, b in itertools.pairwise(starts))
+    assert starts[0] <= datetime.fromisoformat(data["since"]) < starts[1]
+    assert_series_sums_to_totals(data)
+    assert (data["series"][-1]["sessions"], data["series"][-1]["executions"]) == (1, 1)
+
+    # An empty window has no buckets; a window before any use has zero-filled ones.
+    empty = usage(server, key, since="2026-01-01T10:30", until="2026-01-01T10:30",
+                  bucket="hour")
+    assert empty["series"] == [] and empty["sessions"] == 0
+    past = usage(server, key, since="2020-01-01T10:30", until="2020-01-01T12:00",
+                 bucket="hour")
+    assert [b["start"] for b in past["series"]] == [
+        "2020-01-01T10:00:00+00:00", "2020-01-01T11:00:00+00:00"]
+    assert past["sessions"] == 0
+
+
+def test_usage_series_refuses_bad_buckets_and_too_many(server):
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    allowed = usage(server, server.key, since=start.isoformat(),
+                    until=(start + timedelta(hours=1000)).isoformat(), bucket="hour")
+    assert len(allowed["series"]) == 1000  # TCI_USAGE_MAX_BUCKETS
+    with server.client() as client:
+        for params in ({"bucket": "week"}, {"bucket": ""},
+                       {"bucket": "hour", "since": start.isoformat(),
+                        "until": (start + timedelta(hours=1000, seconds=1)).isoformat()},
+                       {"bucket": "day", "since": "2000-01-01"},
+                       {"bucket": "hour", "since": "0001-01-01T00:00:00+01:00"}):
+            response = client.get("/v1/tci/usage", params=params)
+            assert response.status_code == 422, (params, response.text)
+            body = response.json()
+            assert body["data"] is None and len(body["errors"]) == 1, body
+        too_many = client.get("/tci/usage", params={"bucket": "day", "since": "2000-01-01"})
+        assert "TCI_USAGE_MAX_BUCKETS" in too_many.json()["errors"][0]
 
 
 def test_cli_usage_lists_every_key(server):

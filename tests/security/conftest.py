@@ -19,13 +19,13 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Server, make_server, outputs_of, stdout_of
+from tests.conftest import Server, make_server, outputs_of, stdout_of, wait_for
 from tests.host import all_pids, cmdline, pid_ns
 
 MiB = 1 << 20
@@ -212,16 +212,6 @@ class Call(threading.Thread):
         assert self.response is not None
         assert self.response.status_code == 200, self.response.text
         return self.response.json()["data"]
-
-
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
-    """Poll for an observable event, failing after a bounded deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for: {what}")
 
 
 # -- the host's view of a session ----------------------------------------------------------

@@ -178,6 +178,15 @@ class WorkerConnection:
 
     # -- requests --------------------------------------------------------------------------
 
+    def interrupt(self) -> bool:
+        """SIGINT to the worker, like Ctrl-C in Jupyter, if a request is in flight: the cell
+        gets a KeyboardInterrupt, its call ends with that `error` output, and the worker lives
+        on. The one way a cell is interrupted (timeouts, disconnected streams, clients), so
+        all share the worker's rule that a SIGINT outside a cell is ignored. Touches neither
+        the pending request nor any lock: safe to call while `request` awaits. False if idle
+        (nothing is sent) or the worker is gone."""
+        return self._pending is not None and self.sandbox.interrupt()
+
     async def wait_ready(self, timeout: float) -> None:
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), timeout)
@@ -216,7 +225,7 @@ class WorkerConnection:
             return await self._await_done(pending, timeout, grace)
         except asyncio.CancelledError:
             # The caller went away (a streaming client disconnected): stop the cell too.
-            self.sandbox.interrupt()
+            self.interrupt()
             raise
         finally:
             self._pending = None
@@ -233,7 +242,7 @@ class WorkerConnection:
         except TimeoutError:
             pass
         # Timed out: interrupt, give the code a grace period to unwind, then kill.
-        self.sandbox.interrupt()
+        self.interrupt()
         try:
             await asyncio.wait_for(asyncio.shield(pending.done), grace)
         except TimeoutError:

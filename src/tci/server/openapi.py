@@ -17,7 +17,7 @@ _ERRORS = {
     404: "No such session for this key (another key's session looks the same)",
     410: "The session has ended or expired; the message says why",
     413: "A body, code, file or request over its limit (the message names the setting)",
-    422: "The body does not match the schema",
+    422: "The body or a query parameter is invalid (e.g. a usage window too large)",
     429: "The server runs its maximum of sessions; see Retry-After",
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -12,15 +12,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tci import metering
 from tci.config import Settings
 from tci.errors import (
     NotFound,
     PayloadTooLarge,
     SessionEnded,
     TooManySessions,
+    Unprocessable,
 )
 from tci.kernel.driver import OutputListener, WorkerConnection
-from tci.metering import Metrics, cpu_seconds
+from tci.metering import BucketUsage, Metrics, Usage, cpu_seconds
 from tci.sandbox.launcher import Sandbox, SandboxLauncher
 from tci.sandbox.limits import Counters, limits_hit
 from tci.schemas import ExecuteRequest, FileInput
@@ -189,6 +191,24 @@ class SessionManager:
         """DELETE: end now, even mid-call (the running call gets the worker's death)."""
         await self.end(await self.get(key, session_id), "ended by the client")
 
+    async def create_session(self, key: KeyInfo) -> dict[str, Any]:
+        """POST /tci/sessions: a session before any code runs, so a client (the console) can
+        list and pick it first. Made exactly as execute makes one (the warm pool first, the
+        same TCI_MAX_SESSIONS refusal), and it expires like any other if never used."""
+        return (await self._create(key)).info()
+
+    async def interrupt(self, key: KeyInfo, session_id: str) -> bool:
+        """Ctrl-C for the session's running call: the cell gets a KeyboardInterrupt, that call
+        answers with its `error` output, and the session and its state stay. Deliberately not
+        under `session.lock`: the running call holds it until the cell ends, which is what
+        this is for. The signal goes through WorkerConnection.interrupt, as for a timeout.
+        False, with nothing sent, if no call is running."""
+        session = await self.get(key, session_id)
+        interrupted = session.worker.interrupt()
+        if interrupted:
+            log.info("execution interrupted by the client", extra={"session": session.id})
+        return interrupted
+
     # -- files -------------------------------------------------------------------------------
 
     async def list_files(self, key: KeyInfo, session_id: str) -> list[FileInfo]:
@@ -220,6 +240,38 @@ class SessionManager:
         return [
             s.info() for s in self.sessions.values() if s.key_id == key.id and s.expires_at > now
         ]
+
+    # -- usage ---------------------------------------------------------------------------------
+
+    async def usage(self, key: KeyInfo, since: datetime | None, until: datetime | None,
+                    bucket: metering.Bucket | None = None) -> Usage:
+        """The caller's sessions, executions, CPU and cost in [since, until) (default: the
+        last 30 days). Live sessions' CPU is read from their cgroups now, as the store has it
+        only once they end. With `bucket`, also the series per UTC hour or day; a window of
+        more than TCI_USAGE_MAX_BUCKETS buckets is refused before anything is read."""
+        since, until = metering.window(since, until)
+        if since > until:
+            raise Unprocessable("since: must not be after until")
+        starts = None if bucket is None else metering.bucket_starts(
+            since, until, bucket, self.settings.usage_max_buckets)
+        await self.executions.flush()  # buffered execution records count too
+        price = self.settings.price_per_session_usd
+        if starts is None:
+            row = (await self.store.call(self.store.store.usage, since, until, key.id))[key.id]
+            live_cpu = sum(s.cpu_used() or 0.0 for s in self._live_started(key, since, until))
+            return Usage(since, until, row.sessions, row.executions,
+                         row.cpu_seconds + live_cpu, metering.cost(row.sessions, price))
+        counts = await self.store.call(
+            self.store.store.usage_by_bucket, since, until, key.id, bucket)
+        for session in self._live_started(key, since, until):
+            start = metering.bucket_floor(session.started_at, bucket)
+            counts.setdefault(start, BucketUsage()).cpu_seconds += session.cpu_used() or 0.0
+        return metering.usage_series(since, until, starts, counts, price)
+
+    def _live_started(self, key: KeyInfo, since: datetime, until: datetime) -> list[LiveSession]:
+        """The caller's live sessions started in the window: their CPU is not stored yet."""
+        return [s for s in list(self.sessions.values())
+                if s.key_id == key.id and since <= s.started_at < until]
 
     # -- execution -----------------------------------------------------------------------------
 

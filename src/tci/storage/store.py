@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,10 +20,14 @@ from sqlalchemy import create_engine, event, func, inspect, select, text, update
 from sqlalchemy.orm import sessionmaker
 
 from tci.errors import BadRequest, NotFound
+from tci.metering import Bucket, BucketUsage, bucket_floor
 from tci.storage.models import ApiKey, Base, ExecutionRecord, SessionRecord, utcnow
 
 T = TypeVar("T")
 KEY_PREFIX = "tci_"
+# SQLite keeps datetimes as text ("YYYY-MM-DD HH:MM:SS.ffffff"); strftime truncates them to
+# their bucket's start, so GROUP BY yields one row per bucket instead of one per record.
+_SQLITE_BUCKET_FORMAT = {"hour": "%Y-%m-%d %H:00:00", "day": "%Y-%m-%d 00:00:00"}
 
 
 def hash_key(secret: str) -> str:
@@ -199,6 +203,45 @@ class Store:
                 if kid in rows:
                     rows[kid].executions = count
             return rows
+
+    def usage_by_bucket(self, since: datetime, until: datetime, key_id: int,
+                        bucket: Bucket) -> dict[datetime, BucketUsage]:
+        """One key's use in [since, until) per UTC hour or day, keyed by the bucket's start:
+        each session (and its recorded CPU) in the bucket it started in, each execution in
+        the one it started in; the same sets `usage` totals. Only buckets with use appear
+        (metering.usage_series zero-fills). Grouped in SQL, so the cost follows the number
+        of buckets, not of executions."""
+        def bucket_of(column: Any) -> Any:
+            if self.engine.dialect.name == "sqlite":
+                return func.strftime(_SQLITE_BUCKET_FORMAT[bucket], column)
+            return column  # elsewhere: grouped by exact time, truncated below (still correct)
+
+        session_bucket = bucket_of(SessionRecord.started_at)
+        execution_bucket = bucket_of(ExecutionRecord.started_at)
+        sessions = select(session_bucket, func.count(SessionRecord.id),
+                          func.coalesce(func.sum(SessionRecord.cpu_seconds), 0.0)).where(
+            (SessionRecord.key_id == key_id) & (SessionRecord.started_at >= since)
+            & (SessionRecord.started_at < until)).group_by(session_bucket)
+        executions = select(execution_bucket, func.count(ExecutionRecord.id)).join(
+            SessionRecord, ExecutionRecord.session_id == SessionRecord.id
+        ).where((SessionRecord.key_id == key_id) & (ExecutionRecord.started_at >= since)
+                & (ExecutionRecord.started_at < until)).group_by(execution_bucket)
+        result: dict[datetime, BucketUsage] = {}
+        with self._sessions() as db:
+            for moment, count, cpu in db.execute(sessions):
+                used = result.setdefault(bucket_floor(_as_utc(moment), bucket), BucketUsage())
+                used.sessions += count
+                used.cpu_seconds += float(cpu)
+            for moment, count in db.execute(executions):
+                used = result.setdefault(bucket_floor(_as_utc(moment), bucket), BucketUsage())
+                used.executions += count
+        return result
+
+
+def _as_utc(value: datetime | str) -> datetime:
+    """A bucket key as read back: SQLite's strftime text or a datetime, naive meaning UTC."""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _sqlite_pragmas(connection, _record) -> None:

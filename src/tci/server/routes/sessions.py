@@ -2,9 +2,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Body, Depends, Request
 
-from tci.schemas import SessionListResponse
+from tci.schemas import (
+    InterruptResponse,
+    NewSessionRequest,
+    SessionListResponse,
+    SessionResponse,
+)
 from tci.server.auth import require_key
 from tci.storage.store import KeyInfo
 
@@ -17,6 +22,16 @@ async def list_sessions(request: Request, key: Annotated[KeyInfo, Depends(requir
     return {"data": {"sessions": request.app.state.manager.list(key)}, "errors": None}
 
 
+@router.post("/tci/sessions", response_model=SessionResponse)
+async def create_session(
+    request: Request, key: Annotated[KeyInfo, Depends(require_key)],
+    body: Annotated[NewSessionRequest | None, Body()] = None,
+) -> dict:
+    """Start a session without running code (no body, or `{}`); it answers like an item of
+    GET /tci/sessions. Limited by TCI_MAX_SESSIONS like execute (429)."""
+    return {"data": await request.app.state.manager.create_session(key), "errors": None}
+
+
 @router.delete("/tci/sessions/{session_id}")
 async def end_session(
     session_id: str, request: Request, key: Annotated[KeyInfo, Depends(require_key)]
@@ -24,3 +39,14 @@ async def end_session(
     """End a session now and free everything it used."""
     await request.app.state.manager.end_by_client(key, session_id)
     return {"data": {"id": session_id, "ended": True}, "errors": None}
+
+
+@router.post("/tci/sessions/{session_id}/interrupt", response_model=InterruptResponse)
+async def interrupt(
+    session_id: str, request: Request, key: Annotated[KeyInfo, Depends(require_key)]
+) -> dict:
+    """Interrupt the running call, like Ctrl-C in Jupyter: it ends with a KeyboardInterrupt
+    `error` output and the session keeps its state. Answers at once, without waiting for the
+    call; `interrupted` is false if none was running."""
+    interrupted = await request.app.state.manager.interrupt(key, session_id)
+    return {"data": {"id": session_id, "interrupted": interrupted}, "errors": None}
