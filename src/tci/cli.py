@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
+import os
 import sys
+from typing import IO
 
 from tci.config import Settings
 from tci.errors import TCIError
@@ -17,6 +20,28 @@ from tci.storage.store import Store
 
 def _store(settings: Settings) -> Store:
     return Store(settings.database_url)
+
+
+def hold_data_dir(settings: Settings) -> IO[str]:
+    """One server per data directory, held by an flock for the process's life. A second
+    server on the same directory would mark the first one's live sessions as ended and clear
+    the sandbox directory under them; it refuses to start instead."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(settings.data_dir / "server.lock", "a+")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise SystemExit(
+            f"tci serve: another server (pid {holder}) is using {settings.data_dir}; stop it, "
+            "or give this one its own TCI_DATA_DIR"
+        ) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -31,6 +56,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from tci.server.logging import configure
 
     configure(settings.log_format)
+    data_dir_lock = hold_data_dir(settings)
     # Refuse to start, with a clear message, when sandboxes cannot work on this host or a
     # protection is missing (a real probe sandbox is started and checked).
     asyncio.run(selfcheck.run(settings))
@@ -45,6 +71,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     app = create_app(settings, store)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", log_config=None,
                 access_log=args.access_log, timeout_graceful_shutdown=10)
+    data_dir_lock.close()
     return 0
 
 

@@ -197,3 +197,21 @@ def test_svg_and_jpeg_images_render(page: Page, server: Server) -> None:
     expect(red).to_have_attribute("src", re.compile("^data:image/jpeg;base64,"))
     expect(red).to_have_attribute("alt", "red")
     assert red.evaluate("img => img.complete && img.naturalWidth") == 3
+
+
+def test_plotly_figures_are_drawn_interactively_and_cannot_inject_script(
+    page: Page, server: Server
+) -> None:
+    sign_in(page, server, server.new_key("console-plotly"))
+    open_new_session(page)
+    hostile = "</script><script>parent.document.title='pwned'</script>"
+    run_in_cell(page, 0, "import plotly.express as px\n"
+                         f"fig = px.scatter(x=[1, 2, 3], y=[3, 1, 2], title=\"{hostile}\")\n"
+                         "fig.show()")
+    frame = page.locator("iframe.output-plotly")
+    # plotly.js (served from the runtime's plotly package) ran in a frame with no way out.
+    assert frame.get_attribute("sandbox") == "allow-scripts"
+    plot = frame.content_frame
+    expect(plot.locator(".scatterlayer .point")).to_have_count(3)
+    expect(plot.locator(".gtitle")).to_have_text(hostile)
+    assert page.title() == "tci console"

@@ -219,3 +219,21 @@ def test_serve_with_existing_key_prints_none(tmp_path):
 def test_serve_runs_the_sandbox_self_check_before_serving(server_factory):
     server = server_factory()
     assert "sandbox self-check passed" in server.log()
+
+
+def test_a_second_server_on_the_same_data_dir_refuses_and_leaves_the_first_alone(
+    server_factory,
+):
+    first = server_factory()
+    session_id = first.run("kept = 'still here'")["session_id"]
+    second = subprocess.run(
+        [TCI, "serve", "--port", str(free_port())], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "TCI_DATA_DIR": str(first.data_dir), **first.env},
+    )
+    assert second.returncode != 0
+    assert f"another server (pid {first.process.pid}) is using {first.data_dir}" in second.stderr
+    # The first server's session, its sandbox and its state are untouched.
+    assert stdout_of(first.run("print(kept)", session_id)) == "still here\n"
+    with first.client() as client:
+        listed = client.get("/v1/tci/sessions").json()["data"]["sessions"]
+    assert [s["id"] for s in listed] == [session_id]

@@ -5,6 +5,7 @@ escapes, matplotlib figures (in place, at the end, never twice), large and unico
 from __future__ import annotations
 
 import base64
+import json
 import re
 import struct
 
@@ -439,3 +440,16 @@ def test_multibyte_characters_split_across_writes(run):
         "print()\n"
     )
     assert run(code) == [("stdout", "漢😀é" + "漢" * 40000 + "\n")]
+
+
+def test_plotly_show_returns_the_figure_as_plotly_json(server):
+    """fig.show() works (nbformat is in the runtime) and answers the figure itself, not
+    plotly.js inlined into HTML (megabytes per first figure)."""
+    data = server.run("import plotly.express as px\n"
+                      "px.bar(x=['a', 'b'], y=[2, 5], title='bars').show()")
+    assert outputs_of(data, "error") == []
+    [bundle] = outputs_of(data, "display_data")
+    figure = bundle["application/vnd.plotly.v1+json"]
+    assert figure["data"][0]["type"] == "bar"
+    assert figure["layout"]["title"]["text"] == "bars"
+    assert len(json.dumps(data)) < 100_000

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -61,13 +61,23 @@ class ConsoleHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def mount(app: FastAPI) -> None:
+def mount(app: FastAPI, runtime_dir: Path) -> None:
     """`/` is the console's page; `/console/...` its scripts and styles."""
+    headers = {k.decode(): v.decode() for k, v in SECURITY_HEADERS}
     index = STATIC_DIR / "index.html"
+    # Plotly figures are drawn with the plotly.js that ships inside the sandbox runtime's own
+    # plotly package: the same version that made the figure, and nothing to download.
+    plotly_js = runtime_dir / "site" / "plotly" / "package_data" / "plotly.min.js"
 
     async def console_page() -> FileResponse:
-        return FileResponse(index, media_type="text/html",
-                            headers={k.decode(): v.decode() for k, v in SECURITY_HEADERS})
+        return FileResponse(index, media_type="text/html", headers=headers)
+
+    async def plotly_script() -> Response:
+        if not plotly_js.is_file():
+            return Response("plotly.js is not in the runtime", status_code=404, headers=headers)
+        return FileResponse(plotly_js, media_type="text/javascript", headers=headers)
 
     app.add_api_route("/", console_page, methods=["GET"], include_in_schema=False)
+    app.add_api_route(f"{PREFIX}/vendor/plotly.min.js", plotly_script, methods=["GET"],
+                      include_in_schema=False)
     app.mount(PREFIX, ConsoleHeaders(StaticFiles(directory=STATIC_DIR)), name="console")

@@ -54,7 +54,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(health.router)
     mcp_running = mcp.mount(app, "/mcp")  # authenticates its requests itself
     app.include_router(metrics.router)  # outside the /tci prefixes: see its docstring
-    console.mount(app)  # the web console at / (static files; talks to /v1/tci like any client)
+    console.mount(app, settings.runtime_dir)  # the web console at /, a client of /v1/tci
     # The last added runs first: authenticate, then refuse oversized bodies, then route.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(ApiKeyAuth, authenticator=authenticator, prefixes=("/tci", "/v1/tci"))

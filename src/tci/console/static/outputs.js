@@ -5,6 +5,7 @@
 import { el } from "./dom.js";
 
 const IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif"];
+const PLOTLY_TYPE = "application/vnd.plotly.v1+json";
 const JSON_TYPES = ["application/json", "application/geo+json",
   "application/vnd.vega.v5+json", "application/vnd.vegalite.v4+json"];
 
@@ -69,6 +70,8 @@ function renderBundle(bundle, type) {
     img.src = `data:image/svg+xml;charset=utf-8,${encodeURIComponent(bundle["image/svg+xml"])}`;
     img.alt = bundle["text/plain"] || "SVG output";
     box.append(img);
+  } else if (bundle[PLOTLY_TYPE]) {
+    box.append(plotlyFrame(bundle[PLOTLY_TYPE]));
   } else if (bundle["text/html"]) {
     box.append(htmlFrame(bundle["text/html"]));
   } else if (JSON_TYPES.some((mime) => bundle[mime] !== undefined)) {
@@ -104,6 +107,27 @@ function htmlFrame(html) {
     const height = Math.ceil(body.getBoundingClientRect().height) + 2 + scrollbar;
     frame.style.height = `${Math.min(height, MAX_FRAME_HEIGHT)}px`;
   });
+  return frame;
+}
+
+// A plotly figure needs plotly.js, so its frame may run scripts; it gets no
+// allow-same-origin, which makes it an opaque origin that cannot reach the console's storage
+// or DOM. The figure goes in as a JSON data block (never executed; "<" escaped so it cannot
+// close the block), and the page's script-src 'self' policy still applies inside.
+function plotlyFrame(figure) {
+  const frame = el("iframe", "output-html output-plotly");
+  frame.setAttribute("sandbox", "allow-scripts");
+  frame.setAttribute("referrerpolicy", "no-referrer");
+  frame.title = "Plotly figure";
+  const height = Number(figure?.layout?.height) || 450;
+  frame.style.height = `${Math.min(height + 10, 1200)}px`;
+  const data = JSON.stringify(figure).replace(/</g, "\\u003c");
+  frame.srcdoc = `<!doctype html><meta charset="utf-8">
+<style>html, body { margin: 0; height: 100%; } #plot { height: 100%; }</style>
+<div id="plot"></div>
+<script type="application/json" id="figure">${data}</script>
+<script src="/console/vendor/plotly.min.js"></script>
+<script src="/console/plotly-frame.js"></script>`;
   return frame;
 }
 
