@@ -20,7 +20,8 @@ from tests.conftest import make_server, outputs_of, stdout_of
 # What the sandbox sets itself; anything else would have leaked in from the server.
 SANDBOX_ENV = {
     "HOME", "USER", "LOGNAME", "SHELL", "PATH", "LANG", "LC_ALL", "TERM", "PWD", "PYTHONPATH",
-    "PYTHONDONTWRITEBYTECODE", "MPLBACKEND", "MPLCONFIGDIR", "PIP_BREAK_SYSTEM_PACKAGES",
+    "PYTHONDONTWRITEBYTECODE", "MPLBACKEND", "MPLCONFIGDIR", "PLOTLY_RENDERER",
+    "PIP_BREAK_SYSTEM_PACKAGES",
     "PIP_DISABLE_PIP_VERSION_CHECK", "PIP_NO_WARN_SCRIPT_LOCATION", "PIP_ROOT_USER_ACTION",
 }
 

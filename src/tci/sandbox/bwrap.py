@@ -65,6 +65,10 @@ def sandbox_env(spec: SandboxSpec) -> dict[str, str]:
         "PYTHONDONTWRITEBYTECODE": "1",
         "MPLBACKEND": "module://tci_worker.mpl_backend",
         "MPLCONFIGDIR": "/tmp/matplotlib",
+        # Plotly's pick for IPython inlines all of plotly.js (about 5 MB) into the first
+        # figure's output; the figure alone, as Plotly's JSON MIME type, is what clients use
+        # (the console draws it). A user can still choose another renderer.
+        "PLOTLY_RENDERER": "plotly_mimetype",
         # The runtime is read-only, so pip installs into the session's user site; Debian's
         # PEP 668 marker would otherwise refuse even that.
         "PIP_BREAK_SYSTEM_PACKAGES": "1",

@@ -8,10 +8,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from tci import console, mcp
+from tci import mcp
 from tci.config import Settings
 from tci.sandbox.launcher import SandboxLauncher
-from tci.server import errors
+from tci.server import console, errors
 from tci.server.auth import ApiKeyAuth, Authenticator
 from tci.server.body_limit import BodyLimit
 from tci.server.openapi import ERROR_RESPONSES

@@ -7,7 +7,6 @@ displayed, rich reprs, `display()`); we replace only where its output goes.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import signal
 import subprocess
@@ -117,8 +116,4 @@ def make_shell(emit: Emit) -> WorkerShell:
     # open figure is returned as a PNG at the end of the cell anyway.
     warnings.filterwarnings("ignore", message=".*non-interactive.*cannot be shown")
     warnings.filterwarnings("ignore", message=".*non-interactive, and thus cannot be shown")
-    # Plotly's pick for IPython inlines all of plotly.js (about 5 MB) into the first figure's
-    # output. The figure alone, as Plotly's own JSON MIME type, is what clients can use (the
-    # console draws it); a user can still choose another renderer.
-    os.environ.setdefault("PLOTLY_RENDERER", "plotly_mimetype")
     return shell
