@@ -2,7 +2,7 @@
 // code: text goes in as text, images as data: URLs in <img> (which never runs script), and
 // HTML into an iframe sandboxed without script permission.
 
-import { el } from "./dom.js";
+import { el, h } from "./dom.js";
 
 const IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif"];
 const PLOTLY_TYPE = "application/vnd.plotly.v1+json";
@@ -91,14 +91,17 @@ function renderBundle(bundle, type) {
   return box;
 }
 
+/** An iframe showing `srcdoc` under the sandbox flags given (never both allow-scripts and
+ *  allow-same-origin: together they would let the content reach the console). */
+function sandboxedFrame(className, sandbox, title, srcdoc) {
+  return h("iframe", { class: className, sandbox, title, referrerpolicy: "no-referrer", srcdoc });
+}
+
 function htmlFrame(html) {
-  const frame = el("iframe", "output-html");
   // allow-same-origin without allow-scripts: nothing in the frame runs, and the page can
   // still read the frame's height to size it.
-  frame.setAttribute("sandbox", "allow-same-origin");
-  frame.setAttribute("referrerpolicy", "no-referrer");
-  frame.title = "HTML output";
-  frame.srcdoc = `<!doctype html><meta charset="utf-8">${FRAME_STYLE}${html}`;
+  const frame = sandboxedFrame("output-html", "allow-same-origin", "HTML output",
+    `<!doctype html><meta charset="utf-8">${FRAME_STYLE}${html}`);
   frame.addEventListener("load", () => {
     // The body's own height: the document's scrollHeight never goes below the frame's.
     const body = frame.contentDocument?.body;
@@ -115,19 +118,16 @@ function htmlFrame(html) {
 // or DOM. The figure goes in as a JSON data block (never executed; "<" escaped so it cannot
 // close the block), and the page's script-src 'self' policy still applies inside.
 function plotlyFrame(figure) {
-  const frame = el("iframe", "output-html output-plotly");
-  frame.setAttribute("sandbox", "allow-scripts");
-  frame.setAttribute("referrerpolicy", "no-referrer");
-  frame.title = "Plotly figure";
-  const height = Number(figure?.layout?.height) || 450;
-  frame.style.height = `${Math.min(height + 10, 1200)}px`;
   const data = JSON.stringify(figure).replace(/</g, "\\u003c");
-  frame.srcdoc = `<!doctype html><meta charset="utf-8">
+  const frame = sandboxedFrame("output-html output-plotly", "allow-scripts", "Plotly figure",
+    `<!doctype html><meta charset="utf-8">
 <style>html, body { margin: 0; height: 100%; } #plot { height: 100%; }</style>
 <div id="plot"></div>
 <script type="application/json" id="figure">${data}</script>
 <script src="/console/vendor/plotly.min.js"></script>
-<script src="/console/plotly-frame.js"></script>`;
+<script src="/console/plotly-frame.js"></script>`);
+  const height = Number(figure?.layout?.height) || 450;
+  frame.style.height = `${Math.min(height + 10, 1200)}px`;
   return frame;
 }
 
