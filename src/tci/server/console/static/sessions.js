@@ -83,7 +83,9 @@ export function sessionsView(app) {
       h("td", {}, h("a", { href, class: "mono" }, session.id)),
       h("td", { class: "num execute-count" }, String(session.execute_count)),
       h("td", {}, formatTime(session.started_at)),
-      h("td", {}, formatTime(session.last_execute_at)),
+      // A session made without code reports its start as last_execute_at (the field is never
+      // null on the wire); "—" says what the user wants to know.
+      h("td", {}, session.execute_count ? formatTime(session.last_execute_at) : "—"),
       expires,
       h("td", { class: "actions" },
         h("a", { href, class: "button" }, "Open"),
