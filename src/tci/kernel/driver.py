@@ -41,6 +41,8 @@ class _Pending:
     done: asyncio.Future[dict[str, Any]]
     listener: OutputListener | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    started: bool = False  # the worker said the cell is running (its "started" event)
+    interrupt_wanted: bool = False  # interrupted before that: signal on "started"
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -138,6 +140,11 @@ class WorkerConnection:
             if not pending.done.done():
                 pending.done.set_result(event)
             return
+        if kind == "started":
+            pending.started = True
+            if pending.interrupt_wanted:
+                self.sandbox.interrupt()
+            return
         pending.events.append(event)
         pending.collector.add_event(event)
         if pending.listener is not None:
@@ -181,11 +188,21 @@ class WorkerConnection:
     def interrupt(self) -> bool:
         """SIGINT to the worker, like Ctrl-C in Jupyter, if a request is in flight: the cell
         gets a KeyboardInterrupt, its call ends with that `error` output, and the worker lives
-        on. The one way a cell is interrupted (timeouts, disconnected streams, clients), so
-        all share the worker's rule that a SIGINT outside a cell is ignored. Touches neither
-        the pending request nor any lock: safe to call while `request` awaits. False if idle
-        (nothing is sent) or the worker is gone."""
-        return self._pending is not None and self.sandbox.interrupt()
+        on. The one way a cell is interrupted (timeouts, disconnected streams, clients).
+        Touches no lock: safe to call while `request` awaits. False if idle (nothing is sent)
+        or the worker is gone.
+
+        The signal goes only once the worker has reported the cell started. Sent earlier, it
+        could land before the cell and be lost; and since the next request is written only
+        after this one's "done" is read, a SIGINT sent while this one is pending can never
+        reach the next cell: the worker drops a SIGINT that finds no cell running."""
+        pending = self._pending
+        if pending is None or self.dead_reason is not None:
+            return False
+        if pending.started:
+            return self.sandbox.interrupt()
+        pending.interrupt_wanted = True
+        return True
 
     async def wait_ready(self, timeout: float) -> None:
         try:

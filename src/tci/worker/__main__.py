@@ -39,9 +39,11 @@ class Worker:
         signal.signal(signal.SIGINT, self._on_sigint)
 
     def _on_sigint(self, signum, frame) -> None:
-        # Only a running cell is interrupted; a late SIGINT must not break the protocol loop.
-        # Python's own handler raises from C, so the traceback ends at the user's line rather
-        # than in this file.
+        # In a cell, Python's own handler raises from C, so the traceback ends at the user's
+        # line rather than in this file. Outside a cell, a SIGINT is late (its cell has ended)
+        # and dropped, so that it can neither break the protocol loop nor reach the next cell.
+        # None comes early: the host signals only after the cell's "started" event
+        # (kernel/driver.py).
         if self.executing:
             signal.default_int_handler(signum, frame)
 
@@ -54,14 +56,19 @@ class Worker:
         self.figures.before_cell()
         self.executing = True
         try:
-            result = self.shell.run_cell(code, store_history=True)
+            self.emit({"type": "started"})
+            ok = bool(self.shell.run_cell(code, store_history=True).success)
+        except KeyboardInterrupt:  # landed just outside IPython's own handling of the cell
+            self.executing = False  # a second Stop must not land in this handler
+            self.emit({"type": "error", "data": "KeyboardInterrupt", "ename": "KeyboardInterrupt"})
+            ok = False
         finally:
             self.executing = False
         try:
             self.figures.publish_open_figures()
         except Exception as exc:  # a broken figure must not lose the cell's result
             self.emit({"type": "error", "data": f"could not render figure: {exc!r}"})
-        self.emit({"type": "done", "ok": bool(result.success)})
+        self.emit({"type": "done", "ok": ok})
 
     def preload(self, modules: list[str]) -> None:
         failed = []
@@ -83,20 +90,24 @@ class Worker:
                 request = read_frame(self.command_fd)
             except EOFError:
                 return
-            except KeyboardInterrupt:
-                continue
-            self.request_id = request.get("id")
-            op = request.get("op")
-            if op == "execute":
-                self.execute(str(request.get("code", "")))
-            elif op == "preload":
-                self.preload(list(request.get("modules", [])))
-            elif op == "ping":
-                self.emit({"type": "done", "ok": True})
-            elif op == "shutdown":
+            if not self.handle(request):
                 return
-            else:
-                self.emit({"type": "done", "ok": False, "failed": [f"unknown op {op!r}"]})
+
+    def handle(self, request: dict) -> bool:
+        """Carry out one request; False for shutdown."""
+        self.request_id = request.get("id")
+        op = request.get("op")
+        if op == "execute":
+            self.execute(str(request.get("code", "")))
+        elif op == "preload":
+            self.preload(list(request.get("modules", [])))
+        elif op == "ping":
+            self.emit({"type": "done", "ok": True})
+        elif op == "shutdown":
+            return False
+        else:
+            self.emit({"type": "done", "ok": False, "failed": [f"unknown op {op!r}"]})
+        return True
 
 
 def main() -> None:
