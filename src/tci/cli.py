@@ -68,6 +68,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  export TOGETHER_BASE_URL=http://{settings.host}:{settings.port}/v1")
         print(f"  export TOGETHER_API_KEY={secret}")
         print("=" * 72, flush=True)
+    print(f"web console: http://{settings.host}:{settings.port}/ (sign in with an API key)",
+          flush=True)
     app = create_app(settings, store)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", log_config=None,
                 access_log=args.access_log, timeout_graceful_shutdown=10)

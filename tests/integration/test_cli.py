@@ -177,6 +177,8 @@ def test_serve_on_empty_data_dir_prints_working_key(tmp_path):
         key = keys[0]
         assert re.search(rf"^\s*export TOGETHER_BASE_URL=http://127\.0\.0\.1:{port}/v1$",
                          output, re.MULTILINE), output
+        assert f"web console: http://127.0.0.1:{port}/ " in output
+        assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
         headers = {"Authorization": f"Bearer {key}"}
         response = httpx.post(f"http://127.0.0.1:{port}/v1/tci/execute", headers=headers,
                               json={"language": "python", "code": "print(6 * 7)"}, timeout=120)
