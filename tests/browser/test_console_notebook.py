@@ -41,7 +41,7 @@ def test_sign_in_then_run_a_cell_that_prints_and_plots(page: Page, server: Serve
     assert [(s["id"], s["execute_count"]) for s in sessions] == [(session_id, 1)]
 
 
-def test_editor_highlights_and_indents_and_the_notebook_survives_a_reload(
+def test_editor_highlights_and_indents_run_all_and_the_notebook_survives_a_reload(
     page: Page, server: Server
 ) -> None:
     sign_in(page, server, server.new_key("console-editor"))
@@ -62,14 +62,23 @@ def test_editor_highlights_and_indents_and_the_notebook_survives_a_reload(
     expect(page.locator(".notebook .cell").nth(1).locator("pre.stdout")).to_have_text("49\n50\n")
     expect(page.locator(".notebook .cell")).to_have_count(2)
 
+    # Run all: every cell again, in order (the first redefines what the second prints).
+    cells = page.locator(".notebook .cell")
+    cells.nth(0).locator("textarea").fill("answer = 100")
+    page.click("#run-all")
+    expect(cells.nth(1).locator("pre.stdout")).to_have_text("100\n101\n")
+    expect(cells.nth(0).locator(".prompt")).to_have_text("[3]")
+    expect(cells.nth(1).locator(".prompt")).to_have_text("[4]")
+
     # A reload brings the notebook back as it was (kept in the tab's session storage).
     page.reload()
     cells = page.locator(".notebook .cell")
     expect(cells).to_have_count(2)
+    expect(cells.nth(0).locator("textarea")).to_have_value("answer = 100")
     expect(cells.nth(1).locator("textarea")).to_have_value(
         "for i in range(2):\n    print(answer + i)")
-    expect(cells.nth(1).locator("pre.stdout")).to_have_text("49\n50\n")
-    expect(cells.nth(1).locator(".prompt")).to_have_text("[2]")
+    expect(cells.nth(1).locator("pre.stdout")).to_have_text("100\n101\n")
+    expect(cells.nth(1).locator(".prompt")).to_have_text("[4]")
 
 
 def test_errors_tables_json_and_hostile_html_render_safely(page: Page, server: Server) -> None:

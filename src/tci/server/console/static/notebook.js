@@ -100,6 +100,8 @@ class Notebook {
           h("p", { class: "muted" }, "Executions: ", this.countElement, " · expires in ",
             expires, " · Shift+Enter runs a cell")),
         h("div", { class: "actions" },
+          h("button", { type: "button", id: "run-all", title: "Run every cell, top to bottom",
+            onclick: () => this.cells.forEach((cell) => cell.run("stay")) }, "Run all"),
           h("a", { href: "#/sessions", class: "button" }, "All sessions"),
           confirmButton("End session", "End it now?", () => this.end(),
             { class: "danger", id: "end-session" }))),
