@@ -87,7 +87,7 @@ export function sessionsView(app) {
       // null on the wire); "—" says what the user wants to know.
       h("td", {}, session.execute_count ? formatTime(session.last_execute_at) : "—"),
       expires,
-      h("td", { class: "actions" },
+      h("td", {}, h("div", { class: "actions row-actions" },
         h("a", { href, class: "button" }, "Open"),
         confirmButton("End", "End now?", async () => {
           try {
@@ -96,7 +96,7 @@ export function sessionsView(app) {
             app.fail(error);
           }
           load();
-        }, { class: "danger" })));
+        }, { class: "danger" }))));
   }
 
   load();
