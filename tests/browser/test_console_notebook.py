@@ -132,6 +132,9 @@ def test_output_streams_in_and_stop_interrupts_a_long_cell(page: Page, server: S
     expect(long_cell.locator(".cell-status")).to_have_text(re.compile("^Failed in"))
     assert time.monotonic() - began < 30
     expect(long_cell.locator("pre.error")).to_contain_text("KeyboardInterrupt")
+    # It points at the user's line, with none of the worker's own frames.
+    expect(long_cell.locator("pre.error")).to_contain_text("time.sleep(120)")
+    expect(long_cell.locator("pre.error")).not_to_contain_text("tci_worker")
     expect(long_cell.locator("pre.stdout")).to_have_text("started\n")
     expect(long_cell.locator("button.stop")).to_be_hidden()
 

@@ -11,6 +11,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 
 import httpx
 import pytest
@@ -191,6 +192,50 @@ def test_async_sessions_list_and_delete(server):
     assert before == []
     assert [s.id for s in during] == [session_id]
     assert after == []
+
+
+def test_sessions_create_and_interrupt(server):
+    key = server.new_key("client-create-interrupt")
+    with Client(base_url=server.base_url, api_key=key) as own:
+        ci = own.code_interpreter
+        made = ci.sessions.create()
+        assert made.execute_count == 0 and made.started_at < made.expires_at
+        assert [s.id for s in ci.sessions.list()] == [made.id]
+        assert ci.sessions.interrupt(made.id) is False  # nothing running: nothing done
+
+        result: dict = {}
+        cell = threading.Thread(target=lambda: result.setdefault("r", ci.execute(
+            code="import time\nkept = 1\nopen('asleep', 'w').close()\ntime.sleep(60)",
+            session_id=made.id)))
+        cell.start()
+        deadline = time.monotonic() + 30
+        while "asleep" not in [f.path for f in ci.files.list(made.id)]:
+            assert time.monotonic() < deadline, "the cell never started"
+            time.sleep(0.02)
+        assert ci.sessions.interrupt(made.id) is True
+        cell.join(30)
+        assert not cell.is_alive(), "the interrupt did not stop the cell"
+        [error] = result["r"].errors
+        # The user's line, then the interrupt: no frame of the worker's own machinery.
+        assert error.splitlines()[-3:] == ["  Cell In[1], line 4", "    time.sleep(60)",
+                                           "KeyboardInterrupt"], error
+        assert ci.execute(code="print(kept)", session_id=made.id).stdout == "1\n"
+        with pytest.raises(NotFoundError):
+            ci.sessions.interrupt("ses_does_not_exist")
+
+
+def test_async_sessions_create_and_interrupt(server):
+    async def body(aclient):
+        ci = aclient.code_interpreter
+        made = await ci.sessions.create()
+        cell = asyncio.create_task(ci.execute(code="import time\ntime.sleep(60)",
+                                              session_id=made.id))
+        while not await ci.sessions.interrupt(made.id):
+            await asyncio.sleep(0.02)
+        return await asyncio.wait_for(cell, 30)
+
+    result = run_async(server, body, key=server.new_key("client-async-interrupt"))
+    assert result.errors[-1].splitlines()[-1] == "KeyboardInterrupt"
 
 
 # -- files ----------------------------------------------------------------------------------

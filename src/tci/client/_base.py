@@ -136,6 +136,14 @@ class BaseClient:
         return RequestSpec("GET", "/tci/sessions")
 
     @staticmethod
+    def _create_session_request() -> RequestSpec:
+        return RequestSpec("POST", "/tci/sessions", json={})
+
+    @staticmethod
+    def _interrupt_request(session_id: str) -> RequestSpec:
+        return RequestSpec("POST", f"/tci/sessions/{_segment(session_id)}/interrupt")
+
+    @staticmethod
     def _delete_session_request(session_id: str) -> RequestSpec:
         return RequestSpec("DELETE", f"/tci/sessions/{_segment(session_id)}")
 
@@ -196,6 +204,14 @@ class BaseClient:
     @classmethod
     def _parse_sessions(cls, response: httpx.Response) -> list[SessionInfo]:
         return [SessionInfo.from_json(s) for s in cls._data(response)["sessions"]]
+
+    @classmethod
+    def _parse_session(cls, response: httpx.Response) -> SessionInfo:
+        return SessionInfo.from_json(cls._data(response))
+
+    @classmethod
+    def _parse_interrupted(cls, response: httpx.Response) -> bool:
+        return bool(cls._data(response)["interrupted"])
 
     @classmethod
     def _parse_files(cls, response: httpx.Response) -> list[FileInfo]:

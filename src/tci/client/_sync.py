@@ -131,6 +131,17 @@ class Sessions:
         return self._client._parse_sessions(
             self._client._send(self._client._list_sessions_request()))
 
+    def create(self) -> SessionInfo:
+        """A new session, before any code runs (RateLimitError at TCI_MAX_SESSIONS)."""
+        return self._client._parse_session(
+            self._client._send(self._client._create_session_request()))
+
+    def interrupt(self, session_id: str) -> bool:
+        """Ctrl-C for the session's running call, which then ends with a KeyboardInterrupt
+        error output; the session and its state stay. False if no call was running."""
+        return self._client._parse_interrupted(
+            self._client._send(self._client._interrupt_request(session_id)))
+
     def delete(self, session_id: str) -> None:
         """End a session now (NotFoundError if unknown, SessionEndedError if already ended)."""
         self._client._data(self._client._send(self._client._delete_session_request(session_id)))

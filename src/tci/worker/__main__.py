@@ -20,12 +20,17 @@ from .protocol import read_frame, write_frame
 from .streams import ordered_pair, wait_drained
 
 
+def _late_sigint(signum, frame) -> None:
+    """SIGINT outside a cell: late (its cell has ended), so dropped. It must neither break
+    the protocol loop nor reach the next cell. None comes early: the host signals only after
+    a cell's "started" event (kernel/driver.py)."""
+
+
 class Worker:
     def __init__(self, command_fd: int, event_fd: int) -> None:
         self.command_fd = command_fd
         self.event_fd = event_fd
         self.request_id: int | None = None
-        self.executing = False
         self.stdout, self.stderr = ordered_pair(1, 2)
         sys.stdout, sys.stderr = self.stdout, self.stderr
         sys.stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the worker
@@ -36,16 +41,7 @@ class Worker:
         self.shell = make_shell(self.emit)
         self.figures = FigureCollector(self.emit)
         self.figures.install_formatter(self.shell)
-        signal.signal(signal.SIGINT, self._on_sigint)
-
-    def _on_sigint(self, signum, frame) -> None:
-        # In a cell, Python's own handler raises from C, so the traceback ends at the user's
-        # line rather than in this file. Outside a cell, a SIGINT is late (its cell has ended)
-        # and dropped, so that it can neither break the protocol loop nor reach the next cell.
-        # None comes early: the host signals only after the cell's "started" event
-        # (kernel/driver.py).
-        if self.executing:
-            signal.default_int_handler(signum, frame)
+        signal.signal(signal.SIGINT, _late_sigint)
 
     def emit(self, event: dict) -> None:
         event["id"] = self.request_id
@@ -54,16 +50,19 @@ class Worker:
 
     def execute(self, code: str) -> None:
         self.figures.before_cell()
-        self.executing = True
+        # While the cell runs, SIGINT is Python's own C-level handler: the KeyboardInterrupt is
+        # raised in the user's frame, and no frame of this file shows in the traceback.
+        # Swapped back inside the try, so one landing just around IPython's own handling of
+        # the cell is caught here rather than ending the worker.
         try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             self.emit({"type": "started"})
             ok = bool(self.shell.run_cell(code, store_history=True).success)
-        except KeyboardInterrupt:  # landed just outside IPython's own handling of the cell
-            self.executing = False  # a second Stop must not land in this handler
+            signal.signal(signal.SIGINT, _late_sigint)
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, _late_sigint)
             self.emit({"type": "error", "data": "KeyboardInterrupt", "ename": "KeyboardInterrupt"})
             ok = False
-        finally:
-            self.executing = False
         try:
             self.figures.publish_open_figures()
         except Exception as exc:  # a broken figure must not lose the cell's result

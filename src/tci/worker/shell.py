@@ -78,6 +78,9 @@ class WorkerShell(InteractiveShell):
 
     def _showtraceback(self, etype, evalue, stb: list[str]) -> None:
         text = strip_ansi(self.InteractiveTB.stb2text(stb)).strip("\n")
+        if etype is KeyboardInterrupt and "Cell In[" not in text:
+            # Stopped before the user's code began: IPython's own frames would only confuse.
+            text = "KeyboardInterrupt"
         self.emit({"type": "error", "data": text, "ename": getattr(etype, "__name__", "")})
 
     def system(self, cmd: str) -> None:  # type: ignore[override]
