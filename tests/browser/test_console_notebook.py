@@ -114,6 +114,22 @@ def test_errors_tables_json_and_hostile_html_render_safely(page: Page, server: S
     run_in_cell(page, 4, "import sys\nprint('to stderr', file=sys.stderr)")
     expect(cells.nth(4).locator("pre.stderr")).to_have_text("to stderr\n")
 
+    # Markdown is rendered from DOM nodes: structure yes, markup from the text no.
+    markdown = ("# Results\n\nAccuracy is **0.93** with `k=5`, see [docs](https://example.org)"
+                " or [this](javascript:alert(1)).\n\n- first\n- second\n\n"
+                "```\nx = 1\n```\n\n<img src=x onerror=alert(1)>")
+    run_in_cell(page, 5, f"from IPython.display import Markdown\nMarkdown({markdown!r})")
+    rendered = cells.nth(5).locator(".markdown")
+    expect(rendered.locator("h1")).to_have_text("Results")
+    expect(rendered.locator("strong")).to_have_text("0.93")
+    expect(rendered.locator("p code")).to_have_text("k=5")
+    expect(rendered.locator("li")).to_have_text(["first", "second"])
+    expect(rendered.locator("pre code")).to_have_text("x = 1")
+    expect(rendered.locator("a")).to_have_count(1)  # the javascript: link stays text
+    expect(rendered.locator("a")).to_have_attribute("href", "https://example.org")
+    expect(rendered.locator("img")).to_have_count(0)
+    expect(rendered).to_contain_text("<img src=x onerror=alert(1)>")
+
 
 def test_output_streams_in_and_stop_interrupts_a_long_cell(page: Page, server: Server) -> None:
     sign_in(page, server, server.new_key("console-stop"))

@@ -3,6 +3,7 @@
 // HTML into an iframe sandboxed without script permission.
 
 import { el, h } from "./dom.js";
+import { renderMarkdown } from "./markdown.js";
 
 const IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif"];
 const PLOTLY_TYPE = "application/vnd.plotly.v1+json";
@@ -77,8 +78,10 @@ function renderBundle(bundle, type) {
   } else if (JSON_TYPES.some((mime) => bundle[mime] !== undefined)) {
     const mime = JSON_TYPES.find((m) => bundle[m] !== undefined);
     box.append(jsonTree(bundle[mime]));
-  } else if (bundle["text/markdown"] || bundle["text/latex"]) {
-    box.append(el("pre", "text", bundle["text/markdown"] || bundle["text/latex"]));
+  } else if (bundle["text/markdown"]) {
+    box.append(renderMarkdown(bundle["text/markdown"]));
+  } else if (bundle["text/latex"]) {
+    box.append(el("pre", "text", bundle["text/latex"]));
   } else if (bundle["text/plain"] !== undefined) {
     box.append(el("pre", "text", bundle["text/plain"]));
   } else if (bundle["application/pdf"]) {
