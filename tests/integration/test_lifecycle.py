@@ -11,27 +11,13 @@ import os
 import signal
 import sqlite3
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import make_server, outputs_of, stdout_of
+from tests.conftest import make_server, outputs_of, stdout_of, wait_for
 from tests.host import all_pids, cmdline, pid_ns
-
-DEADLINE = 30.0
-
-
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
-    """Poll for an observable event, failing after a bounded deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for: {what}")
 
 
 def workspace_of(session_id: str) -> Path:

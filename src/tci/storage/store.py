@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -229,19 +229,19 @@ class Store:
         result: dict[datetime, BucketUsage] = {}
         with self._sessions() as db:
             for moment, count, cpu in db.execute(sessions):
-                used = result.setdefault(bucket_floor(_as_utc(moment), bucket), BucketUsage())
+                used = result.setdefault(bucket_floor(_as_datetime(moment), bucket), BucketUsage())
                 used.sessions += count
                 used.cpu_seconds += float(cpu)
             for moment, count in db.execute(executions):
-                used = result.setdefault(bucket_floor(_as_utc(moment), bucket), BucketUsage())
+                used = result.setdefault(bucket_floor(_as_datetime(moment), bucket), BucketUsage())
                 used.executions += count
         return result
 
 
-def _as_utc(value: datetime | str) -> datetime:
-    """A bucket key as read back: SQLite's strftime text or a datetime, naive meaning UTC."""
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+def _as_datetime(value: datetime | str) -> datetime:
+    """A bucket key as read back: SQLite's strftime text or a datetime (bucket_floor makes
+    it aware UTC)."""
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 def _sqlite_pragmas(connection, _record) -> None:
