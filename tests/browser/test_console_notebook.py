@@ -115,7 +115,7 @@ def test_errors_tables_json_and_hostile_html_render_safely(page: Page, server: S
     expect(cells.nth(4).locator("pre.stderr")).to_have_text("to stderr\n")
 
     # Markdown is rendered from DOM nodes: structure yes, markup from the text no.
-    markdown = ("# Results\n\nAccuracy is **0.93** with `k=5`, see [docs](https://example.org)"
+    markdown = ("# Results\n\nAccuracy is **0.93** with `k=5`, see [docs](http://127.0.0.1:9/docs)"
                 " or [this](javascript:alert(1)).\n\n- first\n- second\n\n"
                 "```\nx = 1\n```\n\n<img src=x onerror=alert(1)>")
     run_in_cell(page, 5, f"from IPython.display import Markdown\nMarkdown({markdown!r})")
@@ -126,7 +126,7 @@ def test_errors_tables_json_and_hostile_html_render_safely(page: Page, server: S
     expect(rendered.locator("li")).to_have_text(["first", "second"])
     expect(rendered.locator("pre code")).to_have_text("x = 1")
     expect(rendered.locator("a")).to_have_count(1)  # the javascript: link stays text
-    expect(rendered.locator("a")).to_have_attribute("href", "https://example.org")
+    expect(rendered.locator("a")).to_have_attribute("href", "http://127.0.0.1:9/docs")
     expect(rendered.locator("img")).to_have_count(0)
     expect(rendered).to_contain_text("<img src=x onerror=alert(1)>")
 
