@@ -37,10 +37,12 @@ class Worker:
 
         from .figures import FigureCollector
         from .shell import make_shell
+        from .viewers import install as install_viewers
 
         self.shell = make_shell(self.emit)
         self.figures = FigureCollector(self.emit)
         self.figures.install_formatter(self.shell)
+        install_viewers(self.emit)
         signal.signal(signal.SIGINT, _late_sigint)
 
     def emit(self, event: dict) -> None:
