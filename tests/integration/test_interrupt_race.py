@@ -30,7 +30,7 @@ def stdout_of(result) -> str:
 async def scenario(settings: Settings) -> None:
     launcher = SandboxLauncher(settings)
     launcher.prepare()
-    ready = await start_worker(launcher, settings.max_output_bytes, 60)
+    ready = await start_worker(launcher, settings.output_limits(), 60)
     worker = ready.worker
     try:
         for attempt in range(10):

@@ -13,17 +13,21 @@ import itertools
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tci.errors import WorkerDied
-from tci.kernel.outputs import OutputCollector
+from tci.kernel.coalesce import LineCoalescer
+from tci.kernel.frames import Frame, FrameReader, JsonBudget, Skipped, bundle_of, text_of
+from tci.kernel.limits import OutputLimits
+from tci.kernel.outputs import ERROR_RESERVE, RICH, OutputCollector
 from tci.sandbox.launcher import Sandbox
-from tci.worker.protocol import HEADER, MAX_FRAME, ProtocolError, decode_body, encode
+from tci.worker.protocol import ProtocolError, encode
 
 _READ_SIZE = 1 << 16
 
 OutputListener = Callable[[dict[str, Any]], None]
+DeathListener = Callable[[], None]
 
 
 @dataclass
@@ -39,8 +43,8 @@ class _Pending:
     request_id: int
     collector: OutputCollector
     done: asyncio.Future[dict[str, Any]]
-    listener: OutputListener | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
+    json_budget: JsonBudget
+    coalescer: LineCoalescer | None = None
     started: bool = False  # the worker said the cell is running (its "started" event)
     interrupt_wanted: bool = False  # interrupted before that: signal on "started"
 
@@ -61,12 +65,15 @@ def describe_exit(returncode: int | None) -> str:
 class WorkerConnection:
     """One live worker in one sandbox."""
 
-    def __init__(self, sandbox: Sandbox, max_output_bytes: int) -> None:
+    def __init__(self, sandbox: Sandbox, limits: OutputLimits) -> None:
         self.sandbox = sandbox
-        self.max_output_bytes = max_output_bytes
+        self.limits = limits
         self._ids = itertools.count(1)
-        self._buffer = bytearray()
+        self._frames = FrameReader(self._allowance)
         self._pending: _Pending | None = None
+        # Told once if the worker dies while no call is running (a timer calling os._exit,
+        # say), so that its owner ends the session at once instead of at the next call.
+        self.on_death: DeathListener | None = None
         self._ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._decoders = {
             name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")
@@ -96,9 +103,15 @@ class WorkerConnection:
         pending = self._pending
         if pending is not None and text:
             pending.collector.add_stream(name, text)
-            if pending.listener is not None:
-                pending.listener({"type": name, "data": text})
         # Output with no call running (a background thread, a leftover subprocess) is dropped.
+
+    def _allowance(self) -> int:
+        """Body bytes the next event frame may hold: the running call's output budget (plus
+        room for one last error), nothing between calls."""
+        pending = self._pending
+        if pending is None:
+            return 0
+        return pending.collector.remaining() + ERROR_RESERVE
 
     def _on_events(self) -> None:
         try:
@@ -111,46 +124,50 @@ class WorkerConnection:
             self._stop_reading(self.sandbox.event_fd)
             self._mark_dead()
             return
-        self._buffer += chunk
-        while len(self._buffer) >= HEADER.size:
-            (size,) = HEADER.unpack_from(self._buffer)
-            if size > MAX_FRAME:
-                self._protocol_failure(f"frame of {size} bytes")
-                return
-            if len(self._buffer) < HEADER.size + size:
-                break
-            body = bytes(self._buffer[HEADER.size : HEADER.size + size])
-            del self._buffer[: HEADER.size + size]
-            try:
-                self._dispatch(decode_body(body))
-            except ProtocolError as exc:
-                self._protocol_failure(str(exc))
-                return
+        try:
+            for frame in self._frames.feed(chunk):
+                self._dispatch(frame)
+        except ProtocolError as exc:
+            self._protocol_failure(str(exc))
 
-    def _dispatch(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
+    def _dispatch(self, frame: Frame | Skipped) -> None:
+        pending = self._pending
+        if isinstance(frame, Skipped):
+            if pending is not None:
+                pending.collector.notice_truncated()
+            return
+        head = frame.head
+        kind = head.get("type")
         if kind == "ready":
             if not self._ready.done():
-                self._ready.set_result(event)
+                self._ready.set_result(head)
             return
-        pending = self._pending
-        if pending is None or event.get("id") != pending.request_id:
+        if pending is None or head.get("id") != pending.request_id:
             return
         if kind == "done":
+            if pending.coalescer is not None:
+                pending.coalescer.flush()
             if not pending.done.done():
-                pending.done.set_result(event)
+                pending.done.set_result(head)
             return
         if kind == "started":
             pending.started = True
             if pending.interrupt_wanted:
                 self.sandbox.interrupt()
             return
-        pending.events.append(event)
-        pending.collector.add_event(event)
-        if pending.listener is not None:
-            pending.listener(event)
+        if kind == "error":
+            pending.collector.add_user_error(text_of(frame))
+        elif kind in RICH:
+            bundle = bundle_of(frame, pending.json_budget)
+            if bundle is None:
+                pending.collector.notice_dropped(
+                    f"{kind} with more JSON values than the call had left of "
+                    f"{self.limits.max_json_values} (TCI_MAX_OUTPUT_JSON_VALUES)")
+            else:
+                pending.collector.add_rich(kind, bundle, sum(map(len, frame.blobs)))
 
     def _protocol_failure(self, detail: str) -> None:
+        self._stop_reading(self.sandbox.event_fd)  # nothing more is read from a broken channel
         self.sandbox.kill()
         self._mark_dead(f"the worker broke the protocol ({detail})")
 
@@ -167,8 +184,11 @@ class WorkerConnection:
             self._ready.set_exception(failure)
         if self._pending is not None and not self._pending.done.done():
             self._pending.done.set_exception(failure)
+        elif self._pending is None and self.on_death is not None:
+            on_death, self.on_death = self.on_death, None
+            on_death()
 
-    async def _exit_reason(self) -> str:
+    async def exit_reason(self) -> str:
         """The kernel's word on how the worker ended (signal or exit code)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.sandbox.process.wait(), timeout=2)
@@ -208,7 +228,7 @@ class WorkerConnection:
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except WorkerDied:
-            raise WorkerDied(await self._exit_reason()) from None
+            raise WorkerDied(await self.exit_reason()) from None
 
     def _send(self, message: dict[str, Any]) -> None:
         data = encode(message)
@@ -233,19 +253,42 @@ class WorkerConnection:
             raise WorkerDied(self.dead_reason)
         loop = asyncio.get_running_loop()
         request_id = next(self._ids)
+        coalescer = None if listener is None else LineCoalescer(listener, self.limits.line_delay)
         pending = _Pending(
-            request_id, OutputCollector(self.max_output_bytes), loop.create_future(), listener
+            request_id, OutputCollector(self.limits.max_bytes, coalescer), loop.create_future(),
+            JsonBudget(self.limits.max_json_values), coalescer,
         )
         self._pending = pending
         try:
             self._send({**message, "id": request_id})
             return await self._await_done(pending, timeout, grace)
         except asyncio.CancelledError:
-            # The caller went away (a streaming client disconnected): stop the cell too.
-            self.interrupt()
+            # The caller went away (its client disconnected or timed out): stop the cell, and
+            # wait for it to unwind so the next call finds the session idle, state intact.
+            await self._abandon(pending, grace)
             raise
         finally:
+            if coalescer is not None:
+                coalescer.flush()
             self._pending = None
+
+    async def _abandon(self, pending: _Pending, grace: float) -> None:
+        if self.dead_reason is not None or not self.interrupt():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(pending.done), grace)
+        except (TimeoutError, WorkerDied):
+            self.sandbox.kill()
+            self._mark_dead(
+                f"its client went away and the cell did not stop within {grace:g} s of the "
+                "interrupt, so the worker was killed"
+            )
+            if pending.done.done() and not pending.done.cancelled():
+                pending.done.exception()  # retrieved: the death is reported through on_death
+            self._pending = None
+            if self.on_death is not None:
+                on_death, self.on_death = self.on_death, None
+                on_death()
 
     async def _await_done(self, pending: _Pending, timeout: float, grace: float) -> ExecutionResult:
         collector = pending.collector
@@ -253,7 +296,7 @@ class WorkerConnection:
             done = await asyncio.wait_for(asyncio.shield(pending.done), timeout)
             return ExecutionResult(collector.outputs, bool(done.get("ok")))
         except WorkerDied:
-            reason = await self._exit_reason()
+            reason = await self.exit_reason()
             collector.add_error(f"WorkerDied: {reason}; the session was ended.")
             return ExecutionResult(collector.outputs, False, worker_died=reason)
         except TimeoutError:
@@ -272,7 +315,7 @@ class WorkerConnection:
             collector.add_error(f"TimeoutError: {reason}; the session was ended.")
             return ExecutionResult(collector.outputs, False, timed_out=True, worker_died=reason)
         except WorkerDied:
-            reason = await self._exit_reason()
+            reason = await self.exit_reason()
             collector.add_error(f"WorkerDied: {reason}; the session was ended.")
             return ExecutionResult(collector.outputs, False, timed_out=True, worker_died=reason)
         collector.replace_interrupt_error(

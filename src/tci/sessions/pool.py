@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from tci.errors import SandboxUnavailable, WorkerDied
 from tci.kernel.driver import WorkerConnection
+from tci.kernel.limits import OutputLimits
 from tci.sandbox.launcher import Sandbox, SandboxLauncher
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,13 @@ class ReadyWorker:
 
 
 async def start_worker(
-    launcher: SandboxLauncher, max_output_bytes: int, start_timeout: float,
+    launcher: SandboxLauncher, limits: OutputLimits, start_timeout: float,
     preload: tuple[str, ...] = (), niceness: int = 0,
 ) -> ReadyWorker:
     """Start one sandbox + worker; with `preload`, import those modules in it first."""
     name = new_session_id()
     sandbox = await launcher.start(name, niceness)
-    worker = WorkerConnection(sandbox, max_output_bytes)
+    worker = WorkerConnection(sandbox, limits)
     try:
         await worker.wait_ready(start_timeout)
         if preload:
@@ -71,12 +72,12 @@ async def start_worker(
 class WarmPool:
     def __init__(
         self, launcher: SandboxLauncher, size: int, preload: tuple[str, ...],
-        max_output_bytes: int, start_timeout: float,
+        limits: OutputLimits, start_timeout: float,
     ) -> None:
         self.launcher = launcher
         self.size = size
         self.preload = preload
-        self.max_output_bytes = max_output_bytes
+        self.limits = limits
         self.start_timeout = start_timeout
         self.ready: list[ReadyWorker] = []
         self._wake = asyncio.Event()
@@ -115,7 +116,7 @@ class WarmPool:
             while len(self.ready) < self.size:
                 try:
                     item = await start_worker(
-                        self.launcher, self.max_output_bytes, self.start_timeout, self.preload,
+                        self.launcher, self.limits, self.start_timeout, self.preload,
                         _REFILL_NICENESS,
                     )
                 except SandboxUnavailable as exc:

@@ -104,6 +104,14 @@ class WorkerShell(InteractiveShell):
         self.user_ns["_exit_code"] = exit_code
 
 
+class _ForgetOutputs(dict):
+    """IPython's per-cell output history that stores nothing: each look-up gets a fresh
+    list, which is dropped once IPython has appended to it."""
+
+    def __missing__(self, key: Any) -> list:
+        return []
+
+
 def make_shell(emit: Emit) -> WorkerShell:
     ChannelDisplayHook.emit = staticmethod(emit)  # type: ignore[assignment]
     ChannelDisplayPublisher.emit = staticmethod(emit)  # type: ignore[assignment]
@@ -115,6 +123,10 @@ def make_shell(emit: Emit) -> WorkerShell:
     config.HistoryManager.hist_file = ":memory:"
     shell = WorkerShell.instance(config=config, colors="nocolor")
     shell.InteractiveTB.set_mode(mode="Plain")  # a plain Python traceback, no banner
+    # IPython 9 keeps a copy of every cell's printed and displayed output for `%history -o`,
+    # forever: a session that prints 300 MB in total holds 300 MB and hits its memory limit.
+    # The host already has the outputs; the worker keeps none.
+    shell.history_manager.outputs = _ForgetOutputs()
     # Matplotlib's "cannot show: non-interactive backend" warning is noise here: every
     # open figure is returned as a PNG at the end of the cell anyway.
     warnings.filterwarnings("ignore", message=".*non-interactive.*cannot be shown")

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, Response
 
 from tci.schemas import ExecuteRequest, ExecuteResponse
 from tci.server.auth import require_key
+from tci.server.disconnect import unless_disconnected
 from tci.server.streaming import stream_execute
 from tci.storage.store import KeyInfo
 
@@ -21,7 +22,7 @@ async def execute(
     answer is text/event-stream (see server/streaming.py)."""
     if body.stream:
         return await stream_execute(request.app.state.manager, key, body)
-    data = await request.app.state.manager.execute(key, body)
+    data = await unless_disconnected(request, request.app.state.manager.execute(key, body))
     # Already plain JSON types: answered directly, without re-validating the outputs through
     # the response model (which only documents the shape), since this is the hot path.
     return JSONResponse({"data": data, "errors": None})

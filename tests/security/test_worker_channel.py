@@ -1,0 +1,244 @@
+"""The worker's channel is untrusted: user code runs in the worker and can write frames to the
+event pipe itself, flood its outputs, stop reading a stream, or end the worker between calls.
+
+Each attack stays inside its session: outputs obey TCI_MAX_OUTPUT_BYTES whatever their kind
+and however they are asked for (streamed or not), the server's memory stays bounded, the
+server keeps answering everyone else (the canary, and /health polled throughout), and a
+broken or dead worker ends its session at once, with the reason given to the next call."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+
+import httpx
+
+from tests.conftest import outputs_of, stdout_of, wait_for
+from tests.security.conftest import LIMITS, HostView, ended_message, new_session
+from tests.security.test_resources import TRUNCATION_NOTICE, rss_bytes
+
+MiB = 1 << 20
+MAX_OUTPUT = LIMITS["max_output_bytes"]
+RESPONSIVE_SECONDS = 1.0  # a liveness bound for /health, far above its normal few ms
+
+# The worker as user code finds it: the object holding the event pipe and the running id.
+WORKER = """
+import gc
+from tci_worker.protocol import HEADER, encode_event
+worker = next(o for o in gc.get_objects() if type(o).__name__ == "Worker")
+import os
+def send(raw):
+    view = memoryview(raw)
+    while view:
+        view = view[os.write(worker.event_fd, view):]
+"""
+
+
+def total_output_bytes(data: dict) -> int:
+    return sum(len(json.dumps(o["data"], ensure_ascii=False).encode()) for o in data["outputs"])
+
+
+class HealthWatch(threading.Thread):
+    """Polls /health while an attack runs; records the slowest answer."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.stopping = threading.Event()
+        self.slowest = 0.0
+        self.failures: list[str] = []
+        self.start()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self.stopping.wait(0.05):
+                started = time.monotonic()
+                try:
+                    response = client.get(f"{self.url}/health")
+                    if response.status_code != 200:
+                        self.failures.append(str(response.status_code))
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                self.slowest = max(self.slowest, time.monotonic() - started)
+
+    def finish(self) -> float:
+        self.stopping.set()
+        self.join(60)
+        assert not self.failures, self.failures
+        return self.slowest
+
+
+def test_forged_error_frames_count_against_the_output_cap(hardened):
+    session = new_session(hardened)
+    code = WORKER + f"""
+for _ in range({3 * MAX_OUTPUT // 1024}):
+    send(encode_event({{"type": "error", "id": worker.request_id, "data": "E" * 1024}}))
+print("after")
+"""
+    data = hardened.run(code, session)
+    assert total_output_bytes(data) <= MAX_OUTPUT + 20 * 1024, total_output_bytes(data)
+    assert TRUNCATION_NOTICE in stdout_of(data) + "".join(outputs_of(data, "stderr"))
+    assert hardened.run("x", session)["outputs"] == [
+        {"type": "execute_result", "data": {"text/plain": "1"}}]
+
+
+def test_huge_frames_are_skipped_unread_and_the_server_stays_responsive(hardened):
+    """24 MiB frames of nested lists: parsed, each would be ~0.5 GB of objects and seconds of
+    the event loop every session shares. Here they are dropped as their bytes arrive."""
+    session = new_session(hardened)
+    server_pid = hardened.process.pid
+    rss_before = rss_bytes(server_pid)
+    watch = HealthWatch(hardened.url)
+    code = WORKER + """
+body = b"[" + b"[]," * (8 * 1024 * 1024) + b"[]]"
+for _ in range(5):
+    send(HEADER.pack(len(body)) + body)
+flooded = True
+"""
+    data = hardened.run(code, session)
+    slowest = watch.finish()
+    assert TRUNCATION_NOTICE in "".join(outputs_of(data, "stderr"))
+    assert slowest < RESPONSIVE_SECONDS, f"/health took {slowest:.2f} s during the flood"
+    assert rss_bytes(server_pid) - rss_before < 100 * MiB
+    assert hardened.run("flooded", session)["outputs"][0]["data"] == {"text/plain": "True"}
+
+
+def test_json_outputs_are_parsed_only_within_their_value_budget(server_factory):
+    server = server_factory(max_output_json_values=10_000, max_output_bytes=8 * MiB)
+    code = """
+from IPython.display import JSON, display
+display(JSON({"small": list(range(10))}))
+display(JSON({"big": [[] for _ in range(100_000)]}))
+print("done")
+"""
+    data = server.run(code)
+    rich = outputs_of(data, "display_data")
+    assert rich == [{"application/json": {"small": list(range(10))},
+                     "text/plain": "<IPython.core.display.JSON object>"}]
+    assert "[output dropped: display_data with more JSON values than the call had left of " \
+        "10000 (TCI_MAX_OUTPUT_JSON_VALUES)]" in "".join(outputs_of(data, "stderr"))
+    assert stdout_of(data) == "done\n"
+
+
+def test_a_malformed_frame_ends_only_that_session_with_a_clear_reason(hardened):
+    session = new_session(hardened)
+    view = HostView(session)
+    code = WORKER + """
+send(HEADER.pack(12) + HEADER.pack(8) + b"not json")
+import time; time.sleep(5)
+"""
+    data = hardened.run(code, session)
+    errors = outputs_of(data, "error")
+    assert errors and "broke the protocol" in errors[-1], data
+    view.assert_gone()
+    assert "broke the protocol" in ended_message(hardened, session)
+
+
+def test_the_cap_is_bytes_of_what_is_sent(hardened):
+    """700k two-byte characters: under the cap counted in characters, over it in bytes."""
+    data = hardened.run(f"print('é' * {int(MAX_OUTPUT * 0.7)})")
+    assert len(stdout_of(data).encode()) <= MAX_OUTPUT + len(TRUNCATION_NOTICE)
+    assert TRUNCATION_NOTICE in stdout_of(data) + "".join(outputs_of(data, "stderr"))
+
+
+def test_a_lone_surrogate_in_an_exception_still_answers_its_traceback(hardened):
+    session = new_session(hardened)
+    data = hardened.run("raise ValueError('bad \\udcff name')", session)
+    errors = outputs_of(data, "error")
+    assert len(errors) == 1 and "ValueError" in errors[0] and "bad" in errors[0], data
+    assert hardened.run("print('still here')", session)["outputs"] == [
+        {"type": "stdout", "data": "still here\n"}]
+
+
+def stream_events(server, code: str, session_id: str | None = None) -> list[tuple[str, dict]]:
+    body = {"language": "python", "code": code, "stream": True}
+    if session_id:
+        body["session_id"] = session_id
+    events = []
+    with server.client() as client, client.stream("POST", "/v1/tci/execute", json=body) as r:
+        assert r.status_code == 200, r.read()
+        name = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: ") and name:
+                events.append((name, json.loads(line[6:])))
+    return events
+
+
+def test_the_streamed_answer_obeys_the_same_cap(hardened):
+    events = stream_events(hardened, f"print('x' * {3 * MAX_OUTPUT}); print('y' * 100)")
+    streamed = [payload for name, payload in events if name == "output"]
+    sent = sum(len(o["data"].encode()) for o in streamed)
+    assert sent <= MAX_OUTPUT + len(TRUNCATION_NOTICE), sent
+    assert TRUNCATION_NOTICE in "".join(o["data"] for o in streamed if o["type"] == "stderr")
+    result = events[-1]
+    assert result[0] == "result"
+    assert total_output_bytes(result[1]["data"]) <= MAX_OUTPUT + len(TRUNCATION_NOTICE) + 64
+
+
+def test_a_stream_client_that_stops_reading_costs_the_server_bounded_memory(hardened):
+    """The client asks for a stream of 300 MB of output and never reads a byte of it."""
+    server_pid = hardened.process.pid
+    session = new_session(hardened)
+    rss_before = rss_bytes(server_pid)
+    body = json.dumps({"language": "python", "session_id": session, "stream": True,
+                       "code": "import sys\nfor _ in range(300):\n    sys.stdout.write('z' * 1_000_000)\n"
+                               "print('end')"}).encode()
+    sock = socket.create_connection(("127.0.0.1", hardened.port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"POST /v1/tci/execute HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Authorization: Bearer " + hardened.key.encode() + b"\r\n"
+                     b"Content-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        # The call ends (its output is cut at the cap) although nobody reads the stream.
+        wait_for(lambda: hardened.run("x", session)["outputs"][0]["data"] ==
+                 {"text/plain": "1"}, "the session to be free again", timeout=60)
+        assert rss_bytes(server_pid) - rss_before < 60 * MiB
+    finally:
+        sock.close()
+
+
+def test_a_worker_that_exits_between_calls_ends_its_session_at_once(hardened):
+    session = new_session(hardened)
+    view = HostView(session)
+    data = hardened.run("import os, threading\nthreading.Timer(0.5, os._exit, (3,)).start()",
+                        session)
+    assert not outputs_of(data, "error"), data
+    # Freed without any further call: processes, directory (volume) and the live list.
+    view.assert_gone()
+    with hardened.client() as client:
+        wait_for(lambda: session not in {s["id"] for s in
+                                         client.get("/v1/tci/sessions").json()["data"]["sessions"]},
+                 "the session to leave the live list")
+    assert "exited with code 3" in ended_message(hardened, session)
+
+
+def test_signals_go_through_pidfds_never_a_reused_pid():
+    """A handle on a process that has exited and been reaped signals nothing, even though
+    its number may already belong to another process."""
+    import subprocess
+
+    from tci.sandbox.pidfd import ProcessHandle
+
+    child = subprocess.Popen(["sleep", "60"])
+    handle = ProcessHandle.open(child.pid)
+    assert handle is not None and handle.alive()
+    child.kill()
+    child.wait()
+    assert not handle.signal(9)
+    handle.close()
+
+
+def test_printing_more_than_the_memory_limit_in_total_is_not_kept_by_the_worker(hardened):
+    """IPython keeps every cell's printed output for `%history -o`; here nothing is kept, so
+    300 MB printed in one cell (cut at the output cap) does not hit the 256 MiB limit."""
+    session = new_session(hardened)
+    data = hardened.run("import sys\nfor _ in range(3000):\n    sys.stdout.write('z' * 100_000)\n"
+                        "done = True", session)
+    assert not outputs_of(data, "error"), data["outputs"][-1]
+    assert hardened.run("done", session)["outputs"][0]["data"] == {"text/plain": "True"}
