@@ -18,12 +18,13 @@ from pathlib import Path
 
 from tci.config import Settings
 from tci.errors import SandboxUnavailable
-from tci.sandbox import volume
+from tci.sandbox import runtime_mounts, volume
 from tci.sandbox.bwrap import SANDBOX_GID, SANDBOX_UID, SandboxSpec, build_argv
 from tci.sandbox.cgroups import CgroupDriver, CgroupLimits, SessionCgroup
 from tci.sandbox.egress_filter import EgressFilter
 from tci.sandbox.limits import Counters
 from tci.sandbox.network import Egress, start_egress
+from tci.sandbox.runtime_mounts import RuntimePaths
 from tci.sandbox.seccomp import build_filter, open_filter_fd
 from tci.sandbox.uids import UidPool
 
@@ -165,7 +166,7 @@ def _check_reachable(path: Path) -> None:
         if not mode & 0o001:
             raise SandboxUnavailable(
                 f"{path} is not reachable by the unprivileged sandbox users: {parent} is not "
-                "traversable by others (chmod o+x it, or clone the repository elsewhere)"
+                "traversable by others (chmod o+x it, or choose another TCI_SANDBOX_DIR)"
             )
 
 
@@ -178,6 +179,7 @@ class SandboxLauncher:
         self.uids = UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count)
         self.runtime_site = settings.runtime_dir / "site"
         self.runtime_bin = settings.runtime_dir / "site" / "bin"
+        self.exposed: RuntimePaths | None = None  # where sandboxes bind them from (prepare)
         self.egress_filter = EgressFilter() if settings.network == "egress" else None
         self.cgroups: CgroupDriver | None = None
         self.limits = CgroupLimits(
@@ -198,8 +200,12 @@ class SandboxLauncher:
             raise SandboxUnavailable(
                 f"the sandbox runtime is missing at {self.settings.runtime_dir}: run `make runtime`"
             )
-        for path in (self.root, self.runtime_site, self.settings.worker_package_dir):
-            _check_reachable(path)
+        _check_reachable(self.root)
+        # The runtime and the worker may sit in a private home (a clone in /root): bound
+        # read-only under the reachable root instead of asking users to open their home.
+        self.exposed = runtime_mounts.expose(
+            self.root, self.runtime_site, self.settings.worker_package_dir
+        )
         if shutil.which("bwrap") is None:
             raise SandboxUnavailable("bubblewrap is not installed (apt-get install bubblewrap)")
         build_filter()  # fails now, clearly, if libseccomp is missing
@@ -219,7 +225,18 @@ class SandboxLauncher:
         """Called at server stop, after every session ended: remove what prepare() made."""
         if self.cgroups is not None:
             self.cgroups.remove_parent()
+        try:
+            runtime_mounts.withdraw(self.root)  # first: nothing is deleted through a mount
+        except SandboxUnavailable as exc:
+            log.warning("%s; %s is left in place", exc.message, self.root)
+            return
+        self.exposed = None
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def _exposed(self) -> RuntimePaths:
+        if self.exposed is None:
+            raise SandboxUnavailable("the sandbox launcher was not prepared (no runtime mounts)")
+        return self.exposed
 
     def _make_cgroup(self, name: str) -> SessionCgroup | None:
         if self.cgroups is None:
@@ -261,11 +278,11 @@ class SandboxLauncher:
         info_r, info_w = os.pipe()
         seccomp_fd = open_filter_fd()
         child_ends = (command_r, event_w, info_w, stdout_w, stderr_w, seccomp_fd)
+        runtime = self._exposed()
         spec = SandboxSpec(
             workspace=workspace, home=home, etc_dir=self.root / "etc",
             empty_dir=self.root / "empty",
-            runtime_site=self.runtime_site, runtime_bin=self.runtime_bin,
-            worker_dir=self.settings.worker_package_dir,
+            runtime_site=runtime.site, runtime_bin=runtime.bin, worker_dir=runtime.worker,
             command_fd=command_r, event_fd=event_w, info_fd=info_w,
             network=self.settings.network, seccomp_fd=seccomp_fd,
             tmp_size_bytes=self.settings.tmp_max_bytes,
