@@ -14,7 +14,6 @@ import contextlib
 import importlib.abc
 import importlib.machinery
 import io
-import mimetypes
 import sys
 import urllib.parse
 from collections.abc import Callable
@@ -112,6 +111,8 @@ class Viewers:
         webbrowser.open = open_inline
 
     def _show_local_file(self, url: str) -> bool:
+        import mimetypes  # here: the worker does not import it at start
+
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme == "file":
             path = Path(urllib.parse.unquote(parsed.path))
@@ -122,7 +123,10 @@ class Viewers:
         kind = mimetypes.guess_type(path.name)[0]
         if kind not in _INLINE_FILE_TYPES or not path.is_file():
             return False
-        content = path.read_bytes()
+        try:
+            content = path.read_bytes()
+        except OSError:
+            return False  # unreadable: left to the browsers, as before
         if not kind.startswith("image/") or kind == "image/svg+xml":
             content = content.decode("utf-8", "replace")  # type: ignore[assignment]
         self.display({kind: content, "text/plain": str(path)})
