@@ -9,7 +9,6 @@ broken or dead worker ends its session at once, with the reason given to the nex
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -185,9 +184,9 @@ def test_a_stream_client_that_stops_reading_costs_the_server_bounded_memory(hard
     server_pid = hardened.process.pid
     session = new_session(hardened)
     rss_before = rss_bytes(server_pid)
+    code = "import sys\nfor _ in range(300):\n    sys.stdout.write('z' * 1_000_000)\nprint('end')"
     body = json.dumps({"language": "python", "session_id": session, "stream": True,
-                       "code": "import sys\nfor _ in range(300):\n    sys.stdout.write('z' * 1_000_000)\n"
-                               "print('end')"}).encode()
+                       "code": code}).encode()
     sock = socket.create_connection(("127.0.0.1", hardened.port))
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
