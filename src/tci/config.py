@@ -71,6 +71,33 @@ class Settings(BaseSettings):
     # Auth.
     auth_cache_seconds: float = 10.0
 
+    # Unauthenticated and greedy clients (docs/security.md).
+    # Each of the two key caches (keys known valid, keys known unknown) holds at most this many
+    # keys, evicting the oldest: a flood of random keys cannot push out the valid ones.
+    auth_cache_entries: int = 10_000
+    # Database look-ups at once for keys not known to be valid; beyond it such requests get 503
+    # at once, so a flood of random keys cannot queue work ahead of everyone's store calls.
+    auth_max_lookups: int = 8
+    # Requests without an API key (/health, the console, an open /metrics) take no body: they
+    # are refused (413) past this many bytes, before the rest is read.
+    max_anonymous_request_bytes: int = 4096
+    # Sessions one API key may hold at once. Unset: TCI_MAX_SESSIONS, no extra limit (a server
+    # often has one key, whose capacity a lower cap would only cut); set it when several
+    # tenants share a server, so that one of them cannot take every slot.
+    max_sessions_per_key: int | None = None
+    # New sessions are refused (503) while the sandbox directory's filesystem has less free
+    # space than this: by default room for one more workspace of the default 1 GiB, and for the
+    # store and logs when they share the disk.
+    min_free_disk_bytes: int = 1024 * MiB
+    # Disk I/O share of each session when the disk is contended, in cgroup v2 io.weight units
+    # (100 = an equal share; 1..10000, v1's blkio.bfq.weight stops at 1000). The kernel applies
+    # it only on devices scheduled by bfq (or io.cost on v2); elsewhere it is recorded, unused.
+    io_weight: int = 100
+    # Host header values /mcp accepts (DNS rebinding): "name" (any port), "name:port", or "*"
+    # for any. Unset: the bind host, localhost, 127.0.0.1 and [::1]. Set it to the names
+    # clients use when the server is reached by another name (a bind to 0.0.0.0, a proxy).
+    allowed_hosts: list[str] | None = None
+
     # Usage, metrics, logs.
     price_per_session_usd: float = 0.03  # cost = sessions started x this price
     # GET /tci/usage?bucket=: at most this many buckets in one answer (1000 hours is ~41 days),

@@ -54,5 +54,16 @@ class SandboxUnavailable(TCIError):
     status_code = 503
 
 
+class ServerBusy(TCIError):
+    """Too much of one kind of work is in flight to take this request now (e.g. API key
+    look-ups, TCI_AUTH_MAX_LOOKUPS); the client should retry after `retry_after` seconds."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class WorkerDied(TCIError):
     """The session's worker process ended; internal, turned into an `error` output."""

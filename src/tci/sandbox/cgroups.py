@@ -34,6 +34,9 @@ from tci.errors import SandboxUnavailable
 
 V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
 V2_CONTROLLERS = ("memory", "pids", "cpu")
+# Used when the host offers them, never required: the disk I/O weight (CgroupLimits.io_weight).
+V1_OPTIONAL = ("blkio",)
+V2_OPTIONAL = ("io",)
 MOUNTINFO = Path("/proc/self/mountinfo")
 
 # cpu_weight is in cgroup v2 units: 100 is the default share, 1..10000 the kernel's range.
@@ -41,6 +44,9 @@ MOUNTINFO = Path("/proc/self/mountinfo")
 CPU_WEIGHT_DEFAULT = 100
 CPU_WEIGHT_MAX = 10000
 _V1_SHARES_PER_WEIGHT = 1024 / CPU_WEIGHT_DEFAULT
+# io_weight is in the same v2 units; bfq's weight files (v1 blkio.bfq.weight, v2 io.bfq.weight)
+# take 1..1000, so larger weights are capped there.
+IO_WEIGHT_BFQ_MAX = 1000
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 # How long to wait for the kernel: freezing a tree, tasks exiting after SIGKILL, rmdir.
@@ -59,11 +65,15 @@ class CgroupLimits:
     pids_max: tasks at once, threads included (the kernel counts tasks, not processes).
     cpu_weight: CPU share relative to other sessions when the CPU is contended, in cgroup v2
         units: 100 = normal, 200 = twice as much, range 1..10000 (v1: cpu.shares = weight*10.24).
+    io_weight: disk I/O share when a disk is contended, same units. Written where the kernel
+        has a file for it (v2 io.weight / io.bfq.weight, v1 blkio.bfq.weight); it acts only on
+        devices whose I/O scheduler is bfq (or, for io.weight, with io.cost enabled).
     """
 
     memory_bytes: int
     pids_max: int
     cpu_weight: int = CPU_WEIGHT_DEFAULT
+    io_weight: int = CPU_WEIGHT_DEFAULT
 
     def __post_init__(self) -> None:
         if self.memory_bytes < 1 << 20:
@@ -72,6 +82,8 @@ class CgroupLimits:
             raise ValueError(f"pids_max must be at least 1, not {self.pids_max}")
         if not 1 <= self.cpu_weight <= CPU_WEIGHT_MAX:
             raise ValueError(f"cpu_weight must be in 1..{CPU_WEIGHT_MAX}, not {self.cpu_weight}")
+        if not 1 <= self.io_weight <= CPU_WEIGHT_MAX:
+            raise ValueError(f"io_weight must be in 1..{CPU_WEIGHT_MAX}, not {self.io_weight}")
 
     @property
     def cpu_shares(self) -> int:
@@ -93,6 +105,12 @@ def _write(path: Path, value: str | int) -> None:
         os.write(fd, str(value).encode())
     finally:
         os.close(fd)
+
+
+def _write_if_present(path: Path, value: str | int) -> None:
+    """For optional knobs: a file the kernel does not offer here is skipped, not an error."""
+    if path.exists():
+        _write(path, value)
 
 
 def _read_int(path: Path) -> int | None:
@@ -263,6 +281,9 @@ class SessionCgroupV1(SessionCgroup):
         _write(memory / "memory.swappiness", 0)
         _write(self.dirs["pids"] / "pids.max", limits.pids_max)
         _write(self.dirs["cpu"] / "cpu.shares", limits.cpu_shares)
+        if "blkio" in self.dirs:  # bfq's file; CFQ's blkio.weight left the kernel in 5.0
+            _write_if_present(self.dirs["blkio"] / "blkio.bfq.weight",
+                              min(limits.io_weight, IO_WEIGHT_BFQ_MAX))
 
     def oom_kills(self) -> int:
         return _read_keyed(self.dirs["memory"] / "memory.oom_control", "oom_kill")
@@ -326,6 +347,9 @@ class SessionCgroupV2(SessionCgroup):
             _write(self.path / "pids.max", limits.pids_max)
         if "cpu" in self.controllers:
             _write(self.path / "cpu.weight", limits.cpu_weight)
+        if "io" in self.controllers:  # io.cost's file and bfq's, whichever the kernel has
+            _write_if_present(self.path / "io.weight", limits.io_weight)
+            _write_if_present(self.path / "io.bfq.weight", min(limits.io_weight, IO_WEIGHT_BFQ_MAX))
 
     def oom_kills(self) -> int:
         return _read_keyed(self.path / "memory.events", "oom_kill")
@@ -394,7 +418,7 @@ def cgroup_mounts(mountinfo: Path = MOUNTINFO) -> tuple[list[Path], dict[str, Pa
             v2.append(mountpoint)
         elif fstype == "cgroup":
             for option in options:
-                if option in V1_CONTROLLERS:
+                if option in V1_CONTROLLERS + V1_OPTIONAL:
                     v1.setdefault(option, mountpoint)
     return v2, v1
 
@@ -424,15 +448,18 @@ class CgroupDriver(ABC):
             missing = [name for name in V2_CONTROLLERS if name not in available]
             if not missing:
                 _check_writable(mount)
-                return CgroupV2Driver(mount, parent_name)
+                optional = tuple(name for name in V2_OPTIONAL if name in available)
+                return CgroupV2Driver(mount, parent_name, V2_CONTROLLERS + optional)
             problems.append(f"cgroup v2 at {mount} lacks the {', '.join(missing)} controller(s)")
         if not v2_mounts:
             problems.append("no cgroup v2 hierarchy is mounted")
         missing = [name for name in V1_CONTROLLERS if name not in v1_mounts]
         if not missing:
-            for mount in set(v1_mounts.values()):
+            for mount in {v1_mounts[name] for name in V1_CONTROLLERS}:
                 _check_writable(mount)
-            return CgroupV1Driver(v1_mounts, parent_name)
+            usable = {name: mount for name, mount in v1_mounts.items()
+                      if name in V1_CONTROLLERS or os.access(mount, os.W_OK)}
+            return CgroupV1Driver(usable, parent_name)
         problems.append(f"cgroup v1 has no hierarchy for {', '.join(missing)}")
         raise CgroupError("no usable cgroups for session limits: " + "; ".join(problems))
 
@@ -497,6 +524,7 @@ class CgroupV1Driver(CgroupDriver):
     def __init__(self, mounts: Mapping[str, Path], parent_name: str) -> None:
         super().__init__(parent_name)
         self.mounts = {name: mounts[name] for name in V1_CONTROLLERS}
+        self.mounts.update((name, mounts[name]) for name in V1_OPTIONAL if name in mounts)
 
     @property
     def parents(self) -> list[Path]:
@@ -533,9 +561,16 @@ class CgroupV2Driver(CgroupDriver):
 
     def _prepare_parent(self) -> None:
         # A v2 controller acts in a cgroup only if every ancestor enables it for its children.
-        _enable_controllers(self.mount, self.controllers)
+        required = [name for name in self.controllers if name not in V2_OPTIONAL]
+        _enable_controllers(self.mount, required)
         self.parent.mkdir(exist_ok=True)
-        _enable_controllers(self.parent, self.controllers)
+        _enable_controllers(self.parent, required)
+        for name in set(self.controllers) - set(required):
+            try:
+                _enable_controllers(self.mount, [name])
+                _enable_controllers(self.parent, [name])
+            except CgroupError:  # optional: sessions go on without it
+                self.controllers = tuple(c for c in self.controllers if c != name)
 
 
 def _enable_controllers(directory: Path, controllers: Iterable[str]) -> None:

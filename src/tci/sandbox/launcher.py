@@ -184,7 +184,7 @@ class SandboxLauncher:
         self.cgroups: CgroupDriver | None = None
         self.limits = CgroupLimits(
             memory_bytes=settings.memory_limit_bytes, pids_max=settings.pids_limit,
-            cpu_weight=settings.cpu_weight,
+            cpu_weight=settings.cpu_weight, io_weight=settings.io_weight,
         )
 
     def prepare(self) -> None:

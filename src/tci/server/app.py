@@ -1,5 +1,5 @@
-"""create_app(settings): wiring only. The path of a request: BodyLimit -> route (auth
-dependency) -> SessionManager -> WorkerConnection -> worker in its sandbox."""
+"""create_app(settings): wiring only. The path of a request: McpHostCheck (/mcp) -> ApiKeyAuth
+-> BodyLimit -> route -> SessionManager -> WorkerConnection -> worker in its sandbox."""
 
 from __future__ import annotations
 
@@ -38,7 +38,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                   description="Self-hosted, TCI-compatible code interpreter")
     app.state.settings = settings
     app.state.manager = manager
-    authenticator = Authenticator(async_store, settings.auth_cache_seconds)
+    authenticator = Authenticator(async_store, settings.auth_cache_seconds,
+                                  settings.auth_cache_entries, settings.auth_max_lookups,
+                                  manager.metrics.registry)
     app.state.auth = authenticator
     errors.install(app)
 
@@ -52,10 +54,15 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.include_router(api, prefix="/v1")
     app.include_router(api)
     app.include_router(health.router)
-    mcp_running = mcp.mount(app, "/mcp")  # authenticates its requests itself
+    mcp_running = mcp.mount(app, "/mcp")  # Host, Origin and key checked by the middleware
     app.include_router(metrics.router)  # outside the /tci prefixes: see its docstring
     console.mount(app, settings.runtime_dir)  # the web console at /, a client of /v1/tci
-    # The last added runs first: authenticate, then refuse oversized bodies, then route.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    app.add_middleware(ApiKeyAuth, authenticator=authenticator, prefixes=("/tci", "/v1/tci"))
+    # Paths that take a key: it is checked before any body is read.
+    keyed = ("/tci", "/v1/tci", "/mcp", *(("/metrics",) if settings.metrics_require_key else ()))
+    # The last added runs first: /mcp's Host and Origin, then the key, then the body's size
+    # (TCI_MAX_REQUEST_BYTES with a key, a few bytes without), then the route.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
+                       anonymous_max_bytes=settings.max_anonymous_request_bytes)
+    app.add_middleware(ApiKeyAuth, authenticator=authenticator, prefixes=keyed)
+    app.add_middleware(mcp.McpHostCheck, path="/mcp", allowed=mcp.allowed_hosts(settings))
     return app

@@ -1,4 +1,9 @@
-"""Refuse request bodies larger than TCI_MAX_REQUEST_BYTES before they reach a route."""
+"""Refuse request bodies over their limit before they reach a route.
+
+The limit depends on who is asking: TCI_MAX_REQUEST_BYTES once ApiKeyAuth (which runs first)
+has established a key, TCI_MAX_ANONYMOUS_REQUEST_BYTES otherwise (/health, the console, an open
+/metrics take no body). A declared length over the limit is refused before anything is read;
+a body without one (chunked) is refused as soon as what arrived crosses it."""
 
 from __future__ import annotations
 
@@ -8,14 +13,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, anonymous_max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.anonymous_max_bytes = anonymous_max_bytes
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, limit: int, authenticated: bool) -> None:
+        reason = "TCI_MAX_REQUEST_BYTES" if authenticated else \
+            "TCI_MAX_ANONYMOUS_REQUEST_BYTES: a request without an API key takes no body"
         body = json.dumps({"data": None, "errors": [
-            f"request body larger than {self.max_bytes} bytes (TCI_MAX_REQUEST_BYTES)"
+            f"request body larger than {limit} bytes ({reason})"
         ]}).encode()
+        # Connection: close, so the server need not read (and the client need not send) the
+        # rest of the body.
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()),
@@ -26,14 +36,16 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        authenticated = "key" in scope.get("state", {})
+        limit = self.max_bytes if authenticated else self.anonymous_max_bytes
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
-                    too_large = int(value) > self.max_bytes
+                    too_large = int(value) > limit
                 except ValueError:
                     too_large = False
                 if too_large:
-                    await self._refuse(send)
+                    await self._refuse(send, limit, authenticated)
                     return
         # Count what actually arrives too (chunked bodies have no content-length).
         messages: list[Message] = []
@@ -44,8 +56,8 @@ class BodyLimit:
             if message["type"] != "http.request":
                 break
             size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                await self._refuse(send)
+            if size > limit:
+                await self._refuse(send, limit, authenticated)
                 return
             if not message.get("more_body", False):
                 break

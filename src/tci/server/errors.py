@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from tci.errors import TCIError, TooManySessions, Unauthorized
+from tci.errors import ServerBusy, TCIError, TooManySessions, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +26,20 @@ def _describe(error: dict) -> str:
     return f"{where}: {error.get('msg', 'invalid value')}"
 
 
-async def _tci_error(request: Request, exc: TCIError) -> JSONResponse:
+def tci_error_response(exc: TCIError) -> JSONResponse:
+    """The answer to a TCIError, also for middleware that refuses before any route runs."""
     headers = None
-    if isinstance(exc, TooManySessions):
+    if isinstance(exc, TooManySessions | ServerBusy):
         headers = {"Retry-After": str(exc.retry_after)}
     elif isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
-    if exc.status_code >= 500:
+    if exc.status_code >= 500 and not isinstance(exc, ServerBusy):  # busy is load, not a fault
         log.error("request failed: %s", exc.message)
     return error_response(exc.status_code, [exc.message], headers)
+
+
+async def _tci_error(request: Request, exc: TCIError) -> JSONResponse:
+    return tci_error_response(exc)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from tci.config import Settings
 from tci.errors import (
     NotFound,
     PayloadTooLarge,
+    SandboxUnavailable,
     SessionEnded,
     TooManySessions,
     Unprocessable,
@@ -83,6 +85,7 @@ class SessionManager:
         self.sessions: dict[str, LiveSession] = {}
         self._ended: dict[str, tuple[int, str]] = {}  # id -> (key id, reason), insertion order
         self._starting = 0
+        self._starting_per_key: dict[int, int] = {}  # key id -> cold starts in progress
         self._reaper: asyncio.Task[None] | None = None
         self.metrics = Metrics(self)
 
@@ -130,9 +133,27 @@ class SessionManager:
                 f"the server is running its maximum of {self.settings.max_sessions} sessions "
                 "(TCI_MAX_SESSIONS); retry shortly or end a session"
             )
+        per_key = self.settings.max_sessions_per_key
+        if per_key is not None:
+            held = sum(1 for s in self.sessions.values() if s.key_id == key.id)
+            if held + self._starting_per_key.get(key.id, 0) >= per_key:
+                raise TooManySessions(
+                    f"this API key holds its maximum of {per_key} sessions "
+                    "(TCI_MAX_SESSIONS_PER_KEY); end one of them or let one expire"
+                )
+        # A nearly full disk: refuse new sessions rather than let them, the running ones and
+        # the store fail on ENOSPC. statvfs of a local directory takes microseconds.
+        free = shutil.disk_usage(self.settings.resolved_sandbox_dir).free
+        if free < self.settings.min_free_disk_bytes:
+            raise SandboxUnavailable(
+                f"new sessions are refused while the sandbox disk is nearly full: "
+                f"{free / 2**20:.1f} MiB free, less than TCI_MIN_FREE_DISK_BYTES "
+                f"({self.settings.min_free_disk_bytes / 2**20:.1f} MiB); running sessions go on"
+            )
         ready = self.pool.take()
         if ready is None:  # pool empty or disabled: a cold start, without preloading
             self._starting += 1
+            self._starting_per_key[key.id] = self._starting_per_key.get(key.id, 0) + 1
             try:
                 ready = await start_worker(
                     self.launcher, self.settings.max_output_bytes,
@@ -140,6 +161,8 @@ class SessionManager:
                 )
             finally:
                 self._starting -= 1
+                if left := self._starting_per_key.pop(key.id) - 1:
+                    self._starting_per_key[key.id] = left
         session_id, sandbox, worker = ready.name, ready.sandbox, ready.worker
         started = utcnow()
         expires = started + timedelta(seconds=self.settings.session_lifetime_seconds)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,9 @@ from tci.storage.models import ApiKey, Base, ExecutionRecord, SessionRecord, utc
 
 T = TypeVar("T")
 KEY_PREFIX = "tci_"
+# What create_key makes: the prefix, then 32 random bytes as 43 base64url characters. Anything
+# else cannot be a key, so the server refuses it without asking the database.
+KEY_PATTERN = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]{43}")
 # SQLite keeps datetimes as text ("YYYY-MM-DD HH:MM:SS.ffffff"); strftime truncates them to
 # their bucket's start, so GROUP BY yields one row per bucket instead of one per record.
 _SQLITE_BUCKET_FORMAT = {"hour": "%Y-%m-%d %H:00:00", "day": "%Y-%m-%d 00:00:00"}
