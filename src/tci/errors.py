@@ -67,3 +67,9 @@ class ServerBusy(TCIError):
 
 class WorkerDied(TCIError):
     """The session's worker process ended; internal, turned into an `error` output."""
+
+
+class ClientGone(TCIError):
+    """The client disconnected before its answer; nobody reads this status (nginx's 499)."""
+
+    status_code = 499

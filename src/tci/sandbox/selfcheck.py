@@ -87,7 +87,7 @@ async def run(settings: Settings) -> None:
     launcher = SandboxLauncher(settings)
     launcher.prepare()
     try:
-        probe = await start_worker(launcher, settings.max_output_bytes,
+        probe = await start_worker(launcher, settings.output_limits(),
                                    settings.worker_start_timeout)
         try:
             problems = await verify(probe.sandbox, probe.worker, settings.network)

@@ -79,13 +79,14 @@ class SessionManager:
         self.launcher = launcher
         self.pool = WarmPool(
             launcher, settings.pool_size, tuple(settings.pool_preload),
-            settings.max_output_bytes, settings.worker_start_timeout,
+            settings.output_limits(), settings.worker_start_timeout,
         )
         self.executions = ExecutionLog(store, settings.store_flush_seconds)
         self.sessions: dict[str, LiveSession] = {}
         self._ended: dict[str, tuple[int, str]] = {}  # id -> (key id, reason), insertion order
         self._starting = 0
         self._starting_per_key: dict[int, int] = {}  # key id -> cold starts in progress
+        self._ending: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self.metrics = Metrics(self)
 
@@ -156,7 +157,7 @@ class SessionManager:
             self._starting_per_key[key.id] = self._starting_per_key.get(key.id, 0) + 1
             try:
                 ready = await start_worker(
-                    self.launcher, self.settings.max_output_bytes,
+                    self.launcher, self.settings.output_limits(),
                     self.settings.worker_start_timeout,
                 )
             finally:
@@ -169,6 +170,9 @@ class SessionManager:
         session = LiveSession(session_id, key.id, started, expires, sandbox, worker,
                               cpu_baseline=cpu_seconds(sandbox))
         self.sessions[session_id] = session
+        worker.on_death = lambda: self._worker_died(session)
+        if worker.dead_reason is not None:  # died between the pool's check and now
+            self._worker_died(session)
         self.metrics.session_created()
         # Queued, not awaited: the store's single thread keeps it ahead of later writes.
         self.store.fire(self.store.store.add_session, session_id, key.id, started, expires)
@@ -209,6 +213,18 @@ class SessionManager:
         self.metrics.session_ended(reason)
         log.info("session ended", extra={"session": session.id, "reason": reason,
                                          "cpu_seconds": used})
+
+    def _worker_died(self, session: LiveSession) -> None:
+        """The worker ended while no call was running: end the session now, freeing its slot,
+        uid, volume and network at once; later calls answer 410 with the reason."""
+        async def end_with_reason() -> None:
+            reason = await session.worker.exit_reason()
+            async with session.lock:  # after any call that is just starting has seen it
+                await self.end(session, reason)
+
+        task = asyncio.create_task(end_with_reason(), name=f"tci-end-{session.id}")
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
 
     async def end_by_client(self, key: KeyInfo, session_id: str) -> None:
         """DELETE: end now, even mid-call (the running call gets the worker's death)."""
@@ -314,6 +330,8 @@ class SessionManager:
         else:
             session = await self._create(key)
         async with session.lock:
+            if session.ended is None and session.worker.dead_reason is not None:
+                await self.end(session, await session.worker.exit_reason())
             if session.ended is not None:
                 raise SessionEnded(f"session {session.id} has ended: {session.ended}")
             if files:

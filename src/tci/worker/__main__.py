@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 
-from .protocol import read_frame, write_frame
+from .protocol import read_frame, write_event
 from .streams import ordered_pair, wait_drained
 
 
@@ -48,7 +48,7 @@ class Worker:
     def emit(self, event: dict) -> None:
         event["id"] = self.request_id
         wait_drained(1, 2)  # stdout/stderr written so far reach the host first
-        write_frame(self.event_fd, event)
+        write_event(self.event_fd, event)
 
     def execute(self, code: str) -> None:
         self.figures.before_cell()
