@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     max_files_per_request: int = 1000
     max_filename_length: int = 1024
     max_files_listed: int = 10_000
+    # Directory entries (files, directories, links...) one listing examines: bounds its work
+    # even in a tree of empty directories or of hard links, which no inode cap bounds.
+    max_files_scanned: int = 100_000
     max_code_bytes: int = 4 * MiB
     max_output_bytes: int = 8 * MiB
 

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import stat
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -215,33 +216,156 @@ class FileInfo:
     modified: float
 
 
-def list_files(workspace: str, limit: int) -> list[FileInfo]:
-    """Regular files under the workspace (symlinks are listed as nothing and never followed)."""
-    found: list[FileInfo] = []
-    root_fd = os.open(workspace, _DIR_FLAGS)
-    stack: list[tuple[int, str]] = [(root_fd, "")]
+class FileListing(list[FileInfo]):
+    """The files found, and whether the walk stopped before seeing the whole workspace."""
+
+    truncated: bool = False
+
+
+# Directory fds a listing keeps open at once, whatever the depth: deeper levels are reopened
+# by name from the nearest open one when the walk comes back to them.
+_OPEN_DIRS = 16
+
+
+def _display(name: str) -> str:
+    """A name as JSON can carry it: bytes that are not UTF-8 (os gives them as lone
+    surrogates) become visible `\\xff` escapes instead of failing the whole answer."""
     try:
-        while stack and len(found) < limit:
-            fd, prefix = stack.pop()
+        name.encode()
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    return name
+
+
+@dataclass
+class _Level:
+    """One directory on the walk's current path."""
+
+    name: str  # as on disk, to reopen it from its parent
+    path: str  # as listed, with a trailing "/" ("" for the workspace itself)
+    fd: int  # -1 while closed to keep the walk within _OPEN_DIRS
+    subdirs: list[tuple[str, str]]  # (name, path) still to visit, last one next
+
+
+class _Walk:
+    """Depth-first walk of a workspace with a bounded number of open fds, of entries
+    examined and of path length; never follows a symlink."""
+
+    def __init__(self, root_fd: int, limit: int, max_scanned: int, max_path: int) -> None:
+        self.found = FileListing()
+        self.limit, self.budget, self.max_path = limit, max_scanned, max_path
+        self.stopped = False  # a limit was reached: the walk ends here
+        self.stack = [_Level("", "", root_fd, [])]
+        self.open: deque[int] = deque()  # depths of the open levels below the root, ascending
+
+    def run(self) -> FileListing:
+        self._read(self.stack[0])
+        while not self.stopped:
+            top = self.stack[-1]
+            if not top.subdirs:
+                if len(self.stack) == 1:
+                    break  # back at the workspace: done
+                self._pop()
+                continue
+            name, path = top.subdirs.pop()
+            parent = self._fd_of_top()
+            if parent < 0 or not self._spend(1):
+                continue
             try:
-                for entry in sorted(os.scandir(fd), key=lambda e: e.name):
-                    info = entry.stat(follow_symlinks=False)
-                    relative = f"{prefix}{entry.name}"
-                    if stat.S_ISREG(info.st_mode):
-                        found.append(FileInfo(relative, info.st_size, info.st_mtime))
-                    elif stat.S_ISDIR(info.st_mode):
-                        with contextlib.suppress(OSError):
-                            stack.append((os.open(entry.name, _DIR_FLAGS, dir_fd=fd),
-                                          relative + "/"))
-            finally:
-                if fd != root_fd:
-                    os.close(fd)
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            except OSError:
+                continue  # replaced by a symlink or a file, or removed, meanwhile
+            self._opened(_Level(name, path, fd, []))
+            self._read(self.stack[-1])
+        return self.found
+
+    def close(self) -> None:
+        while len(self.stack) > 1:  # the root fd belongs to the caller
+            self._pop()
+
+    def _spend(self, entries: int) -> bool:
+        if self.budget < entries:
+            self.stopped = self.found.truncated = True
+            return False
+        self.budget -= entries
+        return True
+
+    def _read(self, level: _Level) -> None:
+        subdirs: list[tuple[str, str]] = []
+        with os.scandir(level.fd) as entries:
+            for entry in entries:
+                if not self._spend(1):
+                    break
+                path = level.path + _display(entry.name)
+                is_dir = entry.is_dir(follow_symlinks=False)
+                # "dir/x" is the shortest name under a directory.
+                if len(path.encode()) + (2 if is_dir else 0) > self.max_path:
+                    self.found.truncated = True  # could not be downloaded by its name anyway
+                elif is_dir:
+                    subdirs.append((entry.name, path + "/"))
+                elif entry.is_file(follow_symlinks=False):
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue  # removed meanwhile
+                    if len(self.found) >= self.limit:
+                        self.stopped = self.found.truncated = True
+                        break
+                    self.found.append(FileInfo(path, info.st_size, info.st_mtime))
+        subdirs.sort(reverse=True)
+        level.subdirs = subdirs
+
+    def _fd_of_top(self) -> int:
+        """The top level's fd, reopened from its nearest open ancestor if it was closed."""
+        if self.stack[-1].fd >= 0:
+            return self.stack[-1].fd
+        levels = self.stack
+        self.stack = levels[: (self.open[-1] if self.open else 0) + 1]
+        for level in levels[len(self.stack):]:
+            if not self._spend(1):
+                return -1
+            try:
+                fd = os.open(level.name, _DIR_FLAGS, dir_fd=self.stack[-1].fd)
+            except OSError:
+                # Renamed or swapped meanwhile: what was left to visit under it is dropped.
+                return -1
+            level.fd = fd
+            self._opened(level)
+        return fd
+
+    def _opened(self, level: _Level) -> None:
+        """Push an open level; close the shallowest ones (never the root) past _OPEN_DIRS."""
+        self.open.append(len(self.stack))
+        self.stack.append(level)
+        while len(self.open) > _OPEN_DIRS:
+            shallowest = self.stack[self.open.popleft()]
+            os.close(shallowest.fd)
+            shallowest.fd = -1
+
+    def _pop(self) -> None:
+        level = self.stack.pop()
+        if level.fd >= 0:
+            self.open.pop()  # the deepest open level is the top
+            os.close(level.fd)
+
+
+def list_files(workspace: str, limit: int,
+               max_scanned: int = Settings.model_fields["max_files_scanned"].default,
+               max_path: int = Settings.model_fields["max_filename_length"].default,
+               ) -> FileListing:
+    """Regular files under the workspace, sorted by path (symlinks are listed as nothing and
+    never followed). At most `limit` files, `max_scanned` directory entries examined (the
+    work of one call, whatever the tree holds) and paths of `max_path` bytes; past any of
+    them the listing is `truncated`. Names that are not UTF-8 are listed escaped."""
+    root_fd = os.open(workspace, _DIR_FLAGS)
+    walk = _Walk(root_fd, limit, max_scanned, max_path)
+    try:
+        found = walk.run()
     finally:
-        for fd, _ in stack:
-            if fd != root_fd:
-                os.close(fd)
+        walk.close()
         os.close(root_fd)
-    return sorted(found[:limit], key=lambda f: f.path)
+    found.sort(key=lambda f: f.path)
+    return found
 
 
 def read_file(workspace: str, name: str, max_length: int, max_bytes: int) -> bytes:

@@ -22,11 +22,12 @@ from tci.sandbox import runtime_mounts, volume
 from tci.sandbox.bwrap import SANDBOX_GID, SANDBOX_UID, SandboxSpec, build_argv
 from tci.sandbox.cgroups import CgroupDriver, CgroupLimits, SessionCgroup
 from tci.sandbox.egress_filter import EgressFilter
+from tci.sandbox.hostdir import make_private_dir
 from tci.sandbox.limits import Counters
 from tci.sandbox.network import Egress, start_egress
 from tci.sandbox.runtime_mounts import RuntimePaths
 from tci.sandbox.seccomp import build_filter, open_filter_fd
-from tci.sandbox.uids import UidPool
+from tci.sandbox.uids import UidPool, check_range
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +151,15 @@ async def _read_to_eof(fd: int, limit: int = 65536) -> bytes:
     return b"".join(chunks)
 
 
-def _remove_cgroup(cgroup: SessionCgroup) -> None:
+def _remove_cgroup(cgroup: SessionCgroup) -> bool:
+    """True once the cgroup is gone, which it can be only with no process left in it."""
     try:
         cgroup.kill_all()
         cgroup.remove()
     except (OSError, SandboxUnavailable) as exc:
         log.warning("could not remove cgroup %s: %s", cgroup.name, exc)
+        return False
+    return True
 
 
 def _check_reachable(path: Path) -> None:
@@ -189,8 +193,8 @@ class SandboxLauncher:
 
     def prepare(self) -> None:
         """Called once at server start: directories, generated /etc, stale leftovers."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.root.chmod(0o711)
+        check_range(self.settings.sandbox_uid_base, self.settings.sandbox_uid_count)
+        make_private_dir(self.root)  # refuses a path another local user could redirect
         for stale in self.root.glob("ses_*"):
             volume.destroy(stale)
             shutil.rmtree(stale, ignore_errors=True)
@@ -264,8 +268,8 @@ class SandboxLauncher:
         try:
             return await self._start(name, uid, niceness)
         except BaseException:
-            self.uids.release(uid)
-            await asyncio.to_thread(self._remove_dirs, self.root / name)
+            removed = await asyncio.to_thread(self._remove_dirs, self.root / name)
+            self._free_uid(uid, [] if removed else [f"{self.root / name} is still there"])
             raise
 
     async def _start(self, name: str, uid: int, niceness: int) -> Sandbox:
@@ -325,6 +329,9 @@ class SandboxLauncher:
         if not sandbox.child_pid:
             await self.destroy(sandbox)
             raise SandboxUnavailable("bubblewrap did not start the sandbox (no child pid)")
+        # bwrap cloned its mount namespace before it reported the child pid: from now on the
+        # host's view of the volume follows no symlink, the sandbox's own copy still does.
+        await asyncio.to_thread(volume.forbid_symlinks, workspace.parent)
         if spec.network == "egress" and self.egress_filter is not None:
             # The outer process is in the new namespace by now: bwrap wrote its info after
             # `unshare` had run, so neither the filter nor slirp4netns can touch the host's.
@@ -337,25 +344,43 @@ class SandboxLauncher:
         return sandbox
 
     async def destroy(self, sandbox: Sandbox) -> None:
-        """Kill every process of the sandbox and free its uid, pipes and directory."""
+        """Kill every process of the sandbox and free its uid, pipes and directory. The uid
+        is reused only if all of this worked (see uids.py)."""
         if sandbox.closed:
             return
         sandbox.closed = True
+        problems: list[str] = []
         sandbox.kill()
         with contextlib.suppress(ProcessLookupError, ChildProcessError, TimeoutError):
             await asyncio.wait_for(sandbox.process.wait(), timeout=10)
+        if sandbox.process.returncode is None:
+            problems.append(f"bubblewrap (pid {sandbox.process.pid}) did not exit when killed")
         if sandbox.cgroup is not None:
             # Anything that slipped out of the pid namespace's teardown dies here too.
-            await asyncio.to_thread(_remove_cgroup, sandbox.cgroup)
+            cgroup_removed = await asyncio.to_thread(_remove_cgroup, sandbox.cgroup)
+            if not cgroup_removed:
+                problems.append(f"its cgroup {sandbox.cgroup.name} could not be removed")
         if sandbox.egress is not None:
             await sandbox.egress.stop()
         for fd in (sandbox.command_fd, sandbox.event_fd, sandbox.stdout_fd, sandbox.stderr_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        await asyncio.to_thread(self._remove_dirs, sandbox.root)
-        self.uids.release(sandbox.uid)
+        if not await asyncio.to_thread(self._remove_dirs, sandbox.root):
+            problems.append(f"{sandbox.root} could not be removed")
+        self._free_uid(sandbox.uid, problems)
+
+    def _free_uid(self, uid: int, problems: list[str]) -> None:
+        """Back to the pool only if nothing of the session is left; else quarantined. (A
+        uid freed already, by destroy() within a failed start, stays as it is.)"""
+        if problems:
+            self.uids.quarantine(uid, "; ".join(problems))
+        else:
+            self.uids.release(uid)
 
     @staticmethod
-    def _remove_dirs(root: Path) -> None:
+    def _remove_dirs(root: Path) -> bool:
+        """True once the session's directory is gone (a volume that cannot be unmounted,
+        even lazily, keeps it)."""
         volume.destroy(root)
         shutil.rmtree(root, ignore_errors=True)
+        return not os.path.lexists(root)

@@ -5,10 +5,17 @@ then enforces TCI_WORKSPACE_MAX_BYTES and TCI_WORKSPACE_MAX_FILES exactly, with 
 support needed from the host filesystem, and a disk flood in one session cannot fill the
 host's disk or touch another session. Creating and mounting one takes ~40 ms, paid in the
 warm pool ahead of demand. Blocking calls: run them in a thread.
+
+Once the sandbox has its own copy of the mount, the host's is remounted `nosymfollow`
+(Linux 5.10+): a symlink the session plants is then followed by no host process that walks
+the volume (backups, an administrator's `cat`, a future bug of ours), while the sandbox's
+copy, whose flags are its own, keeps following the session's symlinks as usual.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import shutil
 import subprocess
@@ -17,8 +24,11 @@ from pathlib import Path
 
 from tci.errors import SandboxUnavailable
 
+log = logging.getLogger(__name__)
+
 IMAGE_NAME = "volume.img"
 MOUNT_NAME = "vol"
+ST_NOSYMFOLLOW = 0x2000  # statvfs f_flag (linux/statfs.h), not in Python's os module
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,36 @@ def create(root: Path, max_bytes: int, max_files: int) -> Path:
     shutil.rmtree(mount_point / "lost+found", ignore_errors=True)
     mount_point.chmod(0o711)
     return mount_point
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
+
+
+def nosymfollow_supported() -> bool:
+    release = os.uname().release.split(".")
+    try:
+        return (int(release[0]), int(release[1].split("-")[0])) >= (5, 10)
+    except (IndexError, ValueError):
+        return False
+
+
+def forbid_symlinks(mount_point: Path) -> bool:
+    """Make the host's mount of a volume follow no symlink; True once in force. Call it after
+    the sandbox's namespace was cloned (bubblewrap keeps the flag in its copy otherwise)."""
+    if not nosymfollow_supported():
+        _warn_once(f"Linux {os.uname().release} has no nosymfollow (5.10+): session volumes "
+                   "are mounted on the host without it")
+        return False
+    result = subprocess.run(["mount", "-o", "remount,bind,nosymfollow", str(mount_point)],
+                            capture_output=True, text=True, timeout=60)
+    if result.returncode == 0 and os.statvfs(mount_point).f_flag & ST_NOSYMFOLLOW:
+        return True
+    why = result.stderr.strip() or "mount(8) ignored the option"
+    _warn_once(f"could not remount session volumes nosymfollow ({why}): they stay mounted on "
+               "the host without it")
+    return False
 
 
 def usage(mount_point: Path) -> Usage:

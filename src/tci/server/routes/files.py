@@ -17,13 +17,14 @@ router = APIRouter(tags=["files"])
 async def list_files(
     session_id: str, request: Request, key: Annotated[KeyInfo, Depends(require_key)]
 ) -> dict:
-    """The session's working directory: every regular file with its size and mtime."""
+    """The session's working directory: every regular file with its size and mtime;
+    `truncated` when the listing stopped at a limit (TCI_MAX_FILES_LISTED/_SCANNED)."""
     files = await request.app.state.manager.list_files(key, session_id)
     return {"data": {"files": [
         {"path": f.path, "size": f.size,
          "modified": datetime.fromtimestamp(f.modified, UTC).isoformat()}
         for f in files
-    ]}, "errors": None}
+    ], "truncated": files.truncated}, "errors": None}
 
 
 @router.get("/tci/sessions/{session_id}/files/{path:path}", response_class=Response,
