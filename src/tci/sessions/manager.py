@@ -31,7 +31,7 @@ from tci.schemas import ExecuteRequest, FileInput
 from tci.sessions.execution_log import ExecutionLog
 from tci.sessions.pool import WarmPool, start_worker
 from tci.storage.store import AsyncStore, KeyInfo
-from tci.workspace import FileInfo, decode_files, list_files, read_file, write_files
+from tci.workspace import FileListing, decode_files, list_files, read_file, write_files
 
 log = logging.getLogger(__name__)
 
@@ -250,10 +250,12 @@ class SessionManager:
 
     # -- files -------------------------------------------------------------------------------
 
-    async def list_files(self, key: KeyInfo, session_id: str) -> list[FileInfo]:
+    async def list_files(self, key: KeyInfo, session_id: str) -> FileListing:
         session = await self.get(key, session_id)
+        limits = self.settings
         return await asyncio.to_thread(
-            list_files, str(session.sandbox.workspace), self.settings.max_files_listed
+            list_files, str(session.sandbox.workspace), limits.max_files_listed,
+            limits.max_files_scanned, limits.max_filename_length,
         )
 
     async def read_file(self, key: KeyInfo, session_id: str, path: str) -> bytes:
