@@ -116,7 +116,7 @@ class Authenticator:
     async def _look_up(self, secret: str) -> KeyInfo | None:
         self._lookups_in_flight += 1
         try:
-            key = await self.store.call(self.store.store.find_active_key, secret)
+            key = await self.store.find_active_key(secret)
         finally:
             self._lookups_in_flight -= 1
         self.lookups.labels("valid" if key is not None else "invalid").inc()

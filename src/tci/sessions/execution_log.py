@@ -35,7 +35,7 @@ class ExecutionLog:
         rows, self._rows = self._rows, []
         if rows:
             try:
-                await self.store.call(self.store.store.record_executions, rows)
+                await self.store.record_executions(rows)
             except Exception:
                 log.exception("could not record %d executions", len(rows))
 

@@ -94,7 +94,7 @@ class SessionManager:
 
     async def start(self) -> None:
         self.launcher.prepare()
-        ended = await self.store.call(self.store.store.end_all_live, "server restarted")
+        ended = await self.store.end_all_live("server restarted")
         if ended:
             log.info("marked %d sessions of the previous run as ended (server restarted)", ended)
         self._reaper = asyncio.create_task(self._reap_forever(), name="tci-reaper")
@@ -175,7 +175,7 @@ class SessionManager:
             self._worker_died(session)
         self.metrics.session_created()
         # Queued, not awaited: the store's single thread keeps it ahead of later writes.
-        self.store.fire(self.store.store.add_session, session_id, key.id, started, expires)
+        self.store.add_session_later(session_id, key.id, started, expires)
         log.info("session started", extra={"session": session_id, "key": key.name})
         return session
 
@@ -189,7 +189,7 @@ class SessionManager:
         if session is None:
             key_id, reason = self._ended.get(session_id, (None, None))
             if key_id is None:
-                ended = await self.store.call(self.store.store.find_ended, session_id)
+                ended = await self.store.find_ended(session_id)
                 if ended is not None:
                     key_id, reason = ended.key_id, ended.reason
             if key_id == key.id:
@@ -209,7 +209,7 @@ class SessionManager:
         self.sessions.pop(session.id, None)
         session.worker.close()
         await self.launcher.destroy(session.sandbox)
-        self.store.fire(self.store.store.end_session, session.id, reason, used)
+        self.store.end_session_later(session.id, reason, used)
         self.metrics.session_ended(reason)
         log.info("session ended", extra={"session": session.id, "reason": reason,
                                          "cpu_seconds": used})
@@ -298,12 +298,11 @@ class SessionManager:
         await self.executions.flush()  # buffered execution records count too
         price = self.settings.price_per_session_usd
         if starts is None:
-            row = (await self.store.call(self.store.store.usage, since, until, key.id))[key.id]
+            row = (await self.store.usage(since, until, key.id))[key.id]
             live_cpu = sum(s.cpu_used() or 0.0 for s in self._live_started(key, since, until))
             return Usage(since, until, row.sessions, row.executions,
                          row.cpu_seconds + live_cpu, metering.cost(row.sessions, price))
-        counts = await self.store.call(
-            self.store.store.usage_by_bucket, since, until, key.id, bucket)
+        counts = await self.store.usage_by_bucket(since, until, key.id, bucket)
         for session in self._live_started(key, since, until):
             start = metering.bucket_floor(session.started_at, bucket)
             counts.setdefault(start, BucketUsage()).cpu_seconds += session.cpu_used() or 0.0

@@ -258,20 +258,50 @@ def _sqlite_pragmas(connection, _record) -> None:
 
 
 class AsyncStore:
-    """Runs Store methods on one thread; `fire` queues a write without waiting for it."""
+    """The store as the server's event loop uses it: every method runs on one thread, in the
+    order called; the `*_later` writes are queued without waiting for them (the single thread
+    keeps them ahead of any later read). Callers never reach the inner Store."""
 
     def __init__(self, store: Store) -> None:
-        self.store = store
+        self._store = store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tci-store")
         self._background: set[asyncio.Future[Any]] = set()
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def fire(self, fn: Callable[..., Any], *args: Any) -> None:
+    def _fire(self, fn: Callable[..., Any], *args: Any) -> None:
         future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         self._background.add(future)
         future.add_done_callback(self._background.discard)
+
+    async def find_active_key(self, secret: str) -> KeyInfo | None:
+        return await self._call(self._store.find_active_key, secret)
+
+    async def end_all_live(self, reason: str) -> int:
+        return await self._call(self._store.end_all_live, reason)
+
+    async def find_ended(self, session_id: str) -> EndedSession | None:
+        return await self._call(self._store.find_ended, session_id)
+
+    async def record_executions(self, rows: list[ExecutionRow]) -> None:
+        await self._call(self._store.record_executions, rows)
+
+    async def usage(self, since: datetime, until: datetime,
+                    key_id: int | None = None) -> dict[int, UsageRow]:
+        return await self._call(self._store.usage, since, until, key_id)
+
+    async def usage_by_bucket(self, since: datetime, until: datetime, key_id: int,
+                              bucket: Bucket) -> dict[datetime, BucketUsage]:
+        return await self._call(self._store.usage_by_bucket, since, until, key_id, bucket)
+
+    def add_session_later(self, session_id: str, key_id: int, started: datetime,
+                          expires: datetime) -> None:
+        self._fire(self._store.add_session, session_id, key_id, started, expires)
+
+    def end_session_later(self, session_id: str, reason: str,
+                          cpu_seconds: float | None = None) -> None:
+        self._fire(self._store.end_session, session_id, reason, cpu_seconds)
 
     async def drain(self) -> None:
         if self._background:
@@ -279,4 +309,4 @@ class AsyncStore:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-        self.store.engine.dispose()
+        self._store.engine.dispose()
