@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # seccomp...). Named for the danger: only for development on a host that lacks them.
     unsafe_allow_missing_protections: bool = False
     network: Literal["none", "egress"] = "egress"
+    # Egress: destinations refused besides the built-in ones (addresses or CIDR networks,
+    # JSON list), e.g. neighbours on public addresses that trust the host's network.
+    egress_refuse: list[str] = []
     sandbox_uid_base: int = 200_000
     sandbox_uid_count: int = 10_000
 

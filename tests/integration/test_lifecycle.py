@@ -26,6 +26,15 @@ def workspace_of(session_id: str) -> Path:
     return Path(matches[0])
 
 
+def helper_netns(pid: int) -> str | None:
+    """The network namespace a slirp4netns serves (the path it was given, as it sees it)."""
+    path = cmdline(pid).split()[-2:-1]
+    try:
+        return os.readlink(path[0].replace("/proc/self/", f"/proc/{pid}/")) if path else None
+    except OSError:
+        return None
+
+
 class Footprint:
     """What a session holds on the host: its uid, directory and processes. The processes are
     told apart from other sessions' (other servers reuse the same uids) by their pid namespace:
@@ -42,11 +51,11 @@ class Footprint:
         self.outer = {pid for pid in bwraps if pid_ns(pid) == host_ns}
         self.namespaces = {pid_ns(pid) for pid in bwraps} - {host_ns, None}
         assert self.outer and self.namespaces, f"no sandbox process found for {session_id}"
-        # slirp4netns ... <pid of the outer bwrap> tap0
-        targets = [str(pid) for pid in self.outer]
+        # slirp4netns ... --netns-type=path /proc/self/fd/N tap0: its fd N is the sandbox's netns
+        netns = {os.readlink(f"/proc/{pid}/ns/net") for pid in self.outer}
         self.helpers = {
             pid: cmdline(pid) for pid in all_pids()
-            if "slirp4netns" in cmdline(pid) and cmdline(pid).split()[-2:-1] == targets
+            if "slirp4netns" in cmdline(pid) and helper_netns(pid) in netns
         }
         assert self.uid >= 200_000
         live = self.processes()

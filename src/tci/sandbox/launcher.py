@@ -184,7 +184,8 @@ class SandboxLauncher:
         self.runtime_site = settings.runtime_dir / "site"
         self.runtime_bin = settings.runtime_dir / "site" / "bin"
         self.exposed: RuntimePaths | None = None  # where sandboxes bind them from (prepare)
-        self.egress_filter = EgressFilter() if settings.network == "egress" else None
+        self.egress_filter = (EgressFilter(settings.egress_refuse)
+                              if settings.network == "egress" else None)
         self.cgroups: CgroupDriver | None = None
         self.limits = CgroupLimits(
             memory_bytes=settings.memory_limit_bytes, pids_max=settings.pids_limit,
@@ -336,8 +337,8 @@ class SandboxLauncher:
             # The outer process is in the new namespace by now: bwrap wrote its info after
             # `unshare` had run, so neither the filter nor slirp4netns can touch the host's.
             try:
-                await self.egress_filter.apply(process.pid)
-                sandbox.egress = await start_egress(process.pid, root / "network.log")
+                namespace = await self.egress_filter.attach(process.pid)
+                sandbox.egress = await start_egress(namespace, root / "network.log")
             except SandboxUnavailable:
                 await self.destroy(sandbox)
                 raise

@@ -1,6 +1,7 @@
 """Network for a sandbox. `none`: its own empty namespace (bwrap --unshare-net).
-`egress`: slirp4netns gives the namespace user-mode NAT to the outside, with the host's
-loopback disabled, so `!pip install` works while host services stay out of reach."""
+`egress`: slirp4netns gives the namespace user-mode NAT to the internet, so `!pip install`
+works; the host's loopback is disabled here and everything local to the host or its networks
+is refused by the namespace's filter (egress_filter.py), loaded before slirp4netns starts."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tci.errors import SandboxUnavailable
+from tci.sandbox.egress_filter import FilteredNamespace
 
 _READY_TIMEOUT = 10.0
 
@@ -20,17 +22,34 @@ _READY_TIMEOUT = 10.0
 class Egress:
     process: asyncio.subprocess.Process
     exit_fd: int  # our end of slirp4netns's --exit-fd: closing it (or dying) ends slirp4netns
+    namespace: FilteredNamespace  # the sandbox's namespace, its filter kept current
+
+    def cut(self) -> None:
+        """The sandbox loses its way out (its filter could not be kept current)."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
 
     async def stop(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.exit_fd)
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
-        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+        self.cut()
+        with contextlib.suppress(ProcessLookupError, ChildProcessError, TimeoutError):
             await asyncio.wait_for(self.process.wait(), timeout=5)
+        self.namespace.close()
 
 
-async def start_egress(child_pid: int, log_path: Path) -> Egress:
+async def start_egress(namespace: FilteredNamespace, log_path: Path) -> Egress:
+    """Connect the filtered namespace to the internet; on failure the namespace is closed."""
+    try:
+        egress = await _start_slirp(namespace, log_path)
+    except BaseException:
+        namespace.close()
+        raise
+    namespace.on_failure.append(egress.cut)
+    return egress
+
+
+async def _start_slirp(namespace: FilteredNamespace, log_path: Path) -> Egress:
     binary = shutil.which("slirp4netns")
     if binary is None:
         raise SandboxUnavailable(
@@ -47,9 +66,10 @@ async def start_egress(child_pid: int, log_path: Path) -> Egress:
             binary, "--configure", "--mtu=65520", "--disable-host-loopback",
             "--enable-sandbox", "--enable-seccomp", "--ready-fd", str(ready_w),
             "--exit-fd", str(exit_r),
-            str(child_pid), "tap0",
+            # The namespace by the descriptor we hold, not by a pid that could be reused.
+            "--netns-type=path", namespace.path, "tap0",
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=log_fd, pass_fds=(ready_w, exit_r), start_new_session=True,
+            stderr=log_fd, pass_fds=(ready_w, exit_r, namespace.fd), start_new_session=True,
         )
     except BaseException:
         os.close(exit_w)
@@ -58,16 +78,18 @@ async def start_egress(child_pid: int, log_path: Path) -> Egress:
         os.close(ready_w)
         os.close(exit_r)
         os.close(log_fd)
+    ready = b""
     try:
         ready = await asyncio.wait_for(asyncio.to_thread(os.read, ready_r, 1), _READY_TIMEOUT)
     except TimeoutError:
-        ready = b""
+        pass
     finally:
         os.close(ready_r)
+        if ready != b"1":  # failed or cancelled: nothing may be left running
+            os.close(exit_w)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
     if ready != b"1":
-        os.close(exit_w)
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
         detail = log_path.read_text(errors="replace").strip() if log_path.exists() else ""
         raise SandboxUnavailable(f"slirp4netns failed to start the sandbox network: {detail}")
-    return Egress(process, exit_w)
+    return Egress(process, exit_w, namespace)
