@@ -121,7 +121,7 @@ def cmd_usage(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
     import os
 
-    from tci.mcp import run_stdio
+    from tci.mcp.stdio import run_stdio
 
     url = args.url or os.environ.get("TCI_BASE_URL") or "http://127.0.0.1:8000/v1"
     key = args.api_key or os.environ.get("TCI_API_KEY")

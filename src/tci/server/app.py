@@ -8,12 +8,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from tci import mcp
 from tci.config import Settings
 from tci.sandbox.launcher import SandboxLauncher
-from tci.server import console, errors
+from tci.server import console, errors, mcp
 from tci.server.auth import ApiKeyAuth, Authenticator
 from tci.server.body_limit import BodyLimit
+from tci.server.host_check import McpHostCheck, allowed_hosts
 from tci.server.openapi import ERROR_RESPONSES
 from tci.server.routes import execute, files, health, metrics, sessions, usage
 from tci.sessions.manager import SessionManager
@@ -28,7 +28,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await manager.start()
         try:
-            async with mcp_running():  # MCP's streamable HTTP sessions (tci/mcp.py)
+            async with mcp_running():  # MCP's streamable HTTP sessions (server/mcp.py)
                 yield
         finally:
             await manager.shutdown()
@@ -64,5 +64,5 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
                        anonymous_max_bytes=settings.max_anonymous_request_bytes)
     app.add_middleware(ApiKeyAuth, authenticator=authenticator, prefixes=keyed)
-    app.add_middleware(mcp.McpHostCheck, path="/mcp", allowed=mcp.allowed_hosts(settings))
+    app.add_middleware(McpHostCheck, path="/mcp", allowed=allowed_hosts(settings))
     return app
