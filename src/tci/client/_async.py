@@ -1,4 +1,5 @@
-"""The asynchronous client: httpx.AsyncClient I/O over the shared BaseClient logic."""
+"""The asynchronous client: httpx.AsyncClient I/O over the shared calls (_calls.py). Each
+method does what its namesake in _sync.py does, awaited."""
 
 from __future__ import annotations
 
@@ -10,26 +11,23 @@ from typing import Any, Literal, overload
 
 import httpx
 
+from tci.client import _calls as calls
 from tci.client._base import (
     DEFAULT_TIMEOUT,
     BaseClient,
-    FilesArg,
+    Call,
+    Flow,
     RequestSpec,
-    SSEDecoder,
+    Resource,
+    T,
     Timeout,
-    batch_outcome,
-    check_batch,
-    connection_error,
+    mapped_errors,
+    raise_for_status,
 )
-from tci.client._errors import APIConnectionError, TCIClientError
-from tci.client._types import (
-    ExecuteResult,
-    FileInfo,
-    ResultEvent,
-    SessionInfo,
-    StreamEvent,
-    WrittenFile,
-)
+from tci.client._calls import FilesArg
+from tci.client._errors import TCIClientError
+from tci.client._sse import SSEDecoder
+from tci.client._types import ExecuteResult, FileInfo, SessionInfo, StreamEvent, WrittenFile
 
 
 class AsyncClient(BaseClient):
@@ -46,26 +44,33 @@ class AsyncClient(BaseClient):
                                        timeout=timeout, transport=transport)
         self.code_interpreter = AsyncCodeInterpreter(self)
 
-    async def _send(self, spec: RequestSpec) -> httpx.Response:
-        try:
-            return await self._http.request(spec.method, spec.path, **spec.kwargs())
-        except httpx.HTTPError as exc:
-            raise connection_error(exc) from exc
+    async def _send(self, request: RequestSpec, *, stream: bool = False) -> httpx.Response:
+        with mapped_errors():
+            return await self._http.send(request.build(self._http), stream=stream)
 
-    async def _open_stream(self, spec: RequestSpec) -> httpx.Response:
-        request = self._http.build_request(spec.method, spec.path, **spec.kwargs())
+    async def _call(self, call: Call[T]) -> T:
+        return call.parse(await self._send(call.request))
+
+    async def _run(self, flow: Flow[T]) -> T:
+        outcome: Any = None
         try:
-            response = await self._http.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise connection_error(exc) from exc
+            while True:
+                call = flow.send(outcome)
+                try:
+                    outcome = await self._call(call)
+                except TCIClientError as exc:
+                    outcome = exc
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    async def _open_stream(self, request: RequestSpec) -> httpx.Response:
+        response = await self._send(request, stream=True)
         if not response.is_success:
-            try:
-                await response.aread()
-            except httpx.HTTPError as exc:
-                raise connection_error(exc) from exc
-            finally:
-                await response.aclose()
-            self._raise_for_status(response)
+            with mapped_errors():
+                async with contextlib.aclosing(response):
+                    await response.aread()
+            raise_for_status(response)
         return response
 
     async def close(self) -> None:
@@ -89,22 +94,16 @@ class AsyncExecuteStream:
     async def __aiter__(self) -> AsyncIterator[StreamEvent]:
         decoder = SSEDecoder()
         try:
-            async for line in self._response.aiter_lines():
-                event = decoder.feed(line)
-                if event is not None:
-                    yield event
-                    if isinstance(event, ResultEvent):
+            with mapped_errors():
+                async for line in self._response.aiter_lines():
+                    for event in decoder.feed(line):
+                        yield event
+                    if decoder.finished:
                         return
-            event = decoder.flush()
-            if event is not None:
+            for event in decoder.end():
                 yield event
-                if isinstance(event, ResultEvent):
-                    return
-        except httpx.HTTPError as exc:
-            raise connection_error(exc) from exc
         finally:
             await self.close()
-        raise APIConnectionError("the stream ended before the result")
 
     async def close(self) -> None:
         await self._response.aclose()
@@ -116,53 +115,38 @@ class AsyncExecuteStream:
         await self.close()
 
 
-class AsyncSessions:
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
+class AsyncSessions(Resource["AsyncClient"]):
+    """Sessions' methods, awaited."""
 
     async def list(self) -> list[SessionInfo]:
-        """The caller's live sessions."""
-        return self._client._parse_sessions(
-            await self._client._send(self._client._list_sessions_request()))
+        return await self._client._call(calls.list_sessions())
 
     async def create(self) -> SessionInfo:
-        """A new session, before any code runs (RateLimitError at TCI_MAX_SESSIONS)."""
-        return self._client._parse_session(
-            await self._client._send(self._client._create_session_request()))
+        return await self._client._call(calls.create_session())
 
     async def interrupt(self, session_id: str) -> bool:
-        """Ctrl-C for the session's running call, which then ends with a KeyboardInterrupt
-        error output; the session and its state stay. False if no call was running."""
-        return self._client._parse_interrupted(
-            await self._client._send(self._client._interrupt_request(session_id)))
+        return await self._client._call(calls.interrupt(session_id))
 
     async def delete(self, session_id: str) -> None:
-        """End a session now (NotFoundError if unknown, SessionEndedError if already ended)."""
-        self._client._data(
-            await self._client._send(self._client._delete_session_request(session_id)))
+        return await self._client._call(calls.delete_session(session_id))
 
 
-class AsyncFiles:
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
+class AsyncFiles(Resource["AsyncClient"]):
+    """Files' methods, awaited."""
 
     async def list(self, session_id: str) -> list[FileInfo]:
-        return self._client._parse_files(
-            await self._client._send(self._client._list_files_request(session_id)))
+        return await self._client._call(calls.list_files(session_id))
 
     async def read(self, session_id: str, path: str) -> bytes:
-        response = await self._client._send(self._client._read_file_request(session_id, path))
-        self._client._raise_for_status(response)
-        return response.content
+        return await self._client._call(calls.read_file(session_id, path))
 
     async def write(self, session_id: str, path: str, data: bytes | str) -> WrittenFile:
-        return self._client._parse_written(
-            await self._client._send(self._client._write_file_request(session_id, path, data)))
+        return await self._client._call(calls.write_file(session_id, path, data))
 
 
-class AsyncCodeInterpreter:
+class AsyncCodeInterpreter(Resource["AsyncClient"]):
     def __init__(self, client: AsyncClient) -> None:
-        self._client = client
+        super().__init__(client)
         self.sessions = AsyncSessions(client)
         self.files = AsyncFiles(client)
 
@@ -182,10 +166,10 @@ class AsyncCodeInterpreter:
     ) -> ExecuteResult | AsyncExecuteStream:
         """As Client.code_interpreter.execute; with ``stream=True``,
         ``async for event in await ci.execute(code=..., stream=True)``."""
-        spec = self._client._execute_request(code, language, session_id, files, stream, timeout)
+        call = calls.execute(code, language, session_id, files, stream, timeout)
         if stream:
-            return AsyncExecuteStream(await self._client._open_stream(spec))
-        return self._client._parse_execute(await self._client._send(spec))
+            return AsyncExecuteStream(await self._client._open_stream(call.request))
+        return await self._client._call(call)
 
     async def run_batch(
         self, snippets: list[str], concurrency: int = 8, timeout: Timeout | None = None, *,
@@ -195,24 +179,12 @@ class AsyncCodeInterpreter:
         """As Client.code_interpreter.run_batch, on this event loop: one task per snippet,
         an asyncio.Semaphore(concurrency) bounding how many run (and hold a created
         session) at once."""
-        ids = check_batch(snippets, concurrency, session_ids)
+        flows = calls.batch_flows(snippets, concurrency, session_ids, language, timeout)
         slots = asyncio.Semaphore(concurrency)
 
-        async def run(index: int) -> ExecuteResult | TCIClientError:
+        async def run(flow: Flow[ExecuteResult | TCIClientError]) -> ExecuteResult | TCIClientError:
             async with slots:
-                created: str | None = None
-                try:
-                    result = await self.execute(code=snippets[index], language=language,
-                                                session_id=ids[index], timeout=timeout)
-                    if ids[index] is None:
-                        created = result.session_id
-                    return result
-                except TCIClientError as exc:
-                    return exc
-                finally:
-                    if created is not None:
-                        with contextlib.suppress(TCIClientError):
-                            await self.sessions.delete(created)
+                return await self._client._run(flow)
 
-        outcomes = await asyncio.gather(*(run(i) for i in range(len(snippets))))
-        return batch_outcome(list(outcomes), return_exceptions)
+        outcomes = await asyncio.gather(*map(run, flows))
+        return calls.batch_outcome(list(outcomes), return_exceptions)

@@ -1,4 +1,4 @@
-"""The synchronous client: httpx.Client I/O over the shared BaseClient logic."""
+"""The synchronous client: httpx.Client I/O over the shared calls (_calls.py)."""
 
 from __future__ import annotations
 
@@ -10,26 +10,23 @@ from typing import Any, Literal, overload
 
 import httpx
 
+from tci.client import _calls as calls
 from tci.client._base import (
     DEFAULT_TIMEOUT,
     BaseClient,
-    FilesArg,
+    Call,
+    Flow,
     RequestSpec,
-    SSEDecoder,
+    Resource,
+    T,
     Timeout,
-    batch_outcome,
-    check_batch,
-    connection_error,
+    mapped_errors,
+    raise_for_status,
 )
-from tci.client._errors import APIConnectionError, TCIClientError
-from tci.client._types import (
-    ExecuteResult,
-    FileInfo,
-    ResultEvent,
-    SessionInfo,
-    StreamEvent,
-    WrittenFile,
-)
+from tci.client._calls import FilesArg
+from tci.client._errors import TCIClientError
+from tci.client._sse import SSEDecoder
+from tci.client._types import ExecuteResult, FileInfo, SessionInfo, StreamEvent, WrittenFile
 
 
 class Client(BaseClient):
@@ -51,26 +48,32 @@ class Client(BaseClient):
                                   transport=transport)
         self.code_interpreter = CodeInterpreter(self)
 
-    def _send(self, spec: RequestSpec) -> httpx.Response:
-        try:
-            return self._http.request(spec.method, spec.path, **spec.kwargs())
-        except httpx.HTTPError as exc:
-            raise connection_error(exc) from exc
+    def _send(self, request: RequestSpec, *, stream: bool = False) -> httpx.Response:
+        with mapped_errors():
+            return self._http.send(request.build(self._http), stream=stream)
 
-    def _open_stream(self, spec: RequestSpec) -> httpx.Response:
-        request = self._http.build_request(spec.method, spec.path, **spec.kwargs())
+    def _call(self, call: Call[T]) -> T:
+        return call.parse(self._send(call.request))
+
+    def _run(self, flow: Flow[T]) -> T:
+        outcome: Any = None
         try:
-            response = self._http.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise connection_error(exc) from exc
+            while True:
+                call = flow.send(outcome)
+                try:
+                    outcome = self._call(call)
+                except TCIClientError as exc:
+                    outcome = exc
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    def _open_stream(self, request: RequestSpec) -> httpx.Response:
+        response = self._send(request, stream=True)
         if not response.is_success:
-            try:
+            with mapped_errors(), contextlib.closing(response):
                 response.read()
-            except httpx.HTTPError as exc:
-                raise connection_error(exc) from exc
-            finally:
-                response.close()
-            self._raise_for_status(response)
+            raise_for_status(response)
         return response
 
     def close(self) -> None:
@@ -95,22 +98,14 @@ class ExecuteStream:
     def __iter__(self) -> Iterator[StreamEvent]:
         decoder = SSEDecoder()
         try:
-            for line in self._response.iter_lines():
-                event = decoder.feed(line)
-                if event is not None:
-                    yield event
-                    if isinstance(event, ResultEvent):
+            with mapped_errors():
+                for line in self._response.iter_lines():
+                    yield from decoder.feed(line)
+                    if decoder.finished:
                         return
-            event = decoder.flush()
-            if event is not None:
-                yield event
-                if isinstance(event, ResultEvent):
-                    return
-        except httpx.HTTPError as exc:
-            raise connection_error(exc) from exc
+            yield from decoder.end()
         finally:
             self.close()
-        raise APIConnectionError("the stream ended before the result")
 
     def close(self) -> None:
         self._response.close()
@@ -122,55 +117,42 @@ class ExecuteStream:
         self.close()
 
 
-class Sessions:
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
+class Sessions(Resource["Client"]):
     def list(self) -> list[SessionInfo]:
         """The caller's live sessions."""
-        return self._client._parse_sessions(
-            self._client._send(self._client._list_sessions_request()))
+        return self._client._call(calls.list_sessions())
 
     def create(self) -> SessionInfo:
         """A new session, before any code runs (RateLimitError at TCI_MAX_SESSIONS)."""
-        return self._client._parse_session(
-            self._client._send(self._client._create_session_request()))
+        return self._client._call(calls.create_session())
 
     def interrupt(self, session_id: str) -> bool:
         """Ctrl-C for the session's running call, which then ends with a KeyboardInterrupt
         error output; the session and its state stay. False if no call was running."""
-        return self._client._parse_interrupted(
-            self._client._send(self._client._interrupt_request(session_id)))
+        return self._client._call(calls.interrupt(session_id))
 
     def delete(self, session_id: str) -> None:
         """End a session now (NotFoundError if unknown, SessionEndedError if already ended)."""
-        self._client._data(self._client._send(self._client._delete_session_request(session_id)))
+        return self._client._call(calls.delete_session(session_id))
 
 
-class Files:
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
+class Files(Resource["Client"]):
     def list(self, session_id: str) -> list[FileInfo]:
         """Every regular file of the session's working directory."""
-        return self._client._parse_files(
-            self._client._send(self._client._list_files_request(session_id)))
+        return self._client._call(calls.list_files(session_id))
 
     def read(self, session_id: str, path: str) -> bytes:
         """One file's bytes (path relative to the working directory)."""
-        response = self._client._send(self._client._read_file_request(session_id, path))
-        self._client._raise_for_status(response)
-        return response.content
+        return self._client._call(calls.read_file(session_id, path))
 
     def write(self, session_id: str, path: str, data: bytes | str) -> WrittenFile:
         """Write one file (str is encoded as UTF-8); directories are created as needed."""
-        return self._client._parse_written(
-            self._client._send(self._client._write_file_request(session_id, path, data)))
+        return self._client._call(calls.write_file(session_id, path, data))
 
 
-class CodeInterpreter:
+class CodeInterpreter(Resource["Client"]):
     def __init__(self, client: Client) -> None:
-        self._client = client
+        super().__init__(client)
         self.sessions = Sessions(client)
         self.files = Files(client)
 
@@ -192,10 +174,10 @@ class CodeInterpreter:
         {"name", "encoding", "content"} or a {name: str | bytes} mapping) are written to the
         working directory first. With ``stream=True`` returns an ExecuteStream; errors found
         before the code starts (bad key, unknown session, ...) are raised here."""
-        spec = self._client._execute_request(code, language, session_id, files, stream, timeout)
+        call = calls.execute(code, language, session_id, files, stream, timeout)
         if stream:
-            return ExecuteStream(self._client._open_stream(spec))
-        return self._client._parse_execute(self._client._send(spec))
+            return ExecuteStream(self._client._open_stream(call.request))
+        return self._client._call(call)
 
     def run_batch(
         self, snippets: list[str], concurrency: int = 8, timeout: Timeout | None = None, *,
@@ -215,26 +197,10 @@ class CodeInterpreter:
         whose request timed out on the client leaves its session to the server's expiry,
         since its id was never received.
         """
-        ids = check_batch(snippets, concurrency, session_ids)
-
-        def run(index: int) -> ExecuteResult | TCIClientError:
-            created: str | None = None
-            try:
-                result = self.execute(code=snippets[index], language=language,
-                                      session_id=ids[index], timeout=timeout)
-                if ids[index] is None:
-                    created = result.session_id
-                return result
-            except TCIClientError as exc:
-                return exc
-            finally:
-                if created is not None:
-                    with contextlib.suppress(TCIClientError):
-                        self.sessions.delete(created)
-
-        if not snippets:
+        flows = calls.batch_flows(snippets, concurrency, session_ids, language, timeout)
+        if not flows:
             return []
-        with ThreadPoolExecutor(max_workers=min(concurrency, len(snippets)),
+        with ThreadPoolExecutor(max_workers=min(concurrency, len(flows)),
                                 thread_name_prefix="tci-batch") as pool:
-            outcomes = list(pool.map(run, range(len(snippets))))
-        return batch_outcome(outcomes, return_exceptions)
+            outcomes = list(pool.map(self._client._run, flows))
+        return calls.batch_outcome(outcomes, return_exceptions)
