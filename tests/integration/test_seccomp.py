@@ -23,6 +23,7 @@ from tci.sandbox.seccomp import (
     CLONE_NAMESPACE_FLAGS,
     DENIED_IOCTLS,
     DENIED_SYSCALLS,
+    NEVER_ALLOWED,
     build_filter,
     open_filter_fd,
     write_filter,
@@ -36,8 +37,8 @@ PYTHON = "/usr/bin/python3.11"
 UNPRIVILEGED = ["setpriv", "--reuid=250000", "--regid=250000", "--clear-groups", "--"]
 SIGSYS = -signal.SIGSYS  # how a probe killed by the filter is reported
 
-# open_tree_attr (Linux 6.15) is newer than the host's libseccomp tables.
-NEWER_THAN_LIBSECCOMP = {"open_tree_attr": 467}
+# Newer than the host's libseccomp tables (2.5.4).
+NEWER_THAN_LIBSECCOMP = {"statmount": 457, "listmount": 458, "open_tree_attr": 467}
 
 
 def nr(name: str) -> int:
@@ -135,6 +136,9 @@ def probes() -> list[tuple[str, int | str, list[int], int]]:
     table = [(name, nr(name), SPECIAL_ARGS.get(name, [0] * 6), errno.EPERM)
              for name in DENIED_SYSCALLS]
     table.append(("clone3", nr("clone3"), [0, 0], errno.ENOSYS))
+    # Not on the allow-list: ENOSYS, as from a kernel without them.
+    table += [(name, nr(name), [0] * 6, errno.ENOSYS) for name in NEVER_ALLOWED]
+    table.append(("future 600", 600, [0] * 6, errno.ENOSYS))
     for flag_name, flag in CLONE_NAMESPACE_FLAGS.items():
         table.append((f"clone {flag_name}", nr("clone"), [flag | SIGCHLD, 0, 0, 0, 0],
                       errno.EPERM))
@@ -172,6 +176,14 @@ def probes() -> list[tuple[str, int | str, list[int], int]]:
         ("AF_INET6 SOCK_RAW", [10, SOCK_RAW, 58], errno.EPERM),
         ("AF_INET SOCK_PACKET", [2, SOCK_PACKET, 0x300], errno.EPERM),
         ("AF_INET SOCK_DGRAM with flags", [2, SOCK_DGRAM | SOCK_FLAGS, 0], 0),
+        ("AF_INET TCP", [2, SOCK_STREAM, 6], 0),
+        ("AF_INET6 UDP", [10, SOCK_DGRAM | SOCK_FLAGS, 17], 0),
+        ("AF_INET SCTP", [2, SOCK_STREAM, 132], errno.EPROTONOSUPPORT),
+        ("AF_INET6 SCTP seqpacket", [10, SOCK_SEQPACKET, 132], errno.EPROTONOSUPPORT),
+        ("AF_INET UDP-Lite", [2, SOCK_DGRAM, 136], errno.EPROTONOSUPPORT),
+        ("AF_INET6 MPTCP", [10, SOCK_STREAM, 262], errno.EPROTONOSUPPORT),
+        ("AF_INET L2TP", [2, SOCK_DGRAM, 115], errno.EPROTONOSUPPORT),
+        ("AF_INET TCP with high junk", [2, SOCK_STREAM, HIGH_JUNK | 6], errno.EPROTONOSUPPORT),
         ("AF_INET6 SOCK_STREAM", [10, SOCK_STREAM, 0], 0),
         ("AF_UNIX SOCK_SEQPACKET", [1, SOCK_SEQPACKET, 0], 0),
     ]:
@@ -226,7 +238,7 @@ FILTER_DECIDES = (
     "unshare", "setns", "keyctl", "add_key", "request_key", "userfaultfd", "io_uring_enter",
     "io_uring_register", "iopl", "ioperm", "clone3", "clone CLONE_NEWUSER",
     "clone CLONE_NEWUSER|CLONE_NEWNET", "clone CLONE_NEWUSER with high junk", "ioctl TIOCSTI",
-    "ioctl TIOCSTI with high junk", "personality ADDR_NO_RANDOMIZE",
+    "ioctl TIOCSTI with high junk", "ioctl TIOCSETD", "personality ADDR_NO_RANDOMIZE",
     "personality READ_IMPLIES_EXEC", "personality ADDR_NO_RANDOMIZE with high junk",
     "socket AF_PACKET", "socket AF_INET with high junk", "socket NETLINK_SOCK_DIAG",
     "x32 getpid",
@@ -243,6 +255,13 @@ def test_allowed_calls_behave_as_without_the_filter(filtered, control):
     allowed = [label for label, _, _, expected in probes() if expected == 0]
     assert {label: filtered[label] for label in allowed} == {
         label: control[label] for label in allowed}
+
+
+def test_ping_sockets_are_left_to_the_host():
+    """ICMP datagram sockets pass the filter: ping_group_range alone decides (EACCES or not)."""
+    table = [("inet ICMP", nr("socket"), [2, SOCK_DGRAM, 1], 0),
+             ("inet6 ICMPv6", nr("socket"), [10, SOCK_DGRAM, 58], 0)]
+    assert run_probes(True, table) == run_probes(False, table)
 
 
 def test_i386_syscalls_kill_the_process():

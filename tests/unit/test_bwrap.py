@@ -2,7 +2,13 @@
 
 from pathlib import Path
 
-from tci.sandbox.bwrap import SandboxSpec, build_argv, sandbox_env
+from tci.sandbox.bwrap import (
+    SandboxSpec,
+    build_argv,
+    bwrap_can_disable_userns,
+    prlimit_options,
+    sandbox_env,
+)
 
 
 def spec(**overrides) -> SandboxSpec:
@@ -55,3 +61,23 @@ def test_environment_is_built_not_inherited():
 def test_command_is_the_worker_under_the_runtime_python():
     argv = build_argv(spec())
     assert argv[-4:] == ["--", "/usr/bin/python3.11", "-m", "tci_worker"]
+
+
+def test_nested_user_namespaces_are_disabled_where_bubblewrap_can():
+    assert "--disable-userns" in build_argv(spec(disable_userns=True))
+    assert "--disable-userns" not in build_argv(spec(disable_userns=False))
+
+
+def test_by_default_the_installed_bubblewrap_decides():
+    # Debian 12's bubblewrap is 0.8.0, the first with --disable-userns: here it is on.
+    assert ("--disable-userns" in build_argv(spec())) is bwrap_can_disable_userns()
+    assert bwrap_can_disable_userns("/nonexistent/bwrap") is False
+
+
+def test_limits_are_fixed_hard_and_soft():
+    options = prlimit_options(256)
+    assert options[0] == "--nofile=256:256"
+    limits = dict(option[2:].split("=") for option in options)
+    assert limits["core"] == "0:0"
+    assert limits["rtprio"] == limits["rttime"] == limits["nice"] == "0:0"
+    assert all(value.split(":")[0] == value.split(":")[1] for value in limits.values())

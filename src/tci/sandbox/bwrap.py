@@ -1,7 +1,11 @@
-"""The bubblewrap command line for one session (pure: no I/O, easy to test and audit)."""
+"""The bubblewrap command line for one session (pure: no I/O, easy to test and audit), and
+the resource limits it starts under. The one look at the host, whether the installed
+bubblewrap has `--disable-userns`, is made once and cached."""
 
 from __future__ import annotations
 
+import functools
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +30,43 @@ ETC_RO = ("/etc/ld.so.cache", "/etc/ssl", "/etc/ca-certificates", "/etc/alternat
 # hidden so that sessions see exactly the pinned runtime and pip never mistakes them.
 DEBIAN_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 
+# Resource limits (prlimit(1) options) every sandbox starts under, hard and soft alike: the
+# sandbox has no CAP_SYS_RESOURCE, so it can lower them but never raise them again. The server
+# may run with generous limits of its own (root, a container's defaults); none of them leak in.
+FIXED_RLIMITS = (
+    # No core dumps: a crash must not hand the sandbox's memory to a file, or to the host's
+    # crash handler (apport, systemd-coredump), which would run as root on the host.
+    "--core=0:0",
+    # No real-time scheduling, which would let one session starve every CPU of the host, and
+    # no raising of its priority above what the server gave it (sessions may be reniced).
+    "--rtprio=0:0", "--rttime=0:0", "--nice=0:0",
+    # mlock'd memory cannot be reclaimed: the kernel's own default since Linux 5.16 (8 MiB),
+    # enough for the few libraries that lock secrets (gpg, libsodium). All of it, locked or
+    # not, also counts against the session's memory cgroup.
+    f"--memlock={8 << 20}:{8 << 20}",
+    # Bytes in POSIX message queues: the kernel's default (800 KiB), whatever the server's.
+    f"--msgqueue={800 << 10}:{800 << 10}",
+    # Not set: RLIMIT_FSIZE (the workspace volume and the /tmp tmpfs are capped, and SIGXFSZ
+    # would kill a process where ENOSPC lets it report the error), RLIMIT_AS and RLIMIT_DATA
+    # (the memory cgroup bounds what is used, not what is mapped: numba, JITs and OpenBLAS
+    # reserve far more than they touch), RLIMIT_NPROC (the pids cgroup counts per session).
+)
+
+
+def prlimit_options(open_files: int) -> list[str]:
+    """prlimit(1) options for a sandbox: the fixed limits and TCI_OPEN_FILES_LIMIT."""
+    return [f"--nofile={open_files}:{open_files}", *FIXED_RLIMITS]
+
+
+@functools.cache
+def bwrap_can_disable_userns(bwrap: str = "bwrap") -> bool:
+    """Whether this bubblewrap has --disable-userns (0.8.0 and later)."""
+    try:
+        usage = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--disable-userns" in usage.stdout + usage.stderr
+
 
 @dataclass(frozen=True)
 class SandboxSpec:
@@ -46,6 +87,10 @@ class SandboxSpec:
     # sandbox, in its own user namespace, has no capability over it).
     network: str = "none"
     seccomp_fd: int | None = None  # a compiled BPF program bwrap installs before exec
+    # No user namespace can be made inside (bwrap sets the limit of user namespaces to what
+    # exists, in a namespace the sandbox cannot write to), so nested namespaces do not rest on
+    # the seccomp filter alone. Off only where bubblewrap is older than 0.8.0.
+    disable_userns: bool = field(default_factory=bwrap_can_disable_userns)
     tmp_size_bytes: int = 512 * 1024 * 1024
     extra_env: dict[str, str] = field(default_factory=dict)
     existing_etc: tuple[str, ...] = ETC_RO
@@ -93,6 +138,8 @@ def build_argv(spec: SandboxSpec) -> list[str]:
     ]
     if spec.network == "none":
         argv.append("--unshare-net")
+    if spec.disable_userns:
+        argv.append("--disable-userns")
     if spec.seccomp_fd is not None:
         argv += ["--seccomp", str(spec.seccomp_fd)]
     for path in SYSTEM_RO:

@@ -19,7 +19,13 @@ from pathlib import Path
 from tci.config import Settings
 from tci.errors import SandboxUnavailable
 from tci.sandbox import runtime_mounts, volume
-from tci.sandbox.bwrap import SANDBOX_GID, SANDBOX_UID, SandboxSpec, build_argv
+from tci.sandbox.bwrap import (
+    SANDBOX_GID,
+    SANDBOX_UID,
+    SandboxSpec,
+    build_argv,
+    prlimit_options,
+)
 from tci.sandbox.cgroups import CgroupDriver, CgroupLimits, SessionCgroup
 from tci.sandbox.egress_filter import EgressFilter
 from tci.sandbox.hostdir import make_private_dir
@@ -298,8 +304,8 @@ class SandboxLauncher:
                                "--"]
             own_netns = ["unshare", "--net", "--"] if spec.network == "egress" else []
             nice = ["nice", "-n", str(niceness)] if niceness else []
-            limit_files = [f"--nofile={self.settings.open_files_limit}"]
-            rlimits = ["prlimit", *limit_files, "--"]
+            # Core dumps, real-time priority, locked memory... (bwrap.FIXED_RLIMITS) and files.
+            rlimits = ["prlimit", *prlimit_options(self.settings.open_files_limit), "--"]
             enter_cgroup = cgroup.attach_argv() if cgroup else []
             process = await asyncio.create_subprocess_exec(
                 *enter_cgroup, *nice, *rlimits, *own_netns, *drop_privileges, *build_argv(spec),
