@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tci.kernel.limits import OutputLimits
+
 MiB = 1024 * 1024
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +74,13 @@ class Settings(BaseSettings):
     # even in a tree of empty directories or of hard links, which no inode cap bounds.
     max_files_scanned: int = 100_000
     max_code_bytes: int = 4 * MiB
-    max_output_bytes: int = 8 * MiB
+    max_output_bytes: int = 8 * MiB  # UTF-8 bytes of one call's outputs, streamed or not
+    # JSON values (numbers, strings, lists...) the server may build from one call's JSON-typed
+    # outputs (application/json, Plotly figures): parsing is what costs time and memory, so it
+    # is bounded before parsing. 1,000,000 is a Plotly figure of ~500k points.
+    max_output_json_values: int = 1_000_000
+    # Streamed output goes out in whole lines; a partial line waits at most this long.
+    stream_partial_line_seconds: float = 0.05
 
     # Auth.
     auth_cache_seconds: float = 10.0
@@ -113,6 +121,10 @@ class Settings(BaseSettings):
     # set true when the port is reachable by others: then it needs a Bearer key.
     metrics_require_key: bool = False
     log_format: Literal["text", "json"] = "text"
+
+    def output_limits(self) -> OutputLimits:
+        return OutputLimits(self.max_output_bytes, self.max_output_json_values,
+                            self.stream_partial_line_seconds)
 
     @cached_property
     def database_url(self) -> str:

@@ -31,6 +31,7 @@ from tci.sandbox.egress_filter import EgressFilter
 from tci.sandbox.hostdir import make_private_dir
 from tci.sandbox.limits import Counters
 from tci.sandbox.network import Egress, start_egress
+from tci.sandbox.pidfd import ProcessHandle, children_of
 from tci.sandbox.runtime_mounts import RuntimePaths
 from tci.sandbox.seccomp import build_filter, open_filter_fd
 from tci.sandbox.uids import UidPool, check_range
@@ -59,6 +60,9 @@ class Sandbox:
     volume_path: Path | None = None
     egress: Egress | None = None
     closed: bool = False
+    outer: ProcessHandle | None = None  # bwrap's outer process (our child)
+    init: ProcessHandle | None = None  # the sandbox's pid 1 (child_pid)
+    _worker_handle: ProcessHandle | None = None
 
     def counters(self) -> Counters:
         """The kernel's count of limit hits so far (cheap: two small cgroupfs reads)."""
@@ -77,39 +81,43 @@ class Sandbox:
         except OSError:
             return None
 
+    def _worker(self) -> ProcessHandle | None:
+        """The worker (the only child of the sandbox's pid 1), found once and held by pidfd."""
+        if self._worker_handle is None and self.init is not None:
+            pids = children_of(self.init.pid)
+            if pids:
+                self._worker_handle = ProcessHandle.open_child(self.init, pids[0])
+        return self._worker_handle
+
     def worker_pid(self) -> int | None:
-        """Host pid of the worker (the only child of the sandbox's pid 1)."""
-        try:
-            children = Path(f"/proc/{self.child_pid}/task/{self.child_pid}/children").read_text()
-        except OSError:
-            return None
-        pids = children.split()
-        return int(pids[0]) if pids else None
+        """Host pid of the worker, while it lives."""
+        worker = self._worker()
+        return worker.pid if worker is not None and worker.alive() else None
 
     def interrupt(self) -> bool:
-        pid = self.worker_pid()
-        if pid is None:
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-            return True
-        return False
+        worker = self._worker()
+        return worker is not None and worker.signal(signal.SIGINT)
 
     def set_priority(self, niceness: int) -> None:
-        """Renice every process of the sandbox (the root server may also lower niceness)."""
-        pids = {self.process.pid, self.child_pid}
-        worker = self.worker_pid()
-        if worker is not None:
-            pids.add(worker)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.setpriority(os.PRIO_PROCESS, pid, niceness)
+        """Renice every process of the sandbox (the root server may also lower niceness).
+        Only processes whose pidfd says they still live: the number is theirs."""
+        for handle in (self.outer, self.init, self._worker()):
+            if handle is not None and handle.alive():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.setpriority(os.PRIO_PROCESS, handle.pid, niceness)
 
     def kill(self) -> None:
-        """Kill the whole tree at once: bwrap's pid 1 dies, the kernel ends its namespace."""
-        for pid in (self.child_pid, self.process.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        """Kill the whole tree at once: bwrap's pid 1 dies, the kernel ends its namespace.
+        Through pidfds only: a reaped pid may belong to someone else by now. (destroy() then
+        empties the session's cgroup too.)"""
+        for handle in (self.init, self.outer):
+            if handle is not None:
+                handle.signal(signal.SIGKILL)
+
+    def close_handles(self) -> None:
+        for handle in (self.init, self.outer, self._worker_handle):
+            if handle is not None:
+                handle.close()
 
 
 def _write_etc(etc_dir: Path) -> None:
@@ -328,12 +336,16 @@ class SandboxLauncher:
             info = json.loads(await _read_to_eof(info_r) or b"{}")
         finally:
             os.close(info_r)
+        child_pid = int(info.get("child-pid", 0))
+        outer = ProcessHandle.open(process.pid)
+        init = ProcessHandle.open_child(outer, child_pid) if outer is not None else None
         sandbox = Sandbox(
             name=name, uid=uid, root=root, workspace=workspace, process=process,
-            child_pid=int(info.get("child-pid", 0)), command_fd=command_w, event_fd=event_r,
+            child_pid=child_pid, command_fd=command_w, event_fd=event_r,
             stdout_fd=stdout_r, stderr_fd=stderr_r, cgroup=cgroup, volume_path=workspace.parent,
+            outer=outer, init=init,
         )
-        if not sandbox.child_pid:
+        if init is None:
             await self.destroy(sandbox)
             raise SandboxUnavailable("bubblewrap did not start the sandbox (no child pid)")
         # bwrap cloned its mount namespace before it reported the child pid: from now on the
@@ -367,6 +379,7 @@ class SandboxLauncher:
             cgroup_removed = await asyncio.to_thread(_remove_cgroup, sandbox.cgroup)
             if not cgroup_removed:
                 problems.append(f"its cgroup {sandbox.cgroup.name} could not be removed")
+        sandbox.close_handles()
         if sandbox.egress is not None:
             await sandbox.egress.stop()
         for fd in (sandbox.command_fd, sandbox.event_fd, sandbox.stdout_fd, sandbox.stderr_fd):
