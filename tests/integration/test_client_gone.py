@@ -4,20 +4,17 @@ output arrives in whole lines, in the order it was written."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
 import httpx
-import httpx2
 import pytest
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from tci.client import Client
 from tci.client._errors import TCIClientError
 from tests.conftest import outputs_of, stdout_of
+from tests.integration.test_mcp import over_http
 
 ABANDONED = "import time\ntime.sleep(300)\nx = -1"
 # Answers must come long before the cell would have ended or timed out by itself: this bound
@@ -63,20 +60,13 @@ def test_an_mcp_tool_call_that_times_out_leaves_the_session_usable(gone_server):
     session = gone_server.run("x = 41")["session_id"]
     started = time.monotonic()
 
-    async def main() -> None:
-        headers = {"Authorization": f"Bearer {gone_server.key}"}
-        async with (
-            httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=300)) as http,
-            streamable_http_client(f"{gone_server.url}/mcp", http_client=http) as (read, write),
-            ClientSession(read, write) as mcp_session,
-        ):
-            await mcp_session.initialize()
-            with pytest.raises(MCPError):
-                await mcp_session.call_tool(
-                    "execute_code", {"code": ABANDONED, "session_id": session},
-                    read_timeout_seconds=1.5)
+    async def abandon(mcp_session) -> None:
+        with pytest.raises(MCPError):
+            await mcp_session.call_tool(
+                "execute_code", {"code": ABANDONED, "session_id": session},
+                read_timeout_seconds=1.5)
 
-    asyncio.run(main())
+    over_http(gone_server, abandon)
     assert_session_usable(gone_server, session, started)
 
 
