@@ -14,7 +14,7 @@ from typing import IO
 
 from tci.config import Settings
 from tci.errors import TCIError
-from tci.sandbox import selfcheck
+from tci.hosts import selfcheck
 from tci.storage.store import Store
 
 
@@ -59,7 +59,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     data_dir_lock = hold_data_dir(settings)
     # Refuse to start, with a clear message, when sandboxes cannot work on this host or a
     # protection is missing (a real probe sandbox is started and checked).
-    asyncio.run(selfcheck.run(settings))
+    from tci.hosts.local import LocalHost  # the probe starts the way sessions will
+
+    probe_host = LocalHost(settings.model_copy(update={"pool_size": 0}))
+    asyncio.run(selfcheck.run(probe_host, settings.unsafe_allow_missing_protections))
     store = _store(settings)
     if not store.list_keys():
         _, secret = store.create_key("default")

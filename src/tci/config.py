@@ -42,6 +42,19 @@ class Settings(BaseSettings):
     pool_size: int = 4
     pool_preload: list[str] = ["numpy", "pandas", "matplotlib.pyplot"]
     store_flush_seconds: float = 0.5
+    # Session host and warm pool (hosts/). A refill starts this long after a take, so the new
+    # session's first call has the CPU, and runs at this niceness (0..19): on two cores an
+    # interpreter start plus imports must not slow live calls. After a failed warm start the
+    # pool waits pool_retry_seconds before it tries again.
+    pool_refill_delay_seconds: float = Field(default=0.05, ge=0)
+    pool_refill_niceness: int = Field(default=10, ge=0, le=19)
+    pool_retry_seconds: float = Field(default=5.0, ge=0)
+    # Recently ended sessions whose end reason is answered from memory; older ones are looked
+    # up in the store (same answer, one query).
+    remember_ended_sessions: int = Field(default=10_000, ge=0)
+    # A streamed call that has printed nothing for this long sends a comment line, so proxies
+    # and clients do not drop a quiet connection.
+    stream_keepalive_seconds: float = Field(default=15.0, gt=0)
 
     # Sandbox.
     # Serve even when the start-up self-check finds a protection missing (no cgroups, no

@@ -1,10 +1,10 @@
 """Metering: what each key used (sessions, executions, CPU seconds, cost) and the server's
 Prometheus metrics. No HTTP here; the routes in server/routes/usage.py and metrics.py read it.
 
-Usage comes from the store (ended sessions carry their CPU seconds, read from the session's
-cgroup when it ended) plus the live sessions' cgroups read at the time of the question.
-CPU is counted from the moment a client got the session: the warm pool's preloading is not
-billed (`cpu_baseline`, read when the session was handed out, is subtracted).
+Usage comes from the store (ended sessions carry their CPU seconds, as their host measured
+them when they ended: a local host reads the session's cgroup) plus the live sessions' CPU
+asked of their hosts at the time of the question. CPU is counted from the moment a client
+got the session: the warm pool's preloading is not billed.
 A usage series counts each session (with its CPU and cost) in the UTC hour or day it started
 and each execution in the one it started, so the totals are exactly the series' sums.
 """
@@ -15,21 +15,28 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from tci.errors import Unprocessable
-
-if TYPE_CHECKING:
-    from tci.sandbox.launcher import Sandbox
+from tci.hosts.base import EndKind, EndReason
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = timedelta(days=30)
 OUTCOMES = ("ok", "error", "timeout", "died")
-KILL_REASONS = ("expired", "client", "shutdown", "worker_died", "memory_limit", "timeout")
+KILL_REASONS = ("expired", "client", "shutdown", "worker_died", "memory_limit", "timeout",
+                "host_lost")
+# The metric's label for each way a session ends (the label values predate EndKind).
+_KILL_LABEL = {
+    EndKind.EXPIRED: "expired", EndKind.CLIENT: "client", EndKind.SHUTDOWN: "shutdown",
+    EndKind.RESTARTED: "shutdown", EndKind.WORKER_DIED: "worker_died",
+    EndKind.PROTOCOL: "worker_died", EndKind.CLIENT_GONE: "worker_died",
+    EndKind.OUT_OF_MEMORY: "memory_limit", EndKind.TIMEOUT: "timeout",
+    EndKind.HOST_LOST: "host_lost",
+}
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Seconds; a warm call takes about a millisecond, a busy one up to TCI_EXECUTE_TIMEOUT.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -149,33 +156,6 @@ def _aware(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def cpu_seconds(sandbox: Sandbox) -> float | None:
-    """CPU seconds the sandbox's processes used so far; None without cgroups (or if the
-    cgroup is already gone)."""
-    if sandbox.cgroup is None:
-        return None
-    try:
-        return sandbox.cgroup.cpu_seconds()
-    except (OSError, ValueError) as exc:
-        log.debug("could not read cpu seconds of %s: %s", sandbox.cgroup.name, exc)
-        return None
-
-
-def kill_reason(reason: str) -> str:
-    """A session's end reason (free text) as one of KILL_REASONS, for a metric label."""
-    if reason == "expired":
-        return "expired"
-    if reason == "ended by the client":
-        return "client"
-    if reason in ("server shut down", "server restarted"):
-        return "shutdown"
-    if reason.startswith("MemoryError"):
-        return "memory_limit"
-    if reason.startswith("execution timed out"):
-        return "timeout"
-    return "worker_died"
-
-
 class Metrics:
     """One registry per app (never the process-global one), so several apps in one process
     do not collide. The hot path costs a counter increment and a histogram observation; the
@@ -187,9 +167,9 @@ class Metrics:
         Gauge("tci_sessions_live", "Sessions currently live", registry=r).set_function(
             lambda: len(manager.sessions))
         Gauge("tci_pool_ready", "Warm sandboxes ready to be handed out",
-              registry=r).set_function(lambda: len(manager.pool.ready))
+              registry=r).set_function(lambda: manager.host.stats().pool_ready)
         Gauge("tci_pool_size", "Target size of the warm pool (TCI_POOL_SIZE)",
-              registry=r).set_function(lambda: manager.pool.size)
+              registry=r).set_function(lambda: manager.host.stats().pool_size)
         self.sessions_created = Counter("tci_sessions_created", "Sessions created", registry=r)
         self.executions = Counter("tci_executions", "Executions by outcome", ["outcome"],
                                   registry=r)
@@ -210,8 +190,8 @@ class Metrics:
         counter.inc()
         self.latency.observe(seconds)
 
-    def session_ended(self, reason: str) -> None:
-        self._by_reason[kill_reason(reason)].inc()
+    def session_ended(self, reason: EndReason) -> None:
+        self._by_reason[_KILL_LABEL[reason.kind]].inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 
 from tci.config import Settings
-from tci.sandbox.launcher import SandboxLauncher
-from tci.sessions.pool import start_worker
+from tci.hosts.pool import start_worker
+from tci.sandbox.factory import make_launcher
 
 IN_THE_SLEEP = re.compile(r"Traceback \(most recent call last\):\n  Cell In\[\d+\], line 3\n"
                           r"    time\.sleep\(60\)\nKeyboardInterrupt")
@@ -28,7 +28,7 @@ def stdout_of(result) -> str:
 
 
 async def scenario(settings: Settings) -> None:
-    launcher = SandboxLauncher(settings)
+    launcher = make_launcher(settings)
     launcher.prepare()
     ready = await start_worker(launcher, settings.output_limits(), 60)
     worker = ready.worker

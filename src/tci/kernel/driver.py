@@ -14,7 +14,7 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from tci.errors import WorkerDied
 from tci.kernel.coalesce import LineCoalescer
@@ -28,6 +28,9 @@ _READ_SIZE = 1 << 16
 
 OutputListener = Callable[[dict[str, Any]], None]
 DeathListener = Callable[[], None]
+# How the worker came to die: it exited or was killed from outside ("exited"), or we killed it
+# because it broke the protocol, ignored a timeout's interrupt, or its client went away.
+DeathCause = Literal["exited", "protocol", "timeout", "client_gone"]
 
 
 @dataclass
@@ -79,6 +82,7 @@ class WorkerConnection:
             name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")
         }
         self.dead_reason: str | None = None
+        self.dead_cause: DeathCause | None = None
         loop = asyncio.get_running_loop()
         for fd in (sandbox.event_fd, sandbox.stdout_fd, sandbox.stderr_fd):
             os.set_blocking(fd, False)
@@ -169,16 +173,17 @@ class WorkerConnection:
     def _protocol_failure(self, detail: str) -> None:
         self._stop_reading(self.sandbox.event_fd)  # nothing more is read from a broken channel
         self.sandbox.kill()
-        self._mark_dead(f"the worker broke the protocol ({detail})")
+        self._mark_dead(f"the worker broke the protocol ({detail})", "protocol")
 
     def _stop_reading(self, fd: int) -> None:
         if fd in self._readers:
             self._readers.remove(fd)
             asyncio.get_running_loop().remove_reader(fd)
 
-    def _mark_dead(self, reason: str | None = None) -> None:
+    def _mark_dead(self, reason: str | None = None, cause: DeathCause = "exited") -> None:
         if self.dead_reason is None:
             self.dead_reason = reason or "the worker process ended"
+            self.dead_cause = cause
         failure = WorkerDied(self.dead_reason)
         if not self._ready.done():
             self._ready.set_exception(failure)
@@ -281,7 +286,7 @@ class WorkerConnection:
             self.sandbox.kill()
             self._mark_dead(
                 f"its client went away and the cell did not stop within {grace:g} s of the "
-                "interrupt, so the worker was killed"
+                "interrupt, so the worker was killed", "client_gone",
             )
             if pending.done.done() and not pending.done.cancelled():
                 pending.done.exception()  # retrieved: the death is reported through on_death
@@ -311,7 +316,7 @@ class WorkerConnection:
                 f"execution timed out after {timeout:g} s (TCI_EXECUTE_TIMEOUT) and did not stop "
                 f"within {grace:g} s of the interrupt, so the worker was killed"
             )
-            self._mark_dead(reason)
+            self._mark_dead(reason, "timeout")
             collector.add_error(f"TimeoutError: {reason}; the session was ended.")
             return ExecutionResult(collector.outputs, False, timed_out=True, worker_died=reason)
         except WorkerDied:

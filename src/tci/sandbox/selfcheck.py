@@ -1,16 +1,17 @@
-"""Start-up self-check: run one real sandbox and verify, from inside and from the host, that
-every protection is in force. The server refuses untrusted code when one is missing, unless
-the operator set TCI_UNSAFE_ALLOW_MISSING_PROTECTIONS (named for the danger)."""
+"""Start-up self-check, the pure part: the probe a sandbox runs, the verdict on its facts and
+on the host's view of it, and the refusal. The server refuses untrusted code when a
+protection is missing, unless the operator set TCI_UNSAFE_ALLOW_MISSING_PROTECTIONS (named for
+the danger). Starting the probe is the session host's job (hosts/selfcheck.py)."""
 
 from __future__ import annotations
 
-import json
 import logging
+from typing import TYPE_CHECKING
 
-from tci.config import Settings
 from tci.errors import SandboxUnavailable
-from tci.kernel.driver import WorkerConnection
-from tci.sandbox.launcher import Sandbox, SandboxLauncher
+
+if TYPE_CHECKING:
+    from tci.sandbox.launcher import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +57,6 @@ def problems_in(facts: dict, sandbox: Sandbox, network: str) -> list[str]:
     return problems
 
 
-async def verify(sandbox: Sandbox, worker: WorkerConnection, network: str) -> list[str]:
-    result = await worker.request({"op": "execute", "code": PROBE}, timeout=60, grace=1)
-    text = "".join(o["data"] for o in result.outputs if o["type"] == "stdout")
-    try:
-        facts = json.loads(text.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return [f"the probe sandbox did not report its facts: {result.outputs}"]
-    return problems_in(facts, sandbox, network)
-
-
 def enforce(problems: list[str], allow_missing: bool) -> None:
     if not problems:
         log.info("sandbox self-check passed: every protection is in force")
@@ -78,22 +69,3 @@ def enforce(problems: list[str], allow_missing: bool) -> None:
         f"sandbox self-check failed: {summary}. Refusing to run untrusted code. Fix the host, "
         "or set TCI_UNSAFE_ALLOW_MISSING_PROTECTIONS=true to serve anyway."
     )
-
-
-async def run(settings: Settings) -> None:
-    """Start a probe sandbox the way sessions start, check it, tear everything down."""
-    from tci.sessions.pool import start_worker  # sessions builds on sandbox, not the reverse
-
-    launcher = SandboxLauncher(settings)
-    launcher.prepare()
-    try:
-        probe = await start_worker(launcher, settings.output_limits(),
-                                   settings.worker_start_timeout)
-        try:
-            problems = await verify(probe.sandbox, probe.worker, settings.network)
-        finally:
-            probe.worker.close()
-            await launcher.destroy(probe.sandbox)
-    finally:
-        launcher.cleanup()
-    enforce(problems, settings.unsafe_allow_missing_protections)

@@ -1,5 +1,6 @@
 """create_app(settings): wiring only. The path of a request: McpHostCheck (/mcp) -> ApiKeyAuth
--> BodyLimit -> route -> SessionManager -> WorkerConnection -> worker in its sandbox."""
+-> BodyLimit -> route -> SessionManager -> SessionHost (LocalHost: WorkerConnection -> worker
+in its sandbox)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from tci.config import Settings
-from tci.sandbox.launcher import SandboxLauncher
+from tci.hosts.local import LocalHost
 from tci.server import console, errors, mcp
 from tci.server.auth import ApiKeyAuth, Authenticator
 from tci.server.body_limit import BodyLimit
@@ -22,7 +23,7 @@ from tci.storage.store import AsyncStore, Store
 
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     async_store = AsyncStore(store or Store(settings.database_url))
-    manager = SessionManager(settings, async_store, SandboxLauncher(settings))
+    manager = SessionManager(settings, async_store, LocalHost(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -3,8 +3,9 @@
 Events: `output` (one TCI output, stdout chunks as they are written), then one `result`
 holding the whole TCI response ({"data": ..., "errors": null}), or `error` ({"data": null,
 "errors": [...]}) if the call failed after it started. A comment line keeps quiet
-connections alive. A client that disconnects interrupts its cell. Errors found before the
-code starts (bad key, unknown session, bad files) are ordinary HTTP errors, not events.
+connections alive (after TCI_STREAM_KEEPALIVE_SECONDS without output). A client that
+disconnects interrupts its cell. Errors found before the code starts (bad key, unknown
+session, bad files) are ordinary HTTP errors, not events.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from tci.errors import TCIError
 from tci.schemas import ExecuteRequest
 from tci.sessions.manager import SessionManager
 from tci.storage.store import KeyInfo
-
-KEEPALIVE_SECONDS = 15.0
 
 
 def sse(event: str, payload: Any) -> bytes:
@@ -48,12 +47,14 @@ async def stream_execute(
         started.cancel()
         task.result()  # raises the TCIError: an ordinary HTTP error response
 
+    keepalive = manager.settings.stream_keepalive_seconds
+
     async def events() -> AsyncIterator[bytes]:
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait(
-                    {getter, task}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                    {getter, task}, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED
                 )
                 if getter in done:
                     yield sse("output", getter.result())

@@ -9,8 +9,9 @@ router = APIRouter(tags=["health"])
 async def health(request: Request) -> dict:
     """200 once the server is ready to execute code."""
     manager = request.app.state.manager
+    stats = manager.host.stats()
     return {
         "status": "ok",
         "sessions": len(manager.sessions),
-        "pool": {"ready": len(manager.pool.ready), "size": manager.pool.size},
+        "pool": {"ready": stats.pool_ready, "size": stats.pool_size},
     }

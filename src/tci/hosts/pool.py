@@ -15,6 +15,7 @@ import secrets
 import string
 from dataclasses import dataclass
 
+from tci.config import Settings
 from tci.errors import SandboxUnavailable, WorkerDied
 from tci.kernel.driver import WorkerConnection
 from tci.kernel.limits import OutputLimits
@@ -24,11 +25,6 @@ log = logging.getLogger(__name__)
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 _ID_LENGTH = 24  # ~143 bits: unguessable
-_RETRY_DELAY = 5.0  # after a failed start, before the pool tries again
-# Refills start a moment after a take, so the new session's first call has the CPU, and
-# run niced: on two cores a refill (interpreter start + imports) must not slow live calls.
-_REFILL_DELAY = 0.05
-_REFILL_NICENESS = 10
 
 
 def new_session_id() -> str:
@@ -70,15 +66,18 @@ async def start_worker(
 
 
 class WarmPool:
-    def __init__(
-        self, launcher: SandboxLauncher, size: int, preload: tuple[str, ...],
-        limits: OutputLimits, start_timeout: float,
-    ) -> None:
+    def __init__(self, launcher: SandboxLauncher, settings: Settings) -> None:
         self.launcher = launcher
-        self.size = size
-        self.preload = preload
-        self.limits = limits
-        self.start_timeout = start_timeout
+        self.size = settings.pool_size
+        self.preload = tuple(settings.pool_preload)
+        self.limits = settings.output_limits()
+        self.start_timeout = settings.worker_start_timeout
+        # Refills start a moment after a take, so the new session's first call has the CPU,
+        # and run niced: on two cores a refill (interpreter start + imports) must not slow
+        # live calls.
+        self.refill_delay = settings.pool_refill_delay_seconds
+        self.refill_niceness = settings.pool_refill_niceness
+        self.retry_delay = settings.pool_retry_seconds
         self.ready: list[ReadyWorker] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -111,18 +110,18 @@ class WarmPool:
     async def _refill_forever(self) -> None:
         while True:
             await self._wake.wait()
-            await asyncio.sleep(_REFILL_DELAY)
+            await asyncio.sleep(self.refill_delay)
             self._wake.clear()
             while len(self.ready) < self.size:
                 try:
                     item = await start_worker(
                         self.launcher, self.limits, self.start_timeout, self.preload,
-                        _REFILL_NICENESS,
+                        self.refill_niceness,
                     )
                 except SandboxUnavailable as exc:
                     self.starts_failed += 1
                     log.warning("warm pool could not start a worker: %s", exc.message)
-                    await asyncio.sleep(_RETRY_DELAY)
+                    await asyncio.sleep(self.retry_delay)
                     continue
                 self.ready.append(item)
 

@@ -1,0 +1,160 @@
+"""The contract between SessionManager and wherever its sessions run.
+
+SessionManager keeps ownership, lifespan, locks and usage records; a SessionHost starts,
+runs and ends the sessions themselves. Everything that crosses this line is plain data
+(strings, numbers, dataclasses, enums) or a callback: no fds, pids, uids, cgroups or paths,
+so that a host can live in another process or on another machine (a Ray actor) with the
+same interface, the callbacks adapted by its proxy.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tci.workspace import DecodedFile, FileListing
+
+OutputListener = Callable[[dict[str, Any]], None]  # told each output as it is produced
+Outcome = Literal["ok", "error", "timeout", "died"]
+
+
+class EndKind(enum.Enum):
+    """Why a session ended, as a value code can branch on (metrics, retries, the Ray host)."""
+
+    EXPIRED = "expired"
+    CLIENT = "client"  # DELETE, or the MCP tool
+    SHUTDOWN = "shutdown"  # the server stopped while the session lived
+    RESTARTED = "restarted"  # found live in the store by the next server
+    WORKER_DIED = "worker_died"  # the worker exited or was killed (signal, exit code)
+    OUT_OF_MEMORY = "out_of_memory"  # killed by the kernel at TCI_MEMORY_LIMIT_BYTES
+    TIMEOUT = "timeout"  # a timed-out cell ignored its interrupt and was killed
+    CLIENT_GONE = "client_gone"  # an abandoned cell ignored its interrupt and was killed
+    PROTOCOL = "protocol"  # the worker broke the protocol and was killed
+    HOST_LOST = "host_lost"  # the host running the session is gone
+
+
+# What users read (410 bodies, the store's end_reason) when a reason has no detail of its own.
+_TEXT = {
+    EndKind.EXPIRED: "expired",
+    EndKind.CLIENT: "ended by the client",
+    EndKind.SHUTDOWN: "server shut down",
+    EndKind.RESTARTED: "server restarted",
+    EndKind.WORKER_DIED: "the worker process ended",
+    EndKind.OUT_OF_MEMORY: "the worker ran out of memory",
+    EndKind.TIMEOUT: "execution timed out and the worker was killed",
+    EndKind.CLIENT_GONE: "its client went away and the worker was killed",
+    EndKind.PROTOCOL: "the worker broke the protocol",
+    EndKind.HOST_LOST: "host lost",
+}
+
+
+@dataclass(frozen=True)
+class EndReason:
+    """Why a session ended: `kind` for code, `str()` for people (the host's own words, such
+    as "the worker process was killed by SIGKILL", when it has them)."""
+
+    kind: EndKind
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return self.detail or _TEXT[self.kind]
+
+
+EndListener = Callable[[EndReason], None]
+
+
+class SessionGone(Exception):  # a state the caller handles, like StopIteration
+    """The session's process ended before the call could start: `reason` says how."""
+
+    def __init__(self, reason: EndReason) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+
+
+@dataclass
+class CallResult:
+    """One execute call, with the limits it ran into already added as `error` outputs."""
+
+    outputs: list[dict[str, Any]]
+    outcome: Outcome
+    ended: EndReason | None = None  # set when the call ended the session (outcome "died")
+
+
+@dataclass(frozen=True)
+class HostStats:
+    """What a host reports for /health and /metrics."""
+
+    pool_ready: int  # warm sessions ready to be handed out
+    pool_size: int  # how many it keeps warm (TCI_POOL_SIZE)
+    starts_failed: int = 0  # warm starts that failed since the host started
+
+
+class HostedSession(ABC):
+    """One live session on its host. Calls are serialized by the manager (its per-session
+    lock), except `interrupt` and `cpu_seconds`, which must work while a call runs."""
+
+    id: str  # unguessable; the session id clients see
+
+    @abstractmethod
+    async def execute(self, code: str, files: list[DecodedFile], timeout: float, grace: float,
+                      listener: OutputListener | None = None,
+                      on_start: Callable[[], None] | None = None) -> CallResult:
+        """Write `files`, then run `code` (told to `on_start` just before). A call past
+        `timeout` is interrupted, and killed after `grace` more seconds. Raises SessionGone,
+        running nothing, if the session's process had already ended."""
+
+    @abstractmethod
+    async def interrupt(self) -> bool:
+        """Ctrl-C for the running call; False, with nothing sent, if no call runs."""
+
+    @abstractmethod
+    async def list_files(self) -> FileListing: ...
+
+    @abstractmethod
+    async def read_file(self, path: str) -> bytes: ...
+
+    @abstractmethod
+    async def write_files(self, files: list[DecodedFile]) -> None: ...
+
+    @abstractmethod
+    async def cpu_seconds(self) -> float | None:
+        """CPU seconds used since the session was handed out (None if not measured)."""
+
+    @abstractmethod
+    def on_end(self, listener: EndListener) -> None:
+        """Have `listener` told, once, if the session's process ends on its own while no
+        call runs (a call that ends it says so in its CallResult instead). If it already
+        ended, the listener is told soon after this returns."""
+
+    @abstractmethod
+    async def end(self, reason: EndReason) -> float | None:
+        """Stop the session and free everything it held; returns the CPU seconds it used
+        (read before its accounting is gone). Idempotent."""
+
+
+class SessionHost(ABC):
+    """Where sessions run: starts them (ahead of demand when it can) and reports on itself."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Make the host ready (directories, cgroups, the warm pool)."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Release what start() made; called after every session has ended."""
+
+    @abstractmethod
+    async def open_session(self) -> HostedSession:
+        """A fresh session, from the warm pool if one is ready, else started now. Raises
+        SandboxUnavailable when the host cannot take one (start failed, disk nearly full)."""
+
+    @abstractmethod
+    def stats(self) -> HostStats: ...
+
+    @abstractmethod
+    async def self_check(self) -> list[str]:
+        """Start a probe session the way sessions start and return every protection found
+        missing in it (empty: all in force)."""

@@ -1,0 +1,224 @@
+"""LocalHost: sessions in sandboxes on this machine.
+
+Owns everything the manager must not know: the launcher (bubblewrap, or fork from a
+template, as tci.sandbox.factory chooses), the warm pool, each session's WorkerConnection
+and sandbox (fds, uid, cgroup, volume, workspace path), and the kernel's limit counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import Callable, Coroutine
+
+from tci.config import Settings
+from tci.errors import SandboxUnavailable
+from tci.hosts import selfcheck
+from tci.hosts.base import (
+    CallResult,
+    EndKind,
+    EndListener,
+    EndReason,
+    HostedSession,
+    HostStats,
+    Outcome,
+    OutputListener,
+    SessionGone,
+    SessionHost,
+)
+from tci.hosts.pool import ReadyWorker, WarmPool, start_worker
+from tci.kernel.driver import DeathCause
+from tci.sandbox.factory import make_launcher
+from tci.sandbox.launcher import Sandbox
+from tci.sandbox.limits import Counters, limits_hit
+from tci.workspace import DecodedFile, FileListing, list_files, read_file, write_files
+
+log = logging.getLogger(__name__)
+
+_KIND_OF_DEATH: dict[DeathCause | None, EndKind] = {
+    None: EndKind.WORKER_DIED, "exited": EndKind.WORKER_DIED, "protocol": EndKind.PROTOCOL,
+    "timeout": EndKind.TIMEOUT, "client_gone": EndKind.CLIENT_GONE,
+}
+
+
+def sandbox_cpu_seconds(sandbox: Sandbox) -> float | None:
+    """CPU seconds the sandbox's processes used so far; None without cgroups (or if the
+    cgroup is already gone)."""
+    if sandbox.cgroup is None:
+        return None
+    try:
+        return sandbox.cgroup.cpu_seconds()
+    except (OSError, ValueError) as exc:
+        log.debug("could not read cpu seconds of %s: %s", sandbox.cgroup.name, exc)
+        return None
+
+
+class LocalSession(HostedSession):
+    def __init__(self, host: LocalHost, ready: ReadyWorker) -> None:
+        self.id = ready.name
+        self._host = host
+        self._settings = host.settings
+        self._sandbox = ready.sandbox
+        self._worker = ready.worker
+        self._counters = Counters()  # the kernel's limit-hit counts, as read after each call
+        # CPU is billed from the hand-out: the pool's preloading is not the client's.
+        self._cpu_baseline = sandbox_cpu_seconds(ready.sandbox)
+        self._ended: EndReason | None = None
+        self._gone: EndReason | None = None  # how it died on its own, once known
+        self._listener: EndListener | None = None
+        self._worker.on_death = self._died_between_calls
+        if self._worker.dead_reason is not None:  # died between the pool's check and now
+            self._died_between_calls()
+
+    # -- death -------------------------------------------------------------------------------
+
+    async def _death_reason(self) -> EndReason:
+        detail = await self._worker.exit_reason()
+        return EndReason(_KIND_OF_DEATH[self._worker.dead_cause], detail)
+
+    def _died_between_calls(self) -> None:
+        async def report() -> None:
+            self._gone = await self._death_reason()
+            self._tell_listener()
+
+        self._host.spawn(report(), f"tci-death-{self.id}")
+
+    def _tell_listener(self) -> None:
+        if self._gone is not None and self._ended is None and self._listener is not None:
+            listener, self._listener = self._listener, None
+            listener(self._gone)
+
+    def on_end(self, listener: EndListener) -> None:
+        self._listener = listener
+        if self._gone is not None:
+            asyncio.get_running_loop().call_soon(self._tell_listener)
+
+    # -- calls -------------------------------------------------------------------------------
+
+    async def execute(self, code: str, files: list[DecodedFile], timeout: float, grace: float,
+                      listener: OutputListener | None = None,
+                      on_start: Callable[[], None] | None = None) -> CallResult:
+        if self._ended is not None:
+            raise SessionGone(self._ended)
+        if self._worker.dead_reason is not None:
+            raise SessionGone(await self._death_reason())
+        if files:
+            await self.write_files(files)
+        if on_start is not None:
+            on_start()
+        before = self._counters  # as read after the previous call: one read per call
+        result = await self._worker.request(
+            {"op": "execute", "code": code}, timeout=timeout, grace=grace, listener=listener,
+        )
+        # The kernel's record of limits hit during the call, each named by its setting.
+        self._counters = self._sandbox.counters()
+        died = result.worker_died is not None
+        hit = limits_hit(self._settings, before, self._counters, self._sandbox.volume_usage(),
+                         died)
+        ended = None
+        if died:
+            ended = EndReason(_KIND_OF_DEATH[self._worker.dead_cause], result.worker_died or "")
+            if self._counters.oom_kills > before.oom_kills:
+                # The kernel says why the worker died: say that instead of "killed by SIGKILL"
+                # (hit[0] is the MemoryError message).
+                ended = EndReason(EndKind.OUT_OF_MEMORY, hit[0])
+                if result.outputs and result.outputs[-1]["data"].startswith("WorkerDied"):
+                    result.outputs.pop()
+        result.outputs.extend({"type": "error", "data": message} for message in hit)
+        outcome: Outcome = "died" if died else (
+            "timeout" if result.timed_out else ("ok" if result.ok else "error"))
+        return CallResult(result.outputs, outcome, ended)
+
+    async def interrupt(self) -> bool:
+        return self._worker.interrupt()
+
+    # -- files -------------------------------------------------------------------------------
+
+    async def list_files(self) -> FileListing:
+        limits = self._settings
+        return await asyncio.to_thread(
+            list_files, str(self._sandbox.workspace), limits.max_files_listed,
+            limits.max_files_scanned, limits.max_filename_length,
+        )
+
+    async def read_file(self, path: str) -> bytes:
+        return await asyncio.to_thread(
+            read_file, str(self._sandbox.workspace), path,
+            self._settings.max_filename_length, self._settings.max_file_bytes,
+        )
+
+    async def write_files(self, files: list[DecodedFile]) -> None:
+        await asyncio.to_thread(
+            write_files, str(self._sandbox.workspace), files, self._sandbox.uid
+        )
+
+    # -- usage and end -----------------------------------------------------------------------
+
+    async def cpu_seconds(self) -> float | None:
+        now = sandbox_cpu_seconds(self._sandbox)
+        return None if now is None else max(0.0, now - (self._cpu_baseline or 0.0))
+
+    async def end(self, reason: EndReason) -> float | None:
+        if self._ended is not None:
+            return None
+        self._ended = reason
+        self._listener = None
+        used = await self.cpu_seconds()  # before the sandbox (and its cgroup) is destroyed
+        self._worker.on_death = None
+        self._worker.close()
+        await self._host.launcher.destroy(self._sandbox)
+        return used
+
+
+class LocalHost(SessionHost):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.launcher = make_launcher(settings)
+        self.pool = WarmPool(self.launcher, settings)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[None, None, None], name: str) -> None:
+        """Run `work` in the background, held until done (the loop keeps weak references)."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self) -> None:
+        self.launcher.prepare()
+        self.pool.start()
+
+    async def stop(self) -> None:
+        await self.pool.close()
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.launcher.cleanup()
+
+    def _check_disk(self) -> None:
+        # A nearly full disk: refuse new sessions rather than let them, the running ones and
+        # the store fail on ENOSPC. statvfs of a local directory takes microseconds.
+        free = shutil.disk_usage(self.settings.resolved_sandbox_dir).free
+        if free < self.settings.min_free_disk_bytes:
+            raise SandboxUnavailable(
+                f"new sessions are refused while the sandbox disk is nearly full: "
+                f"{free / 2**20:.1f} MiB free, less than TCI_MIN_FREE_DISK_BYTES "
+                f"({self.settings.min_free_disk_bytes / 2**20:.1f} MiB); running sessions go on"
+            )
+
+    async def open_session(self) -> LocalSession:
+        self._check_disk()
+        ready = self.pool.take()
+        if ready is None:  # pool empty or disabled: a cold start, without preloading
+            ready = await start_worker(
+                self.launcher, self.settings.output_limits(), self.settings.worker_start_timeout,
+            )
+        return LocalSession(self, ready)
+
+    def stats(self) -> HostStats:
+        return HostStats(len(self.pool.ready), self.pool.size, self.pool.starts_failed)
+
+    async def self_check(self) -> list[str]:
+        return await selfcheck.probe(self.launcher, self.settings)

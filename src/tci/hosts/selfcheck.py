@@ -1,0 +1,41 @@
+"""Start-up self-check, orchestrated: a probe session started the way sessions start, its
+facts read from inside (sandbox/selfcheck.PROBE) and checked with the host's view of it
+(sandbox/selfcheck.problems_in); the server refuses untrusted code if a protection is missing,
+unless the operator set TCI_UNSAFE_ALLOW_MISSING_PROTECTIONS."""
+
+from __future__ import annotations
+
+import json
+
+from tci.config import Settings
+from tci.hosts.base import SessionHost
+from tci.hosts.pool import start_worker
+from tci.sandbox.launcher import SandboxLauncher
+from tci.sandbox.selfcheck import PROBE, enforce, problems_in
+
+
+async def probe(launcher: SandboxLauncher, settings: Settings) -> list[str]:
+    """Start one sandbox + worker through `launcher`, run PROBE in it, tear it down."""
+    ready = await start_worker(launcher, settings.output_limits(), settings.worker_start_timeout)
+    try:
+        result = await ready.worker.request({"op": "execute", "code": PROBE}, timeout=60, grace=1)
+        text = "".join(o["data"] for o in result.outputs if o["type"] == "stdout")
+        try:
+            facts = json.loads(text.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return [f"the probe sandbox did not report its facts: {result.outputs}"]
+        return problems_in(facts, ready.sandbox, settings.network)
+    finally:
+        ready.worker.close()
+        await launcher.destroy(ready.sandbox)
+
+
+async def run(host: SessionHost, allow_missing: bool) -> None:
+    """Start `host`, check a probe session, stop it; raises SandboxUnavailable (unless
+    `allow_missing`) when a protection is missing or no sandbox starts at all."""
+    await host.start()
+    try:
+        problems = await host.self_check()
+    finally:
+        await host.stop()
+    enforce(problems, allow_missing)
