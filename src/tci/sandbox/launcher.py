@@ -15,6 +15,7 @@ import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
 from tci.config import Settings
 from tci.errors import SandboxUnavailable
@@ -42,6 +43,27 @@ USER_SITE = ".local/lib/python3.11/site-packages"
 _TOOLS_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+class SandboxProcess(Protocol):
+    """The sandbox's outer process as the server waits for it: bwrap's (our child) or a fork
+    of the template (whose exit the template reports)."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+
+class Channels(NamedTuple):
+    """The worker's ends of its four pipes."""
+
+    command: int
+    event: int
+    stdout: int
+    stderr: int
+
+
 @dataclass
 class Sandbox:
     """A running sandbox and the host ends of its channels."""
@@ -50,7 +72,7 @@ class Sandbox:
     uid: int
     root: Path
     workspace: Path
-    process: asyncio.subprocess.Process
+    process: SandboxProcess
     child_pid: int  # host pid of the sandbox's pid 1
     command_fd: int
     event_fd: int
@@ -191,6 +213,8 @@ def _check_reachable(path: Path) -> None:
 class SandboxLauncher:
     """Creates sandboxes for sessions and frees everything they used."""
 
+    kind = "bubblewrap"
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.root = settings.resolved_sandbox_dir
@@ -213,6 +237,7 @@ class SandboxLauncher:
         for stale in self.root.glob("ses_*"):
             volume.destroy(stale)
             shutil.rmtree(stale, ignore_errors=True)
+        self._prepare_root()
         _write_etc(self.root / "etc")
         (self.root / "empty").mkdir(mode=0o555, exist_ok=True)
         if not (self.runtime_site / "IPython").is_dir():
@@ -250,7 +275,14 @@ class SandboxLauncher:
             log.warning("%s; %s is left in place", exc.message, self.root)
             return
         self.exposed = None
+        self._release_root()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def _prepare_root(self) -> None:
+        """Hook: what a launcher needs of the sandbox directory before anything is in it."""
+
+    def _release_root(self) -> None:
+        """Hook: undo _prepare_root, after every session ended."""
 
     def _exposed(self) -> RuntimePaths:
         if self.exposed is None:
@@ -294,15 +326,57 @@ class SandboxLauncher:
         event_r, event_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
+        child_ends = Channels(command_r, event_w, stdout_w, stderr_w)
+        try:
+            process, outer, init_pid = await self._spawn(name, uid, niceness, workspace, home,
+                                                         cgroup, child_ends)
+        except BaseException:
+            for fd in (command_w, event_r, stdout_r, stderr_r):
+                os.close(fd)
+            if cgroup is not None:
+                await asyncio.to_thread(_remove_cgroup, cgroup)
+            raise
+        finally:
+            for fd in child_ends:
+                os.close(fd)
+        init = ProcessHandle.open_child(outer, init_pid) if outer is not None else None
+        sandbox = Sandbox(
+            name=name, uid=uid, root=root, workspace=workspace, process=process,
+            child_pid=init_pid, command_fd=command_w, event_fd=event_r,
+            stdout_fd=stdout_r, stderr_fd=stderr_r, cgroup=cgroup, volume_path=workspace.parent,
+            outer=outer, init=init,
+        )
+        if init is None:
+            await self.destroy(sandbox)
+            raise SandboxUnavailable(f"{self.kind} did not start the sandbox (no init process)")
+        # The sandbox cloned its mount namespace before it reported its init: from now on the
+        # host's view of the volume follows no symlink, the sandbox's own copy still does.
+        await asyncio.to_thread(volume.forbid_symlinks, workspace.parent)
+        if self.settings.network == "egress" and self.egress_filter is not None:
+            # The outer process is in the new namespace by now (it reported its init after
+            # making it), so neither the filter nor slirp4netns can touch the host's.
+            try:
+                namespace = await self.egress_filter.attach(process.pid)
+                sandbox.egress = await start_egress(namespace, root / "network.log")
+            except SandboxUnavailable:
+                await self.destroy(sandbox)
+                raise
+        return sandbox
+
+    async def _spawn(self, name: str, uid: int, niceness: int, workspace: Path, home: Path,
+                     cgroup: SessionCgroup | None, channels: Channels
+                     ) -> tuple[SandboxProcess, ProcessHandle | None, int]:
+        """Start the sandbox's processes on `channels` (the worker's ends, closed by the
+        caller afterwards); returns the outer process, a handle on it, and the host pid of
+        its init (the sandbox's pid 1)."""
         info_r, info_w = os.pipe()
         seccomp_fd = open_filter_fd()
-        child_ends = (command_r, event_w, info_w, stdout_w, stderr_w, seccomp_fd)
         runtime = self._exposed()
         spec = SandboxSpec(
             workspace=workspace, home=home, etc_dir=self.root / "etc",
             empty_dir=self.root / "empty",
             runtime_site=runtime.site, runtime_bin=runtime.bin, worker_dir=runtime.worker,
-            command_fd=command_r, event_fd=event_w, info_fd=info_w,
+            command_fd=channels.command, event_fd=channels.event, info_fd=info_w,
             network=self.settings.network, seccomp_fd=seccomp_fd,
             tmp_size_bytes=self.settings.tmp_max_bytes,
         )
@@ -317,50 +391,26 @@ class SandboxLauncher:
             enter_cgroup = cgroup.attach_argv() if cgroup else []
             process = await asyncio.create_subprocess_exec(
                 *enter_cgroup, *nice, *rlimits, *own_netns, *drop_privileges, *build_argv(spec),
-                stdin=asyncio.subprocess.DEVNULL, stdout=stdout_w, stderr=stderr_w,
+                stdin=asyncio.subprocess.DEVNULL, stdout=channels.stdout,
+                stderr=channels.stderr,
                 # bwrap itself (the sandbox's pid 1, whose /proc/1/environ the code can read)
                 # must not carry the server's environment: only a PATH to find its tools.
                 env={"PATH": _TOOLS_PATH},
-                pass_fds=(command_r, event_w, info_w, seccomp_fd),
+                pass_fds=(channels.command, channels.event, info_w, seccomp_fd),
                 start_new_session=True,
             )
         except OSError as exc:
-            for fd in (*child_ends, command_w, event_r, stdout_r, stderr_r, info_r):
-                os.close(fd)
-            if cgroup is not None:
-                await asyncio.to_thread(_remove_cgroup, cgroup)
+            os.close(info_r)
             raise SandboxUnavailable(f"could not start the sandbox: {exc}") from exc
-        for fd in child_ends:
-            os.close(fd)
+        finally:
+            os.close(info_w)
+            os.close(seccomp_fd)
         try:
             info = json.loads(await _read_to_eof(info_r) or b"{}")
         finally:
             os.close(info_r)
-        child_pid = int(info.get("child-pid", 0))
-        outer = ProcessHandle.open(process.pid)
-        init = ProcessHandle.open_child(outer, child_pid) if outer is not None else None
-        sandbox = Sandbox(
-            name=name, uid=uid, root=root, workspace=workspace, process=process,
-            child_pid=child_pid, command_fd=command_w, event_fd=event_r,
-            stdout_fd=stdout_r, stderr_fd=stderr_r, cgroup=cgroup, volume_path=workspace.parent,
-            outer=outer, init=init,
-        )
-        if init is None:
-            await self.destroy(sandbox)
-            raise SandboxUnavailable("bubblewrap did not start the sandbox (no child pid)")
-        # bwrap cloned its mount namespace before it reported the child pid: from now on the
-        # host's view of the volume follows no symlink, the sandbox's own copy still does.
-        await asyncio.to_thread(volume.forbid_symlinks, workspace.parent)
-        if spec.network == "egress" and self.egress_filter is not None:
-            # The outer process is in the new namespace by now: bwrap wrote its info after
-            # `unshare` had run, so neither the filter nor slirp4netns can touch the host's.
-            try:
-                namespace = await self.egress_filter.attach(process.pid)
-                sandbox.egress = await start_egress(namespace, root / "network.log")
-            except SandboxUnavailable:
-                await self.destroy(sandbox)
-                raise
-        return sandbox
+        # Our own child: its number cannot be reused before we reap it.
+        return process, ProcessHandle.open(process.pid), int(info.get("child-pid", 0))
 
     async def destroy(self, sandbox: Sandbox) -> None:
         """Kill every process of the sandbox and free its uid, pipes and directory. The uid
@@ -373,7 +423,7 @@ class SandboxLauncher:
         with contextlib.suppress(ProcessLookupError, ChildProcessError, TimeoutError):
             await asyncio.wait_for(sandbox.process.wait(), timeout=10)
         if sandbox.process.returncode is None:
-            problems.append(f"bubblewrap (pid {sandbox.process.pid}) did not exit when killed")
+            problems.append(f"{self.kind} (pid {sandbox.process.pid}) did not exit when killed")
         if sandbox.cgroup is not None:
             # Anything that slipped out of the pid namespace's teardown dies here too.
             cgroup_removed = await asyncio.to_thread(_remove_cgroup, sandbox.cgroup)

@@ -36,7 +36,7 @@ class RuntimePaths:
     worker: Path
 
 
-def _mount_points() -> list[str]:
+def mount_points() -> list[str]:
     """Mount points of this mount namespace, in mount order (octal escapes decoded)."""
     with open("/proc/self/mountinfo") as handle:
         return [_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), line.split()[4])
@@ -48,7 +48,7 @@ def _ours(root: Path) -> list[str]:
     first, so that stacked and nested ones come off in order."""
     base = os.path.realpath(root)
     targets = [os.path.join(base, RUNTIME_NAME), os.path.join(base, WORKER_NAME)]
-    return [point for point in reversed(_mount_points())
+    return [point for point in reversed(mount_points())
             if any(point == target or point.startswith(target + "/") for target in targets)]
 
 

@@ -1,0 +1,190 @@
+"""Sessions forked from a preloaded template (TCI_SANDBOX_START=fork).
+
+Everything around the process tree is the bubblewrap launcher's: the uid, the volume, the
+cgroup, the egress network, the teardown. Only the start differs: instead of bwrap starting
+a new interpreter that imports the runtime (about a second of CPU), the template, which has
+imported it once, forks, and the fork confines itself (worker/confine.py) into exactly the
+sandbox bwrap would have made. Its mount view is the template's (made once from the same
+lists as bwrap's command line), so a forked session sees the same files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tci.config import Settings
+from tci.errors import SandboxUnavailable
+from tci.sandbox import runtime_mounts, volume
+from tci.sandbox.bwrap import (
+    DEBIAN_DIST_PACKAGES,
+    ETC_RO,
+    PYTHON,
+    RUNTIME_BIN,
+    RUNTIME_SITE,
+    SYSTEM_SYMLINKS,
+    WORKER_MOUNT,
+    SandboxSpec,
+    prlimit_options,
+    sandbox_env,
+)
+from tci.sandbox.cgroups import SessionCgroup
+from tci.sandbox.forkserver import ForkedProcess, ForkServer
+from tci.sandbox.launcher import (
+    Channels,
+    SandboxLauncher,
+    SandboxProcess,
+    _read_to_eof,
+)
+from tci.sandbox.pidfd import ProcessHandle
+from tci.sandbox.seccomp import build_filter
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_SCRIPT = "template.py"
+# The worker's command and event channels have these numbers in every forked session.
+COMMAND_FD, EVENT_FD = 3, 4
+_RLIMITS = {"core": "RLIMIT_CORE", "rtprio": "RLIMIT_RTPRIO", "rttime": "RLIMIT_RTTIME",
+            "nice": "RLIMIT_NICE", "memlock": "RLIMIT_MEMLOCK", "msgqueue": "RLIMIT_MSGQUEUE",
+            "nofile": "RLIMIT_NOFILE"}
+
+
+def rlimits_of(options: list[str]) -> dict[str, tuple[int, int]]:
+    """prlimit(1) options ("--core=0:0") as resource-module limits, so that both launchers
+    apply the one list in bwrap.py."""
+    limits = {}
+    for option in options:
+        name, value = option.removeprefix("--").split("=", 1)
+        soft, hard = value.split(":")
+        limits[_RLIMITS[name]] = (int(soft), int(hard))
+    return limits
+
+
+def _mount(*argv: str) -> None:
+    result = subprocess.run(["mount", *argv], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise SandboxUnavailable(f"mount {' '.join(argv)} failed: {result.stderr.strip()}")
+
+
+class ForkLauncher(SandboxLauncher):
+    kind = "the fork template"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.forks: ForkServer | None = None
+        self._cgroup_parents: list[Path] = []
+        self._rlimits = rlimits_of(prlimit_options(settings.open_files_limit))
+
+    def _prepare_root(self) -> None:
+        # Volumes are mounted under the sandbox directory after the template has made its
+        # mount namespace: a shared mount here propagates them to the template's portal.
+        if not self._root_is_mounted():  # (os.path.ismount misses a bind on the same disk)
+            _mount("--bind", str(self.root), str(self.root))
+        _mount("--make-shared", str(self.root))
+
+    def _root_is_mounted(self) -> bool:
+        return os.path.realpath(self.root) in runtime_mounts.mount_points()
+
+    def _release_root(self) -> None:
+        if self.forks is not None:
+            self.forks.close_now()
+            self.forks = None
+        for _ in range(8):  # a killed server's binds may be stacked there too
+            if not self._root_is_mounted():
+                return
+            subprocess.run(["umount", "-l", str(self.root)], capture_output=True, timeout=60)
+
+    def prepare(self) -> None:
+        super().prepare()
+        # The template opens these before its pivot and keeps them: the sessions' cgroups
+        # are made in them later, and each fork joins its own through them.
+        self._cgroup_parents = self.cgroups.parents if self.cgroups is not None else []
+        for parent in self._cgroup_parents:
+            parent.mkdir(exist_ok=True)
+        runtime = self._exposed()
+        settings = self.settings
+        spec = {
+            "root_dir": str(self.root / "template"),
+            "sandbox_dir": str(self.root),
+            "etc_dir": str(self.root / "etc"),
+            "etc_ro": list(ETC_RO),
+            "symlinks": [list(pair) for pair in SYSTEM_SYMLINKS],
+            "ro_binds": [[str(self.root / "empty"), DEBIAN_DIST_PACKAGES],
+                         [str(runtime.site), RUNTIME_SITE], [str(runtime.bin), RUNTIME_BIN],
+                         [str(runtime.worker), WORKER_MOUNT]],
+            "worker_mount": WORKER_MOUNT,
+            "host_worker_dir": str(runtime.worker),
+            "preload": list(settings.pool_preload),
+            "command_fd": COMMAND_FD,
+            "event_fd": EVENT_FD,
+            "cgroup_parents": [str(path) for path in self._cgroup_parents],
+        }
+        env = sandbox_env(SandboxSpec(
+            workspace=Path(), home=Path(), etc_dir=Path(), empty_dir=Path(),
+            runtime_site=Path(), runtime_bin=Path(), worker_dir=Path(),
+            command_fd=COMMAND_FD, event_fd=EVENT_FD, info_fd=-1,
+        ))
+        env.pop("TCI_WORKER_FDS")
+        self.forks = ForkServer(
+            PYTHON, runtime.worker / TEMPLATE_SCRIPT, spec, env, build_filter(),
+            self.root / "template.log", settings.worker_start_timeout,
+        )
+
+    async def warm_up(self) -> None:
+        """Start the template now rather than at the first session."""
+        await self._fork_server().ensure_started()
+
+    def _fork_server(self) -> ForkServer:
+        if self.forks is None:
+            raise SandboxUnavailable("the fork launcher was not prepared")
+        return self.forks
+
+    async def _spawn(self, name: str, uid: int, niceness: int, workspace: Path, home: Path,
+                     cgroup: SessionCgroup | None, channels: Channels
+                     ) -> tuple[SandboxProcess, ProcessHandle | None, int]:
+        request = {
+            "uid": uid,
+            "volume": f"{name}/{volume.MOUNT_NAME}",
+            # (index of the hierarchy's parent in the template's list, the session's name)
+            "cgroups": [[self._cgroup_parents.index(path.parent), path.name]
+                        for path in cgroup.paths] if cgroup is not None else [],
+            "tmp_bytes": self.settings.tmp_max_bytes,
+            "niceness": niceness,
+            "rlimits": self._rlimits,
+        }
+        info_r, info_w = os.pipe2(os.O_CLOEXEC)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid, pidfd = await self._fork_server().spawn(
+                request, [*channels, info_w, status_w])
+        except BaseException:
+            os.close(info_r)
+            os.close(status_r)
+            raise
+        finally:
+            os.close(info_w)
+            os.close(status_w)
+        process = ForkedProcess(pid, status_r)
+        outer = ProcessHandle(pid, pidfd)
+        try:
+            lines = (await _read_to_eof(info_r)).decode(errors="replace").splitlines()
+        finally:
+            os.close(info_r)
+        facts: dict = {}
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                facts.update(json.loads(line))
+        if "error" in facts or not facts.get("confined") or not facts.get("init"):
+            outer.signal(signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), timeout=5)
+            outer.close()
+            raise SandboxUnavailable(facts.get("error") or f"the forked sandbox did not "
+                                     f"start (exit code {process.returncode})")
+        return process, outer, int(facts["init"])

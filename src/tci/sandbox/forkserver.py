@@ -1,0 +1,232 @@
+"""The server's side of the fork template (worker/template.py): start it, ask it for forks,
+restart it when it dies.
+
+The template is one root process per server, in its own mount namespace, that has imported
+the runtime once. Requests and answers are datagrams on a SOCK_SEQPACKET socket pair, the
+child's channel fds travelling with the request (SCM_RIGHTS) and the child's pidfd with the
+answer. The server holds the write end of a "lifeline" pipe that every template and sandbox
+holds the read end of: if the server dies, the pipe reports end-of-file to all of them and
+they end, whatever killed the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tci.errors import SandboxUnavailable
+
+log = logging.getLogger(__name__)
+
+_MAX_MESSAGE = 1 << 16
+_KILLED = 128 + signal.SIGKILL  # an outer process that ended without saying how
+
+
+class ForkedProcess:
+    """A sandbox's outer process, a child of the template, not of the server. It writes its
+    init's exit code to a status pipe as it ends; silence then end-of-file means it was
+    killed (by us, or by the OOM killer)."""
+
+    def __init__(self, pid: int, status_fd: int) -> None:
+        self.pid = pid
+        self._status_fd = status_fd
+        self._said = b""
+        self._ended: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        os.set_blocking(status_fd, False)
+        asyncio.get_running_loop().add_reader(status_fd, self._on_status)
+
+    def _on_status(self) -> None:
+        try:
+            chunk = os.read(self._status_fd, 64)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            self._said += chunk
+            return
+        asyncio.get_running_loop().remove_reader(self._status_fd)
+        os.close(self._status_fd)
+        try:
+            code = int(self._said or _KILLED)
+        except ValueError:
+            code = _KILLED
+        if not self._ended.done():
+            self._ended.set_result(code)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._ended.result() if self._ended.done() else None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._ended)
+
+
+@dataclass
+class _Template:
+    process: asyncio.subprocess.Process
+    control: socket.socket
+    pending: dict[int, asyncio.Future[tuple[int, int]]] = field(default_factory=dict)
+    dead: bool = False
+
+
+class ForkServer:
+    """Spawns sandboxes by asking the template to fork; (re)starts the template on demand."""
+
+    def __init__(self, python: str, script: Path, spec: dict[str, Any], env: dict[str, str],
+                 seccomp_program: bytes, log_path: Path, start_timeout: float) -> None:
+        self.python = python
+        self.script = script
+        self.spec = spec
+        self.env = env
+        self.seccomp_program = seccomp_program
+        self.log_path = log_path
+        self.start_timeout = start_timeout
+        self.lifeline_r, self.lifeline_w = os.pipe2(os.O_CLOEXEC)
+        self._template: _Template | None = None
+        self._starting: asyncio.Lock | None = None
+        self._ids = itertools.count(1)
+        self.restarts = 0
+
+    async def ensure_started(self) -> None:
+        if self._template is not None and not self._template.dead:
+            return
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._template is not None and not self._template.dead:
+                return
+            if self._template is not None:
+                self.restarts += 1
+                log.warning("the fork template died; starting a new one")
+            self._template = await self._launch()
+
+    async def _launch(self) -> _Template:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        program = os.memfd_create("tci-seccomp", os.MFD_CLOEXEC)
+        os.write(program, self.seccomp_program)
+        os.lseek(program, 0, os.SEEK_SET)
+        spec = {**self.spec, "control_fd": theirs.fileno(), "lifeline_fd": self.lifeline_r,
+                "seccomp_fd": program}
+        log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                         0o600)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                self.python, "-S", str(self.script),
+                stdin=asyncio.subprocess.PIPE, stdout=log_fd, stderr=log_fd, env=self.env,
+                pass_fds=(theirs.fileno(), self.lifeline_r, program), start_new_session=True,
+            )
+        finally:
+            theirs.close()
+            os.close(program)
+            os.close(log_fd)
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(spec).encode())
+        process.stdin.close()
+        ours.setblocking(False)
+        template = _Template(process, ours)
+        try:
+            ready = await asyncio.wait_for(self._receive(template), self.start_timeout)
+        except (TimeoutError, OSError, ValueError) as exc:
+            self._bury(template)
+            raise SandboxUnavailable(
+                f"the fork template did not start ({exc!r}); see {self.log_path}") from exc
+        if ready is None or ready[0].get("type") != "ready":
+            self._bury(template)
+            detail = self.log_path.read_text(errors="replace")[-2000:].strip()
+            raise SandboxUnavailable(f"the fork template did not start: {detail}")
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_message, template)
+        log.info("fork template ready (pid %d)", process.pid)
+        return template
+
+    @staticmethod
+    async def _receive(template: _Template) -> tuple[dict, list[int]] | None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(template.control, _MAX_MESSAGE, 4)
+            except BlockingIOError:
+                ready = loop.create_future()
+                loop.add_reader(template.control.fileno(), ready.set_result, None)
+                try:
+                    await ready
+                finally:
+                    loop.remove_reader(template.control.fileno())
+                continue
+            return (json.loads(message), fds) if message else None
+
+    def _on_message(self, template: _Template) -> None:
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(template.control, _MAX_MESSAGE, 4)
+            except BlockingIOError:
+                return
+            except OSError:
+                message, fds = b"", []
+            if not message:
+                self._bury(template)
+                return
+            answer = json.loads(message)
+            future = template.pending.pop(answer.get("id", -1), None)
+            if future is None or future.done():
+                for fd in fds:
+                    os.close(fd)
+            elif "error" in answer:
+                future.set_exception(SandboxUnavailable(
+                    f"the fork template could not fork: {answer['error']}"))
+            else:
+                future.set_result((answer["pid"], fds[0]))
+
+    def _bury(self, template: _Template) -> None:
+        """The template is gone (or never came up): no new fork from it. Sandboxes it made
+        run on: they are tied to the server's lifeline, not to the template."""
+        if template.dead:
+            return
+        template.dead = True
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(template.control.fileno())
+        template.control.close()
+        with contextlib.suppress(ProcessLookupError):
+            template.process.kill()
+        for future in template.pending.values():
+            if not future.done():
+                future.set_exception(SandboxUnavailable("the fork template died"))
+        template.pending.clear()
+
+    async def spawn(self, request: dict[str, Any], fds: list[int]) -> tuple[int, int]:
+        """Ask for one sandbox; returns the outer process's pid and a pidfd on it."""
+        await self.ensure_started()
+        template = self._template
+        assert template is not None
+        request_id = next(self._ids)
+        future: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        template.pending[request_id] = future
+        try:
+            socket.send_fds(template.control, [json.dumps({**request, "id": request_id})
+                                               .encode()], fds)
+        except OSError as exc:
+            template.pending.pop(request_id, None)
+            self._bury(template)
+            raise SandboxUnavailable(f"the fork template is gone: {exc}") from exc
+        return await future
+
+    def template_pid(self) -> int | None:
+        template = self._template
+        return None if template is None or template.dead else template.process.pid
+
+    def close_now(self) -> None:
+        """Stop the template; closing the lifeline also ends any sandbox still running."""
+        if self._template is not None:
+            self._bury(self._template)
+        for fd in (self.lifeline_r, self.lifeline_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -1,0 +1,258 @@
+"""A fork of the template becomes one session's sandbox, in a fixed order, before any user
+code can run (the zygote's way: specialise, then verify, then run).
+
+Three processes, as with bubblewrap:
+  outer  (the fork, host pid namespace) joins the session's cgroup, makes the namespaces,
+         forks the init, drops to the session's uid, then waits: it ends the sandbox if the
+         server's lifeline closes, and exits with the init's status otherwise;
+  init   (pid 1 of the new pid namespace) mounts the session's view (its own /proc, /tmp,
+         /dev/shm, devpts, its volume) and drops the portal, drops to the session's uid, enters
+         a user namespace mapping it to 1000 (where no further one may be made), clears every
+         capability, sets no_new_privs, loads the seccomp filter, verifies all of that, forks
+         the worker and reaps until the worker ends;
+  worker the template's preloaded worker, on the session's own channels.
+Any failure before the worker runs exits the process: nothing runs half-confined.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import sys
+
+from . import linux
+
+EXIT_SETUP_FAILED = 121  # a step of the setup failed (the reason is on the info channel)
+EXIT_CONFINEMENT = 122  # the self-verification found the sandbox not as it must be
+SANDBOX_ID = 1000
+NAMESPACES = ("mnt", "pid", "net", "ipc", "uts", "cgroup", "user")
+PORTAL = "/.portal"
+_SESSION_NAMESPACES = (linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC
+                       | linux.CLONE_NEWPID | linux.CLONE_NEWCGROUP | linux.CLONE_NEWNET)
+_MOUNT_FLAGS = linux.MS_NOSUID | linux.MS_NODEV
+_HIGH_FD = 100
+
+
+def namespace_ids() -> dict[str, str]:
+    return {name: os.readlink(f"/proc/self/ns/{name}") for name in NAMESPACES}
+
+
+def exit_code(status: int) -> int:
+    """A child's wait status as a shell would pass it on: the code, or 128 + the signal."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _report(fd: int, message: dict) -> None:
+    os.write(fd, json.dumps(message).encode() + b"\n")  # one write under PIPE_BUF: atomic
+
+
+def become_session(spec: dict, request: dict, fds: list[int], lifeline: int,
+                   template_namespaces: dict[str, str], worker) -> None:
+    """The outer process. Never returns."""
+    command, event, stdout, stderr, info, status = fds
+    try:
+        _join_cgroups(spec["cgroup_fds"], request["cgroups"])
+        linux.unshare(_SESSION_NAMESPACES)
+        linux.sethostname("sandbox")
+        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        init = os.fork()
+        if init == 0:
+            try:
+                os.close(status)
+                _become_init(spec, request, (command, event, stdout, stderr), info,
+                             template_namespaces, worker)
+            except BaseException as exc:
+                import traceback
+                with contextlib.suppress(OSError):
+                    os.write(stderr, traceback.format_exc().encode())
+                with contextlib.suppress(OSError):
+                    _report(info, {"error": f"sandbox setup failed: {exc}"})
+            os._exit(EXIT_SETUP_FAILED)
+        _report(info, {"init": init})
+    except OSError as exc:
+        _report(info, {"error": f"sandbox setup failed: {exc}"})
+        os._exit(EXIT_SETUP_FAILED)
+    for fd in (command, event, stdout, stderr, info):
+        os.close(fd)
+    _wait_as_outer(init, lifeline, status, request["uid"])
+
+
+def _join_cgroups(parent_fds: list[int], cgroups: list[tuple[int, str]]) -> None:
+    for parent, name in cgroups:
+        fd = os.open(f"{name}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC,
+                     dir_fd=parent_fds[parent])
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
+
+
+def _drop_to(uid: int) -> None:
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)  # from root to another uid: the kernel clears the capabilities
+
+
+def _wait_as_outer(init: int, lifeline: int, status: int, uid: int) -> None:
+    """Until the init ends: then say how on the status pipe (the server is not our parent,
+    so it cannot wait for us) and end the same way."""
+    pidfd = os.pidfd_open(init)
+    _drop_to(uid)
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    _close_all_but({lifeline, pidfd, status})
+    while True:
+        readable, _, _ = select.select([lifeline, pidfd], [], [])
+        if lifeline in readable:  # the server is gone: so is its session
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        _, wait_status = os.waitpid(init, 0)
+        code = exit_code(wait_status)
+        os.write(status, str(code).encode())
+        os._exit(code)
+
+
+def _become_init(spec: dict, request: dict, channels: tuple[int, int, int, int], info: int,
+                 template_namespaces: dict[str, str], worker) -> None:
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.setsid()  # no controlling terminal of the server's to reach (bwrap's --new-session)
+    _mount_session(request)
+    linux.loopback_up()
+    os.chdir("/workspace")
+    _set_limits(request)
+    uid = request["uid"]
+    _drop_to(uid)
+    # As after an exec: /proc/self belongs to the user again (a change of uid made it
+    # root's), so the maps below can be written and the user's tools can read it.
+    linux.prctl(linux.PR_SET_DUMPABLE, 1)
+    linux.unshare(linux.CLONE_NEWUSER)
+    linux.write_file("/proc/self/uid_map", f"{SANDBOX_ID} {uid} 1")
+    linux.write_file("/proc/self/setgroups", "deny")
+    linux.write_file("/proc/self/gid_map", f"{SANDBOX_ID} {uid} 1")
+    # No user namespace may be made inside this one, even past the seccomp filter.
+    linux.write_file("/proc/sys/user/max_user_namespaces", "0")
+    linux.clear_capabilities()
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    linux.load_seccomp(bytes.fromhex(spec["seccomp"]))
+    problems = confinement_problems(template_namespaces)
+    if problems:
+        _report(info, {"error": "sandbox confinement check failed: " + "; ".join(problems)})
+        os._exit(EXIT_CONFINEMENT)
+    _report(info, {"confined": True})
+    os.close(info)
+    child = os.fork()
+    if child == 0:
+        try:
+            _run_worker(spec, channels, worker)
+        except BaseException:
+            import traceback
+
+            text = traceback.format_exc().encode()
+            for fd in (2, channels[3]):  # the session's stderr pipe, wherever it is by now
+                with contextlib.suppress(OSError):
+                    os.write(fd, text)
+            os._exit(EXIT_SETUP_FAILED)
+        os._exit(0)
+    _close_all_but(set())
+    while True:  # pid 1 reaps every orphan of the sandbox; the worker's end is the end
+        pid, status = os.waitpid(-1, 0)
+        if pid == child:
+            os._exit(exit_code(status))
+
+
+def _mount_session(request: dict) -> None:
+    linux.umount("/proc", linux.MNT_DETACH)  # the template's, of the host's pid namespace
+    linux.mount("proc", "/proc", "proc", _MOUNT_FLAGS | linux.MS_NOEXEC)
+    tmpfs = f"mode=1777,size={request['tmp_bytes']}"
+    linux.umount("/tmp", linux.MNT_DETACH)
+    linux.mount("tmpfs", "/tmp", "tmpfs", _MOUNT_FLAGS, tmpfs)
+    linux.mount("tmpfs", "/dev/shm", "tmpfs", _MOUNT_FLAGS, tmpfs)
+    linux.mount("devpts", "/dev/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
+                "newinstance,ptmxmode=0666,mode=620")
+    volume = f"{PORTAL}/{request['volume']}"
+    for source, target in (("work", "/workspace"), ("home", "/home/user")):
+        linux.mount(f"{volume}/{source}", target, None, linux.MS_BIND)
+        linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | _MOUNT_FLAGS)
+    linux.umount(PORTAL, linux.MNT_DETACH)  # every other session's volume goes with it
+
+
+def _set_limits(request: dict) -> None:
+    import resource
+
+    for name, (soft, hard) in request["rlimits"].items():
+        resource.setrlimit(getattr(resource, name), (soft, hard))
+    if request["niceness"]:
+        os.setpriority(os.PRIO_PROCESS, 0, request["niceness"])
+
+
+def confinement_problems(template_namespaces: dict[str, str]) -> list[str]:
+    """What is not as it must be, read back from the kernel (empty: all is in force)."""
+    with open("/proc/self/status") as lines:
+        status = dict(line.split(":", 1) for line in lines if ":" in line)
+    problems = []
+    expected = [str(SANDBOX_ID)] * 4
+    if status["Uid"].split() != expected or status["Gid"].split() != expected:
+        problems.append(f"ids are uid {status['Uid'].split()} gid {status['Gid'].split()}")
+    if status["Groups"].split():
+        problems.append(f"supplementary groups {status['Groups'].split()}")
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        if int(status[cap], 16):
+            problems.append(f"{cap} is {status[cap].strip()}")
+    if status.get("NoNewPrivs", "").strip() != "1":
+        problems.append("no_new_privs is not set")
+    if status.get("Seccomp", "").strip() != "2":
+        problems.append("no seccomp filter")
+    if os.getpid() != 1:
+        problems.append(f"not pid 1 of its own pid namespace (pid {os.getpid()})")
+    for name, value in namespace_ids().items():
+        if value == template_namespaces[name]:
+            problems.append(f"shares the template's {name} namespace")
+    return problems
+
+
+def _close_all_but(keep: set[int]) -> None:
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:  # closerange(n, n) is not empty: it becomes close_range(n, UINT_MAX)
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
+
+
+def _run_worker(spec: dict, channels: tuple[int, int, int, int], worker) -> None:
+    # Out of the way first: a received fd may hold a number another one is moved to.
+    command, event, stdout, stderr = (_dup_high(fd) for fd in channels)
+    for source, target in ((stdout, 1), (stderr, 2), (command, spec["command_fd"]),
+                           (event, spec["event_fd"])):
+        os.dup2(source, target, inheritable=target in (1, 2))
+    stdin = sys.stdin.fileno() if sys.stdin is not None else 0
+    _close_all_but({0, 1, 2, spec["command_fd"], spec["event_fd"], stdin})
+    _fresh_process_state()
+    worker.serve()
+
+
+def _dup_high(fd: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
+
+
+def _fresh_process_state() -> None:
+    """What must differ between sessions forked from one template. `random` reseeds itself
+    at fork (os.register_at_fork); numpy's legacy global generator does not."""
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()
+    # The user site (pip install --user) exists only in the session's home: put it where a
+    # normal start would have, ahead of the runtime, with no stale "absent" cache entry.
+    import importlib
+    import site
+
+    user_site = site.getusersitepackages()
+    if os.path.isdir(user_site) and user_site not in sys.path:
+        runtime = [i for i, p in enumerate(sys.path) if p.endswith("dist-packages")]
+        sys.path.insert(runtime[0] if runtime else len(sys.path), user_site)
+    sys.path_importer_cache.pop(user_site, None)
+    importlib.invalidate_caches()
