@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # seccomp...). Named for the danger: only for development on a host that lacks them.
     unsafe_allow_missing_protections: bool = False
     network: Literal["none", "egress"] = "egress"
+    # How a session's sandbox starts: "fork" of a template that imported the runtime once
+    # (milliseconds, pages shared), or "bwrap", a new interpreter in bubblewrap (about a
+    # second of CPU each, hidden by the warm pool until it drains). Same confinement.
+    sandbox_start: Literal["fork", "bwrap"] = "bwrap"
     # Egress: destinations refused besides the built-in ones (addresses or CIDR networks,
     # JSON list), e.g. neighbours on public addresses that trust the host's network.
     egress_refuse: list[str] = []
