@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tci.kernel.limits import OutputLimits
@@ -139,13 +139,22 @@ class Settings(BaseSettings):
     metrics_require_key: bool = False
     log_format: Literal["text", "json"] = "text"
 
+    # Storage: keys, sessions, executions and usage. An SQLAlchemy URL, e.g.
+    # postgresql+psycopg://user@127.0.0.1:5432/tci (the schema is migrated when a server or a
+    # `tci` command opens it). Unset: the SQLite file <TCI_DATA_DIR>/tci.db.
+    database_url: str = ""
+    # Seconds to wait for a connection to a database server; past it the request gets 503.
+    database_connect_timeout_seconds: float = 5.0
+
+    @model_validator(mode="after")
+    def _default_database_url(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'tci.db'}"
+        return self
+
     def output_limits(self) -> OutputLimits:
         return OutputLimits(self.max_output_bytes, self.max_output_json_values,
                             self.stream_partial_line_seconds)
-
-    @cached_property
-    def database_url(self) -> str:
-        return f"sqlite:///{self.data_dir / 'tci.db'}"
 
     @cached_property
     def resolved_sandbox_dir(self) -> Path:

@@ -65,6 +65,17 @@ class ServerBusy(TCIError):
         self.retry_after = retry_after
 
 
+class StoreUnavailable(TCIError):
+    """The database cannot be reached or used now (down, restarting, unreachable, locked):
+    the request changed nothing there; the client should retry after `retry_after` seconds."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class WorkerDied(TCIError):
     """The session's worker process ended; internal, turned into an `error` output."""
 

@@ -264,7 +264,9 @@ def test_cli_usage_lists_every_key(server):
 def test_old_database_gains_cpu_column(tmp_path):
     data_dir = tmp_path / "old"
     assert cli(data_dir, "keys", "create", "--name", "k").returncode == 0
-    with sqlite3.connect(data_dir / "tci.db") as db:
+    with sqlite3.connect(data_dir / "tci.db") as db:  # as made before migrations existed
+        db.execute("DROP TABLE alembic_version")
+        db.execute("ALTER TABLE sessions DROP COLUMN host")
         db.execute("ALTER TABLE sessions DROP COLUMN cpu_seconds")
     result = cli(data_dir, "usage")
     assert result.returncode == 0, result.stderr

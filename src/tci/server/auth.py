@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tci.errors import ServerBusy, Unauthorized
+from tci.errors import ServerBusy, StoreUnavailable, Unauthorized
 from tci.server.errors import tci_error_response
 from tci.server.openapi import bearer
 from tci.storage.store import KEY_PATTERN, AsyncStore, KeyInfo, hash_key
@@ -152,7 +152,7 @@ class ApiKeyAuth:
                 header = Headers(scope=scope).get("authorization")
                 try:
                     state["key"] = await self.authenticator.authenticate(header)
-                except (Unauthorized, ServerBusy) as exc:
+                except (Unauthorized, ServerBusy, StoreUnavailable) as exc:
                     await tci_error_response(exc)(scope, receive, send)
                     return
         await self.app(scope, receive, send)

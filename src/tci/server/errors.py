@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from tci.errors import ServerBusy, TCIError, TooManySessions, Unauthorized
+from tci.errors import ServerBusy, StoreUnavailable, TCIError, TooManySessions, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def _describe(error: dict) -> str:
 def tci_error_response(exc: TCIError) -> JSONResponse:
     """The answer to a TCIError, also for middleware that refuses before any route runs."""
     headers = None
-    if isinstance(exc, TooManySessions | ServerBusy):
+    if isinstance(exc, TooManySessions | ServerBusy | StoreUnavailable):
         headers = {"Retry-After": str(exc.retry_after)}
     elif isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}

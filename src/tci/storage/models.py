@@ -1,27 +1,32 @@
-"""Tables. Timestamps are stored as timezone-aware UTC."""
+"""Tables, as the code sees them. The schema itself is made by the migrations (migrations/
+versions/), which must agree with these classes (tests/unit/test_store_migrations.py checks)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 
 class UTCDateTime(TypeDecorator):
-    """SQLite forgets time zones; store UTC and hand back aware datetimes."""
+    """Aware UTC datetimes in and out. PostgreSQL stores `timestamp with time zone`; SQLite
+    has no time zones, so it keeps naive UTC and the zone is put back when read."""
 
-    impl = DateTime
+    impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_bind_param(self, value, dialect):
-        if value is not None:
-            value = value.astimezone(UTC).replace(tzinfo=None)
-        return value
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value, dialect):
-        return value.replace(tzinfo=UTC) if value is not None else None
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def utcnow() -> datetime:
@@ -56,12 +61,16 @@ class SessionRecord(Base):
     end_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     # CPU used while the client had the session (from its cgroup; None without cgroups).
     cpu_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The host that runs it (a Ray host's name); None: the single-machine server's own.
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 class ExecutionRecord(Base):
     __tablename__ = "executions"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # 64-bit on PostgreSQL (SQLite's INTEGER primary key is its 64-bit rowid already).
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     duration_seconds: Mapped[float] = mapped_column(Float)

@@ -1,29 +1,39 @@
-"""The Store: every SQL statement of the project lives here.
+"""The Store: every SQL statement of the project lives here, for SQLite (the embedded
+default) and PostgreSQL (TCI_DATABASE_URL) alike.
 
 Methods are synchronous; async callers go through `AsyncStore`, which runs them on one
 dedicated thread, so SQLite sees a single writer and the event loop never blocks on I/O.
+A database that cannot be reached raises StoreUnavailable (503), converted in one place
+(`Store._errors`), and every write is one transaction: nothing is half-written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import math
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event, func, inspect, select, text, update
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy import URL, create_engine, event, func, literal_column, make_url, select, update
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import Session, sessionmaker
 
-from tci.errors import BadRequest, NotFound
+from tci.errors import BadRequest, NotFound, StoreUnavailable
 from tci.metering import Bucket, BucketUsage, bucket_floor
-from tci.storage.models import ApiKey, Base, ExecutionRecord, SessionRecord, utcnow
+from tci.storage import schema
+from tci.storage.models import ApiKey, ExecutionRecord, SessionRecord, utcnow
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 KEY_PREFIX = "tci_"
 # What create_key makes: the prefix, then 32 random bytes as 43 base64url characters. Anything
@@ -32,6 +42,10 @@ KEY_PATTERN = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]{43}")
 # SQLite keeps datetimes as text ("YYYY-MM-DD HH:MM:SS.ffffff"); strftime truncates them to
 # their bucket's start, so GROUP BY yields one row per bucket instead of one per record.
 _SQLITE_BUCKET_FORMAT = {"hour": "%Y-%m-%d %H:00:00", "day": "%Y-%m-%d 00:00:00"}
+# SQLite's primary result codes that mean the file cannot be used now (busy or locked past
+# busy_timeout, read-only, I/O error, disk full, cannot open); its other OperationalErrors
+# (no such table, syntax) are faults of the code, not of the database's availability.
+_SQLITE_UNAVAILABLE = {5, 6, 7, 8, 10, 13, 14}
 
 
 def hash_key(secret: str) -> str:
@@ -79,28 +93,55 @@ def _key_info(row: ApiKey) -> KeyInfo:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(url)
+    """`connect_timeout`: seconds to wait for a connection to a database server (SQLite has
+    none) before the call fails with StoreUnavailable."""
+
+    def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
+        parsed = make_url(url)
+        self.description = describe(parsed)
+        if parsed.get_backend_name() == "sqlite" and parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(parsed, **_engine_options(parsed, connect_timeout))
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
-        self._migrate()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        with self._errors():
+            schema.upgrade(self.engine)
 
-    def _migrate(self) -> None:
-        """Columns added after a database was created (create_all adds only tables)."""
-        columns = {c["name"] for c in inspect(self.engine).get_columns("sessions")}
-        if "cpu_seconds" not in columns:
-            with self.engine.begin() as connection:
-                connection.execute(text("ALTER TABLE sessions ADD COLUMN cpu_seconds FLOAT"))
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """The one place where the driver's connection errors become StoreUnavailable."""
+        try:
+            yield
+        except (DisconnectionError, PoolTimeout) as exc:
+            raise self._unavailable(exc) from exc
+        except DBAPIError as exc:
+            if not _means_unavailable(exc):
+                raise
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        cause = getattr(exc, "orig", None) or exc
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+        return StoreUnavailable(f"the {self.description} is unavailable ({reason}); "
+                                "nothing was changed, retry later")
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._errors(), self._sessions() as db:
+            yield db
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """One transaction: committed whole at the end, or rolled back whole."""
+        with self._errors(), self._sessions.begin() as db:
+            yield db
 
     # -- keys ------------------------------------------------------------------------------
 
     def create_key(self, name: str) -> tuple[KeyInfo, str]:
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
-        with self._sessions.begin() as db:
+        with self._write() as db:
             if db.scalar(select(ApiKey).where(ApiKey.name == name)) is not None:
                 raise BadRequest(f"a key named {name!r} already exists")
             row = ApiKey(name=name, key_hash=hash_key(secret), prefix=secret[:10])
@@ -109,11 +150,11 @@ class Store:
             return _key_info(row), secret
 
     def list_keys(self) -> list[KeyInfo]:
-        with self._sessions() as db:
+        with self._read() as db:
             return [_key_info(r) for r in db.scalars(select(ApiKey).order_by(ApiKey.id))]
 
     def revoke_key(self, name: str) -> KeyInfo:
-        with self._sessions.begin() as db:
+        with self._write() as db:
             row = db.scalar(select(ApiKey).where(ApiKey.name == name))
             if row is None:
                 raise NotFound(f"no key named {name!r}")
@@ -122,7 +163,7 @@ class Store:
             return _key_info(row)
 
     def find_active_key(self, secret: str) -> KeyInfo | None:
-        with self._sessions() as db:
+        with self._read() as db:
             row = db.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
             if row is None or row.revoked_at is not None:
                 return None
@@ -133,15 +174,16 @@ class Store:
 
     # -- sessions --------------------------------------------------------------------------
 
-    def add_session(self, session_id: str, key_id: int, started: datetime, expires: datetime):
-        with self._sessions.begin() as db:
+    def add_session(self, session_id: str, key_id: int, started: datetime, expires: datetime,
+                    host: str | None = None) -> None:
+        with self._write() as db:
             db.add(SessionRecord(id=session_id, key_id=key_id, started_at=started,
-                                 expires_at=expires, execute_count=0))
+                                 expires_at=expires, execute_count=0, host=host))
 
     def record_executions(self, rows: list[ExecutionRow]) -> None:
         """Many executions in one transaction; each session's counters set to its latest."""
         latest: dict[str, ExecutionRow] = {}
-        with self._sessions.begin() as db:
+        with self._write() as db:
             for row in rows:
                 db.add(ExecutionRecord(session_id=row.session_id, started_at=row.started_at,
                                        duration_seconds=row.duration_seconds,
@@ -153,26 +195,41 @@ class Store:
 
     def end_session(self, session_id: str, reason: str,
                     cpu_seconds: float | None = None) -> None:
-        with self._sessions.begin() as db:
+        with self._write() as db:
             db.execute(update(SessionRecord).where(
                 SessionRecord.id == session_id, SessionRecord.ended_at.is_(None)
             ).values(ended_at=utcnow(), end_reason=reason, cpu_seconds=cpu_seconds))
 
-    def end_all_live(self, reason: str) -> int:
-        with self._sessions.begin() as db:
-            result = db.execute(update(SessionRecord).where(SessionRecord.ended_at.is_(None))
-                                .values(ended_at=utcnow(), end_reason=reason))
+    def end_live(self, reason: str, host: str | None = None) -> int:
+        """End the live sessions run by `host` (None: the single-machine server's own, which
+        are recorded without a host) and no others: a restarting gateway passes only hosts
+        that are gone, so the sessions of live hosts go on. Returns how many were ended."""
+        on_host = SessionRecord.host.is_(None) if host is None else SessionRecord.host == host
+        with self._write() as db:
+            result = db.execute(update(SessionRecord).where(
+                SessionRecord.ended_at.is_(None), on_host
+            ).values(ended_at=utcnow(), end_reason=reason))
             return result.rowcount or 0
 
+    def end_all_live(self, reason: str) -> int:
+        """A single-machine server's restart: its previous run's sessions are gone."""
+        return self.end_live(reason, host=None)
+
+    def live_hosts(self) -> set[str | None]:
+        """The hosts that have live sessions on record (None: the single-machine server)."""
+        with self._read() as db:
+            return set(db.scalars(select(SessionRecord.host).where(
+                SessionRecord.ended_at.is_(None)).distinct()))
+
     def find_ended(self, session_id: str) -> EndedSession | None:
-        with self._sessions() as db:
+        with self._read() as db:
             row = db.get(SessionRecord, session_id)
             if row is None or row.ended_at is None:
                 return None
             return EndedSession(row.id, row.key_id, row.ended_at, row.end_reason or "ended")
 
     def session_row(self, session_id: str) -> dict[str, Any] | None:
-        with self._sessions() as db:
+        with self._read() as db:
             row = db.get(SessionRecord, session_id)
             if row is None:
                 return None
@@ -186,7 +243,7 @@ class Store:
         """Per key: sessions started in [since, until), their recorded CPU seconds, and the
         executions started in that window. Keys without use are included (all zeros)."""
         in_window = (SessionRecord.started_at >= since) & (SessionRecord.started_at < until)
-        with self._sessions() as db:
+        with self._read() as db:
             keys = select(ApiKey.id, ApiKey.name).order_by(ApiKey.id)
             sessions = select(SessionRecord.key_id, func.count(SessionRecord.id),
                               func.coalesce(func.sum(SessionRecord.cpu_seconds), 0.0)
@@ -215,13 +272,9 @@ class Store:
         the one it started in; the same sets `usage` totals. Only buckets with use appear
         (metering.usage_series zero-fills). Grouped in SQL, so the cost follows the number
         of buckets, not of executions."""
-        def bucket_of(column: Any) -> Any:
-            if self.engine.dialect.name == "sqlite":
-                return func.strftime(_SQLITE_BUCKET_FORMAT[bucket], column)
-            return column  # elsewhere: grouped by exact time, truncated below (still correct)
-
-        session_bucket = bucket_of(SessionRecord.started_at)
-        execution_bucket = bucket_of(ExecutionRecord.started_at)
+        dialect = self.engine.dialect.name
+        session_bucket = _bucket_start(dialect, SessionRecord.started_at, bucket)
+        execution_bucket = _bucket_start(dialect, ExecutionRecord.started_at, bucket)
         sessions = select(session_bucket, func.count(SessionRecord.id),
                           func.coalesce(func.sum(SessionRecord.cpu_seconds), 0.0)).where(
             (SessionRecord.key_id == key_id) & (SessionRecord.started_at >= since)
@@ -231,7 +284,7 @@ class Store:
         ).where((SessionRecord.key_id == key_id) & (ExecutionRecord.started_at >= since)
                 & (ExecutionRecord.started_at < until)).group_by(execution_bucket)
         result: dict[datetime, BucketUsage] = {}
-        with self._sessions() as db:
+        with self._read() as db:
             for moment, count, cpu in db.execute(sessions):
                 used = result.setdefault(bucket_floor(_as_datetime(moment), bucket), BucketUsage())
                 used.sessions += count
@@ -242,10 +295,57 @@ class Store:
         return result
 
 
+def _bucket_start(dialect: str, column: Any, bucket: Bucket) -> Any:
+    """SQL for the start of the UTC hour or day holding `column`'s time, so that GROUP BY
+    makes one row per bucket. The bucket name is spelled as a literal, not a parameter: the
+    same expression in SELECT and GROUP BY must be textually equal for PostgreSQL."""
+    if dialect == "sqlite":
+        return func.strftime(literal_column(f"'{_SQLITE_BUCKET_FORMAT[bucket]}'"), column)
+    if dialect == "postgresql":
+        # timezone('UTC', timestamptz): the UTC wall time, whatever the session's TimeZone.
+        return func.date_trunc(literal_column(f"'{bucket}'"),
+                               func.timezone(literal_column("'UTC'"), column))
+    return column  # any other database: grouped by exact time, floored in Python (correct)
+
+
 def _as_datetime(value: datetime | str) -> datetime:
     """A bucket key as read back: SQLite's strftime text or a datetime (bucket_floor makes
     it aware UTC)."""
     return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def _means_unavailable(exc: DBAPIError) -> bool:
+    """Whether the database could not be reached or used now (down, restarting, network,
+    locked, full), as opposed to a statement the database refused."""
+    if exc.connection_invalidated:
+        return True
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _SQLITE_UNAVAILABLE
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
+def describe(url: URL) -> str:
+    """The database as a message names it: its kind and where, never the user or password."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return f"SQLite database {Path(url.database).name if url.database else '(memory)'}"
+    where = url.host or "local socket"
+    if url.port:
+        where += f":{url.port}"
+    return f"{backend} database {url.database or ''!r} at {where}"
+
+
+def _engine_options(url: URL, connect_timeout: float) -> dict[str, Any]:
+    if url.get_backend_name() == "sqlite":
+        return {}
+    # pre_ping: a connection that died with the server (a restart) is replaced before use
+    # instead of failing the first call after the database came back.
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+        # libpq counts whole seconds, at least 2.
+        options["connect_args"] = {"connect_timeout": max(2, math.ceil(connect_timeout))}
+    return options
 
 
 def _sqlite_pragmas(connection, _record) -> None:
@@ -273,13 +373,30 @@ class AsyncStore:
     def _fire(self, fn: Callable[..., Any], *args: Any) -> None:
         future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         self._background.add(future)
-        future.add_done_callback(self._background.discard)
+        future.add_done_callback(self._finished)
+
+    def _finished(self, future: asyncio.Future[Any]) -> None:
+        self._background.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.error("a queued store write failed: %s", future.exception())
 
     async def find_active_key(self, secret: str) -> KeyInfo | None:
         return await self._call(self._store.find_active_key, secret)
 
     async def end_all_live(self, reason: str) -> int:
         return await self._call(self._store.end_all_live, reason)
+
+    async def end_live(self, reason: str, host: str | None = None) -> int:
+        return await self._call(self._store.end_live, reason, host)
+
+    async def live_hosts(self) -> set[str | None]:
+        return await self._call(self._store.live_hosts)
+
+    async def add_session(self, session_id: str, key_id: int, started: datetime,
+                          expires: datetime, host: str | None = None) -> None:
+        """Recorded before the caller goes on (a session other gateways must find, or one
+        that must not exist unrecorded when the database is down)."""
+        await self._call(self._store.add_session, session_id, key_id, started, expires, host)
 
     async def find_ended(self, session_id: str) -> EndedSession | None:
         return await self._call(self._store.find_ended, session_id)
@@ -296,8 +413,8 @@ class AsyncStore:
         return await self._call(self._store.usage_by_bucket, since, until, key_id, bucket)
 
     def add_session_later(self, session_id: str, key_id: int, started: datetime,
-                          expires: datetime) -> None:
-        self._fire(self._store.add_session, session_id, key_id, started, expires)
+                          expires: datetime, host: str | None = None) -> None:
+        self._fire(self._store.add_session, session_id, key_id, started, expires, host)
 
     def end_session_later(self, session_id: str, reason: str,
                           cpu_seconds: float | None = None) -> None:

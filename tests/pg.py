@@ -1,0 +1,137 @@
+"""A real PostgreSQL for tests: Debian's server binaries, `initdb` into a temp dir, started on
+127.0.0.1 and a free port, stopped at the end. Nothing of the machine's own clusters is used.
+
+PostgreSQL refuses to run as root, so when the tests are root the server runs as the `postgres`
+system user that Debian's package creates; its temp dir (under /tmp, not pytest's 0700 root
+dir, which that user could not traverse) is owned by that user.
+
+Use: `from tests.pg import postgres, postgres_url  # noqa: F401` in a test module, then take
+`postgres_url` (a fresh, empty database per test) or `postgres` (the server, to stop and start).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import free_port
+
+SUPERUSER = "tci"
+# Test data need not survive a crash: no fsync makes initdb and every commit much cheaper.
+FAST_UNSAFE = ("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+
+
+def postgres_bin_dir() -> Path:
+    """The newest installed server's binaries (Debian keeps them off PATH)."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+                      key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
+                      else 0)
+    if not versions:
+        raise RuntimeError("PostgreSQL is not installed: `make system` installs Debian's "
+                           "`postgresql` package")
+    return versions[-1].parent
+
+
+class Postgres:
+    """One throwaway PostgreSQL server on 127.0.0.1:`port`, data in `root`."""
+
+    def __init__(self) -> None:
+        self.bin = postgres_bin_dir()
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="tci-pg-"))
+        self.data = self.root / "data"
+        self.log_path = self.root / "postgres.log"
+        self.process: subprocess.Popen | None = None
+        self._user: dict = {}
+        self._names = itertools.count()
+        if os.geteuid() == 0:
+            account = pwd.getpwnam("postgres")
+            os.chown(self.root, account.pw_uid, account.pw_gid)
+            self._user = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(args, check=True, capture_output=True, timeout=120, cwd=self.root,
+                       **self._user)
+
+    def init(self) -> None:
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
+                  "--auth=trust", "--encoding=UTF8", "--no-sync", "--no-instructions")
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
+             *FAST_UNSAFE],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True,
+            **self._user,
+        )
+        log.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited early:\n{self.log()}")
+            try:
+                with psycopg.connect(self.url_for("postgres", driver=False), connect_timeout=2):
+                    return
+            except psycopg.OperationalError:
+                time.sleep(0.1)
+        raise RuntimeError(f"postgres did not start:\n{self.log()}")
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT): sessions are cut, as when a database server goes away."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def url_for(self, database: str, driver: bool = True) -> str:
+        scheme = "postgresql+psycopg" if driver else "postgresql"
+        return f"{scheme}://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """A new empty database; its SQLAlchemy URL."""
+        name = f"t{next(self._names)}"
+        with psycopg.connect(self.url_for("postgres", driver=False), autocommit=True) as db:
+            db.execute(f'CREATE DATABASE "{name}"')
+        return self.url_for(name)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    server = Postgres()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres: Postgres) -> str:
+    return postgres.create_database()

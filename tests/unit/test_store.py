@@ -1,0 +1,155 @@
+"""The store on both databases it supports: SQLite (the embedded default) and a real
+PostgreSQL (tests/pg.py). Every test runs on each, against a fresh database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from tci.errors import BadRequest, NotFound
+from tci.storage.store import ExecutionRow, Store
+
+pytest_plugins = ("tests.pg",)  # its fixtures: postgres, postgres_url
+
+T = datetime(2026, 3, 14, 23, 30, tzinfo=UTC)  # half an hour before a UTC day boundary
+HOUR, DAY = timedelta(hours=1), timedelta(days=1)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'tci.db'}"
+    else:
+        # The database session's time zone is far from UTC: buckets and timestamps must not
+        # depend on it.
+        url = request.getfixturevalue("postgres_url") + "?options=" + quote(
+            "-c TimeZone=America/New_York")
+    opened = Store(url)
+    yield opened
+    opened.engine.dispose()
+
+
+def add(store: Store, session_id: str, key_id: int, started: datetime,
+        host: str | None = None) -> None:
+    store.add_session(session_id, key_id, started, started + HOUR, host)
+
+
+def test_keys_are_created_found_and_revoked(store):
+    info, secret = store.create_key("alice")
+    assert secret.startswith("tci_") and info.prefix == secret[:10]
+    assert store.find_active_key(secret) == info
+    assert store.find_active_key(secret + "x") is None
+    with pytest.raises(BadRequest, match="already exists"):
+        store.create_key("alice")
+    store.create_key("bob")
+    assert [k.name for k in store.list_keys()] == ["alice", "bob"]
+    revoked = store.revoke_key("alice")
+    assert revoked.revoked_at is not None and revoked.revoked_at.tzinfo == UTC
+    assert store.find_active_key(secret) is None
+    with pytest.raises(NotFound):
+        store.revoke_key("carol")
+
+
+def test_timestamps_come_back_as_the_same_instant_in_utc(store):
+    key, _ = store.create_key("k")
+    plus_five = timezone(timedelta(hours=5, minutes=30))
+    started = datetime(2026, 3, 15, 4, 59, 59, 123456, tzinfo=plus_five)  # 23:29:59 UTC
+    store.add_session("s", key.id, started, started + HOUR)
+    row = store.session_row("s")
+    assert row["started_at"] == started
+    assert row["started_at"].utcoffset() == timedelta(0)
+    assert row["started_at"].hour == 23 and row["started_at"].microsecond == 123456
+
+
+def test_executions_update_their_session_in_one_transaction(store):
+    key, _ = store.create_key("k")
+    add(store, "s", key.id, T)
+    store.record_executions([ExecutionRow("s", T + timedelta(seconds=i), 0.1, "ok", i + 1)
+                             for i in range(3)])
+    row = store.session_row("s")
+    assert row["execute_count"] == 3 and row["last_execute_at"] == T + timedelta(seconds=2)
+
+    # One bad row (an unknown session) fails the whole batch: nothing of it is written.
+    with pytest.raises(IntegrityError):
+        store.record_executions([ExecutionRow("s", T + HOUR, 0.1, "ok", 4),
+                                 ExecutionRow("nobody", T + HOUR, 0.1, "ok", 1)])
+    assert store.session_row("s")["execute_count"] == 3
+    assert store.usage(T - DAY, T + DAY)[key.id].executions == 3
+
+
+def test_end_live_ends_only_the_named_hosts_sessions(store):
+    key, _ = store.create_key("k")
+    add(store, "local", key.id, T)
+    add(store, "on-a", key.id, T, host="node-a")
+    add(store, "on-a-2", key.id, T, host="node-a")
+    add(store, "on-b", key.id, T, host="node-b")
+    assert store.live_hosts() == {None, "node-a", "node-b"}
+
+    assert store.end_live("host lost", "node-a") == 2
+    assert store.find_ended("on-a").reason == "host lost"
+    assert store.find_ended("on-b") is None and store.find_ended("local") is None
+    assert store.live_hosts() == {None, "node-b"}
+
+    # A single-machine restart ends its own sessions (no host), never a Ray host's.
+    assert store.end_all_live("server restarted") == 1
+    assert store.find_ended("local").reason == "server restarted"
+    assert store.find_ended("on-b") is None
+    assert store.end_live("host lost", "node-a") == 0  # ended sessions keep their reason
+    assert store.find_ended("on-a").reason == "host lost"
+    assert store.live_hosts() == {"node-b"}
+
+
+def test_usage_counts_each_key_in_the_window(store):
+    alice, _ = store.create_key("alice")
+    bob, _ = store.create_key("bob")
+    idle, _ = store.create_key("idle")
+    add(store, "a1", alice.id, T)
+    add(store, "a2", alice.id, T + HOUR)
+    add(store, "b1", bob.id, T - 2 * DAY)  # before the window
+    store.end_session("a1", "done", cpu_seconds=1.5)
+    store.end_session("a2", "done", cpu_seconds=0.25)
+    store.record_executions([ExecutionRow("a1", T, 0.1, "ok", 1),
+                             ExecutionRow("b1", T, 0.1, "ok", 1)])  # in the window
+    usage = store.usage(T - DAY, T + DAY)
+    assert (usage[alice.id].sessions, usage[alice.id].executions,
+            usage[alice.id].cpu_seconds) == (2, 1, 1.75)
+    assert (usage[bob.id].sessions, usage[bob.id].executions) == (0, 1)
+    assert (usage[idle.id].sessions, usage[idle.id].executions) == (0, 0)
+    assert list(store.usage(T - DAY, T + DAY, key_id=bob.id)) == [bob.id]
+    # [since, until): a session starting exactly at `until` is not in the window.
+    assert store.usage(T - DAY, T, alice.id)[alice.id].sessions == 0
+
+
+def test_usage_buckets_follow_utc_boundaries(store):
+    key, _ = store.create_key("k")
+    before_midnight = T.replace(minute=59, second=59, microsecond=999999)  # 23:59:59.999999
+    midnight = T.replace(hour=0, minute=0) + DAY
+    add(store, "s1", key.id, T)
+    add(store, "s2", key.id, before_midnight)
+    add(store, "s3", key.id, midnight)
+    store.end_session("s1", "done", cpu_seconds=1.0)
+    store.end_session("s3", "done", cpu_seconds=2.0)
+    store.record_executions([ExecutionRow("s1", before_midnight, 0.1, "ok", 1),
+                             ExecutionRow("s1", midnight, 0.1, "ok", 2),
+                             ExecutionRow("s3", midnight + 3 * HOUR, 0.1, "ok", 1)])
+
+    hours = store.usage_by_bucket(T - DAY, T + 2 * DAY, key.id, "hour")
+    assert sorted(hours) == [T.replace(minute=0), midnight, midnight + 3 * HOUR]
+    assert all(start.tzinfo == UTC for start in hours)
+    assert (hours[T.replace(minute=0)].sessions, hours[T.replace(minute=0)].executions,
+            hours[T.replace(minute=0)].cpu_seconds) == (2, 1, 1.0)
+    assert (hours[midnight].sessions, hours[midnight].executions,
+            hours[midnight].cpu_seconds) == (1, 1, 2.0)
+    assert (hours[midnight + 3 * HOUR].sessions, hours[midnight + 3 * HOUR].executions) == (0, 1)
+
+    days = store.usage_by_bucket(T - DAY, T + 2 * DAY, key.id, "day")
+    assert sorted(days) == [T.replace(hour=0, minute=0), midnight]
+    assert (days[midnight].sessions, days[midnight].executions) == (1, 2)
+    # The series' sums are the window's totals.
+    totals = store.usage(T - DAY, T + 2 * DAY, key.id)[key.id]
+    assert sum(d.sessions for d in days.values()) == totals.sessions == 3
+    assert sum(d.executions for d in days.values()) == totals.executions == 3

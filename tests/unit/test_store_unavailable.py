@@ -1,0 +1,65 @@
+"""A database that cannot be reached: every store call fails with StoreUnavailable (503),
+naming the database, and changes nothing; once the database is back the same store works
+again. A server that accepts connections but never answers costs at most the connect
+timeout (TCI_DATABASE_CONNECT_TIMEOUT_SECONDS)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tci.errors import StoreUnavailable
+from tci.storage.store import Store
+from tests.pg import Postgres
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[Postgres]:
+    """A server of this test's own, which it stops and starts."""
+    server = Postgres()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+def test_calls_fail_cleanly_while_postgres_is_down_and_work_after(own_postgres):
+    store = Store(own_postgres.create_database())
+    key, secret = store.create_key("before")
+    now = datetime.now(UTC)
+    store.add_session("s", key.id, now, now + timedelta(hours=1))
+
+    own_postgres.stop()
+    calls = [lambda: store.find_active_key(secret), lambda: store.create_key("during"),
+             lambda: store.end_all_live("server restarted"),
+             lambda: store.usage(now - timedelta(days=1), now + timedelta(days=1))]
+    for call in calls:
+        with pytest.raises(StoreUnavailable) as caught:
+            call()
+        assert caught.value.status_code == 503
+        assert f"postgresql database 't0' at 127.0.0.1:{own_postgres.port}" in str(caught.value)
+        assert "nothing was changed" in str(caught.value)
+
+    own_postgres.start()
+    assert store.find_active_key(secret) == key
+    assert [k.name for k in store.list_keys()] == ["before"]  # the refused create wrote nothing
+    assert store.find_ended("s") is None  # the refused end_all_live ended nothing
+    store.engine.dispose()
+
+
+def test_a_server_that_never_answers_costs_the_connect_timeout():
+    with socket.socket() as silent:  # accepts connections (the kernel does), answers nothing
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=f"at 127.0.0.1:{port}"):
+            Store(f"postgresql+psycopg://tci@127.0.0.1:{port}/tci", connect_timeout=2)
+        waited = time.monotonic() - started
+    assert 1.5 <= waited < 20, waited
