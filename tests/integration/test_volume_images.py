@@ -250,3 +250,17 @@ def test_an_existing_image_is_refused_and_left_alone(images: VolumeImages) -> No
         assert not os.path.ismount(root / "vol")
     finally:
         shutil.rmtree(root)
+
+
+def test_a_new_volume_holds_nothing_of_an_ended_one(images: VolumeImages, new_volume) -> None:
+    """Images are new sparse files with only the template's blocks: whatever the loop device
+    or the host's disk held before, none of it is in the next session's image."""
+    secret = os.urandom(16).hex().encode()
+    first = new_volume()
+    as_user(f"import os\nf = open('{first}/work/s', 'wb'); f.write({secret!r} * 4096)\n"
+            "f.flush(); os.fsync(f.fileno()); print('{}')")
+    assert secret in (first.parent / IMAGE_NAME).read_bytes()  # control: it reached an image
+    images.destroy(first.parent)
+    second = new_volume()
+    assert secret not in (second.parent / IMAGE_NAME).read_bytes()
+    assert os.listdir(second / "work") == []

@@ -53,8 +53,8 @@ MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_NOATIME, MS_NOSYMFOLLOW = 2, 4, 32,
 MNT_DETACH, UMOUNT_NOFOLLOW = 2, 8
 MOUNT_FLAGS = MS_NOSUID | MS_NODEV | MS_NOATIME
 # The image is sparse, so its inode tables already read as zeros: without noinit_itable the
-# kernel's ext4lazyinit thread would write zeros over them anyway, ~5 MB per 20,000 inodes,
-# after every mount (volume.py's volumes pay that in the background).
+# kernel's ext4lazyinit thread zeroes them in the background after each mount anyway, writing
+# up to ~5 MB per 20,000 inodes into the image.
 MOUNT_OPTIONS = "noinit_itable"
 # No journal (the volume dies with its session), no blocks reserved for root, no reserved GDT
 # blocks for online growth (never grown): what is left to copy per session is ~80 KB.
