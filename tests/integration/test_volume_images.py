@@ -19,7 +19,7 @@ import pytest
 from tci.errors import SandboxUnavailable
 from tci.sandbox import volume
 from tci.sandbox.volume import IMAGE_NAME, ST_NOSYMFOLLOW
-from tci.sandbox.volume_images import VolumeImages
+from tci.sandbox.volume_images import Template, VolumeImages
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/loop-control"),
@@ -264,3 +264,26 @@ def test_a_new_volume_holds_nothing_of_an_ended_one(images: VolumeImages, new_vo
     second = new_volume()
     assert secret not in (second.parent / IMAGE_NAME).read_bytes()
     assert os.listdir(second / "work") == []
+
+
+def test_a_template_read_from_an_image_without_holes_keeps_only_written_blocks(
+        images: VolumeImages, tmp_path: Path) -> None:
+    """A filesystem that reports no holes must not put the whole image in memory."""
+    sparse = images.template(MAX_BYTES, MAX_FILES)
+    dense = tmp_path / "dense.img"
+    fd = os.open(dense, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        sparse.write(fd)
+        content = os.pread(fd, sparse.size, 0)
+        os.pwrite(fd, content, 0)  # every block now written, zeros included
+        os.fsync(fd)
+        assert os.fstat(fd).st_blocks * 512 >= sparse.size
+        read = Template.read(fd)
+    finally:
+        os.close(fd)
+    assert read.size == sparse.size
+    assert sum(len(data) for _, data in read.extents) <= sum(len(d) for _, d in sparse.extents)
+    rebuilt = bytearray(sparse.size)
+    for offset, data in read.extents:
+        rebuilt[offset:offset + len(data)] = data
+    assert bytes(rebuilt) == content

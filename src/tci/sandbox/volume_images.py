@@ -60,6 +60,8 @@ MOUNT_OPTIONS = "noinit_itable"
 # blocks for online growth (never grown): what is left to copy per session is ~80 KB.
 MKFS_FEATURES = "^has_journal,^resize_inode"
 ATTACH_ATTEMPTS = 16  # another process may take the free device between our two ioctls
+BLOCK = 4096
+READ_CHUNK = 1 << 20
 
 
 class _LoopInfo64(ctypes.Structure):
@@ -106,6 +108,22 @@ def umount(target: Path, flags: int = 0) -> None:
         raise OSError(code, os.strerror(code), str(target))
 
 
+def _nonzero_runs(offset: int, data: bytes) -> list[tuple[int, bytes]]:
+    """(offset, bytes) of the runs of blocks of `data` that hold something other than zeros."""
+    runs: list[tuple[int, bytes]] = []
+    zero = bytes(BLOCK)
+    run_start = None
+    for position in range(0, len(data) + BLOCK, BLOCK):
+        block = data[position:position + BLOCK]
+        if block and block != zero[:len(block)]:
+            if run_start is None:
+                run_start = position
+        elif run_start is not None:
+            runs.append((offset + run_start, data[run_start:position]))
+            run_start = None
+    return runs
+
+
 @dataclass(frozen=True)
 class Template:
     """A formatted image, as its size and the blocks mkfs wrote (the rest is a hole)."""
@@ -115,6 +133,8 @@ class Template:
 
     @classmethod
     def read(cls, fd: int) -> Template:
+        """Keeps the blocks that are not all zeros: a filesystem that reports no holes (some
+        network ones) then costs one read of the image here, not a full image in memory."""
         size, offset, extents = os.fstat(fd).st_size, 0, []
         while offset < size:
             try:
@@ -124,7 +144,9 @@ class Template:
                     raise
                 break
             offset = os.lseek(fd, start, os.SEEK_HOLE)
-            extents.append((start, os.pread(fd, offset - start, start)))
+            for chunk in range(start, offset, READ_CHUNK):
+                data = os.pread(fd, min(READ_CHUNK, offset - chunk), chunk)
+                extents.extend(_nonzero_runs(chunk, data))
         return cls(size, tuple(extents))
 
     def write(self, fd: int) -> None:
