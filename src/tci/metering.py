@@ -11,7 +11,6 @@ and each execution in the one it started, so the totals are exactly the series' 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,8 +21,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from tci.errors import Unprocessable
 from tci.hosts.base import EndKind, EndReason
-
-log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = timedelta(days=30)
 OUTCOMES = ("ok", "error", "timeout", "died")
