@@ -26,7 +26,8 @@ bench: setup
 
 setup: system venv runtime
 
-# Debian packages the sandbox needs, installed only where missing.
+# Debian packages the sandbox needs, installed only where missing (PostgreSQL: for the tests of
+# TCI_DATABASE_URL, which start their own server from its binaries; tests/pg.py).
 system:
 	@missing=""; \
 	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
@@ -36,6 +37,7 @@ system:
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v nft >/dev/null || missing="$$missing nftables"; \
 	ldconfig -p | grep -q libseccomp.so.2 || missing="$$missing libseccomp2"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -5,8 +5,9 @@ PostgreSQL refuses to run as root, so when the tests are root the server runs as
 system user that Debian's package creates; its temp dir (under /tmp, not pytest's 0700 root
 dir, which that user could not traverse) is owned by that user.
 
-Use: `from tests.pg import postgres, postgres_url  # noqa: F401` in a test module, then take
-`postgres_url` (a fresh, empty database per test) or `postgres` (the server, to stop and start).
+Use: `pytest_plugins = ("tests.pg",)` in a test module (never import it: pytest must load it
+first, as a plugin), then take `postgres_url` (a fresh, empty database per test on a server
+shared by the session) or `own_postgres` (a server of the test's own, to stop and start).
 """
 
 from __future__ import annotations
@@ -135,3 +136,14 @@ def postgres() -> Iterator[Postgres]:
 @pytest.fixture
 def postgres_url(postgres: Postgres) -> str:
     return postgres.create_database()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[Postgres]:
+    server = Postgres()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.destroy()

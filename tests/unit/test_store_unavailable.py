@@ -7,26 +7,14 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tci.errors import StoreUnavailable
 from tci.storage.store import Store
-from tests.pg import Postgres
 
-
-@pytest.fixture
-def own_postgres() -> Iterator[Postgres]:
-    """A server of this test's own, which it stops and starts."""
-    server = Postgres()
-    try:
-        server.init()
-        server.start()
-        yield server
-    finally:
-        server.destroy()
+pytest_plugins = ("tests.pg",)  # its fixture own_postgres: a server this test stops and starts
 
 
 def test_calls_fail_cleanly_while_postgres_is_down_and_work_after(own_postgres):

@@ -1,0 +1,88 @@
+"""A real `tci serve` on a real PostgreSQL (TCI_DATABASE_URL, tests/pg.py): keys made by the
+CLI, sessions, executions and usage all live there; when the database goes away requests
+answer 503 naming it, and once it is back they work again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from tests.conftest import Server, cli, make_server, stdout_of
+
+pytest_plugins = ("tests.pg",)  # its fixtures: postgres_url, own_postgres
+
+
+def usage_of(server: Server, key: str) -> dict:
+    with server.client(key) as client:
+        response = client.get("/v1/tci/usage")
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def rows(url: str, sql: str) -> list[tuple]:
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as db:
+        return db.execute(sql).fetchall()
+
+
+@pytest.fixture
+def pg_server(tmp_path, postgres_url) -> Iterator[Server]:
+    server = make_server(tmp_path, database_url=postgres_url)
+    yield server
+    server.stop()
+
+
+def test_keys_sessions_executions_and_usage_live_in_postgres(pg_server, postgres_url):
+    server = pg_server
+    key = server.new_key("alice")  # `tci keys create` against PostgreSQL
+    first = server.execute("x = 20", key=key).json()["data"]["session_id"]
+    assert stdout_of(server.execute("print(x + 1)", first, key=key).json()["data"]) == "21\n"
+    server.execute("1 / 0", key=key)  # a second session
+    used = usage_of(server, key)
+    assert (used["sessions"], used["executions"]) == (2, 3)
+
+    # The records are in PostgreSQL, and no SQLite file was made.
+    assert not list(server.data_dir.glob("tci.db*"))
+    assert rows(postgres_url, "SELECT name FROM api_keys ORDER BY id") == [("test",), ("alice",)]
+    assert rows(postgres_url, f"SELECT count(*) FROM sessions WHERE id = '{first}'") == [(1,)]
+
+    listed = cli(server.data_dir, "keys", "list", env=server.env)
+    assert listed.returncode == 0 and "alice" in listed.stdout, listed.stderr
+    assert cli(server.data_dir, "keys", "revoke", "alice", env=server.env).returncode == 0
+    by_key = cli(server.data_dir, "usage", env=server.env)
+    assert by_key.returncode == 0, by_key.stderr
+    assert {line.split()[0]: line.split()[1:3] for line in by_key.stdout.splitlines()[2:]}[
+        "alice"] == ["2", "3"]
+
+
+def test_requests_answer_503_while_the_database_is_down(tmp_path, own_postgres):
+    database = own_postgres
+    url = database.create_database()
+    server = make_server(tmp_path, database_url=url, auth_cache_seconds="600")
+    try:
+        session = server.run("x = 1")["session_id"]
+        database.stop()
+
+        with server.client() as client:
+            down = client.get("/v1/tci/usage")  # a known key: the usage query fails
+        with server.client("tci_" + "B" * 43) as client:
+            unknown = client.get("/v1/tci/sessions")  # a key to look up: the look-up fails
+        for response in (down, unknown):
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "1"
+            message = response.json()["errors"][0]
+            assert f"postgresql database 't0' at 127.0.0.1:{database.port}" in message
+            assert "unavailable" in message
+        made = cli(server.data_dir, "keys", "create", "--name", "during", env=server.env)
+        assert made.returncode == 1 and "is unavailable" in made.stderr, made.stderr
+        assert "Traceback" not in made.stderr
+
+        database.start()
+        assert stdout_of(server.run("print(x + 1)", session)) == "2\n"
+        assert usage_of(server, server.key)["sessions"] == 1
+        later = server.new_key("after")
+        assert server.execute("1", key=later).status_code == 200
+        assert rows(url, "SELECT name FROM api_keys ORDER BY id") == [("test",), ("after",)]
+    finally:
+        server.stop()
