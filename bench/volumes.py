@@ -89,6 +89,28 @@ def table(backends: list[Backend]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def plot(backends: list[Backend], path: Path) -> None:
+    """Distribution of each backend's wall time per volume (create, remount, destroy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(8, 5))
+    for backend in backends:
+        series = backend.series["total wall"]
+        xs = sorted(value * 1e3 for value in series.samples)
+        axis.step(xs, [(i + 1) / len(xs) for i in range(len(xs))], where="post",
+                  label=f"{backend.name} (p50 {fmt_seconds(series.p50)})")
+    axis.set_xscale("log")
+    axis.set_xlabel("milliseconds per session volume: create + nosymfollow + destroy (log)")
+    axis.set_ylabel("fraction of samples at or below")
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.volumes", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="threads of the sustained run (default 2)")
     parser.add_argument("--seconds", type=float, default=5.0,
                         help="length of each backend's sustained run (default 5)")
+    parser.add_argument("--plot", type=Path, default=None, help="write a PNG plot there")
     args = parser.parse_args(argv)
     settings = Settings()
     max_bytes, max_files = settings.workspace_max_bytes, settings.workspace_max_files
@@ -131,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     for backend in backends:
         print(f"  {backend.name}: {rates[backend.name]:.0f} volumes/s "
               f"(median CPU {fmt_seconds(backend.series['total CPU'].p50)} per volume)")
+    if args.plot is not None:
+        plot(backends, args.plot)
+        print(f"\nplot: {args.plot}")
 
 
 if __name__ == "__main__":
