@@ -23,7 +23,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import URL, create_engine, event, func, literal_column, make_url, select, update
+from sqlalchemy import (
+    URL,
+    create_engine,
+    event,
+    func,
+    insert,
+    literal_column,
+    make_url,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -180,18 +190,28 @@ class Store:
             db.add(SessionRecord(id=session_id, key_id=key_id, started_at=started,
                                  expires_at=expires, execute_count=0, host=host))
 
-    def record_executions(self, rows: list[ExecutionRow]) -> None:
-        """Many executions in one transaction; each session's counters set to its latest."""
-        latest: dict[str, ExecutionRow] = {}
+    def record_executions(self, rows: list[ExecutionRow]) -> int:
+        """Many executions in one transaction; each session's counters set to its latest.
+        Rows of sessions the database lacks (their record was lost while it was unreachable)
+        are left out, so that they cannot fail every other session's rows with them; returns
+        how many were left out."""
         with self._write() as db:
-            for row in rows:
-                db.add(ExecutionRecord(session_id=row.session_id, started_at=row.started_at,
-                                       duration_seconds=row.duration_seconds,
-                                       outcome=row.outcome))
-                latest[row.session_id] = row
-            for row in latest.values():
-                db.execute(update(SessionRecord).where(SessionRecord.id == row.session_id).values(
-                    execute_count=row.execute_count, last_execute_at=row.started_at))
+            known = set(db.scalars(select(SessionRecord.id).where(
+                SessionRecord.id.in_({row.session_id for row in rows}))))
+            kept = [row for row in rows if row.session_id in known]
+            if kept:  # executemany, in bulk: one round trip each on PostgreSQL (pipelined)
+                db.execute(insert(ExecutionRecord), [
+                    {"session_id": row.session_id, "started_at": row.started_at,
+                     "duration_seconds": row.duration_seconds, "outcome": row.outcome}
+                    for row in kept])
+                latest = {row.session_id: row for row in kept}
+                db.execute(update(SessionRecord), [
+                    {"id": row.session_id, "execute_count": row.execute_count,
+                     "last_execute_at": row.started_at} for row in latest.values()])
+        left_out = len(rows) - len(kept)
+        if left_out:
+            log.warning("%d executions of sessions without a record were not stored", left_out)
+        return left_out
 
     def end_session(self, session_id: str, reason: str,
                     cpu_seconds: float | None = None) -> None:
@@ -401,8 +421,8 @@ class AsyncStore:
     async def find_ended(self, session_id: str) -> EndedSession | None:
         return await self._call(self._store.find_ended, session_id)
 
-    async def record_executions(self, rows: list[ExecutionRow]) -> None:
-        await self._call(self._store.record_executions, rows)
+    async def record_executions(self, rows: list[ExecutionRow]) -> int:
+        return await self._call(self._store.record_executions, rows)
 
     async def usage(self, since: datetime, until: datetime,
                     key_id: int | None = None) -> dict[int, UsageRow]:
