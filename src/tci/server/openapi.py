@@ -19,8 +19,8 @@ _ERRORS = {
     413: "A body, code, file or request over its limit (the message names the setting)",
     422: "The body or a query parameter is invalid (e.g. a usage window too large)",
     429: "The server, or this key, runs its maximum of sessions; see Retry-After",
-    503: "No new session now (e.g. the sandbox disk is nearly full), or too many unknown keys "
-         "being checked (see Retry-After); the message says which",
+    503: "No new session now (e.g. the sandbox disk is nearly full), too many unknown keys "
+         "being checked, or the database unreachable (see Retry-After); the message says which",
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text} for status, text in _ERRORS.items()
