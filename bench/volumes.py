@@ -1,10 +1,11 @@
 """`python -m bench.volumes`: a session volume's cost, volume.py (mkfs, mount, umount run per
 session) against volume_images.py (one template, system calls only), in the same run.
 
-Samples alternate between the two so that both see the same machine. Each sample is what a
-session pays: create (with the default limits), the nosymfollow remount, destroy. CPU is this
-process's and its children's (the programs volume.py runs); kernel threads (loop workers) are
-not in it. Needs root (loop devices, mount).
+Samples alternate between the two (with --separate: one backend's, then the other's). Each
+sample is what a session pays: create (with the default limits), the nosymfollow remount,
+destroy. CPU is this process's and its children's (the programs volume.py runs); kernel
+threads (loop workers) are not in it. Then each backend runs flat out in a few threads.
+Needs root (loop devices, mount).
 """
 
 from __future__ import annotations
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="threads of the sustained run (default 2)")
     parser.add_argument("--seconds", type=float, default=5.0,
                         help="length of each backend's sustained run (default 5)")
+    parser.add_argument("--separate", action="store_true",
+                        help="all samples of one backend, then the other's (default: alternate; "
+                             "volume.py's background writes then also land in the other's)")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG plot there")
     args = parser.parse_args(argv)
     settings = Settings()
@@ -136,16 +140,22 @@ def main(argv: list[str] | None = None) -> None:
                 images.forbid_symlinks, images.destroy),
     ]
     try:
-        for index in range(args.samples):
+        if args.separate:
             for backend in backends:
-                backend.sample(work / f"ses_{backend.name}_{index}")
+                for index in range(args.samples):
+                    backend.sample(work / f"ses_{backend.name}_{index}")
+        else:
+            for index in range(args.samples):
+                for backend in backends:
+                    backend.sample(work / f"ses_{backend.name}_{index}")
         rates = {backend.name: sustained(backend, work, args.threads, args.seconds)
                  for backend in backends}
     finally:
         images.close()
         shutil.rmtree(work, ignore_errors=True)
+    order = "one backend after the other" if args.separate else "alternating"
     print(f"Session volume of {max_bytes >> 20} MiB / {max_files} files, {args.samples} samples "
-          f"per backend, alternating; {os.cpu_count()} CPUs, Linux {os.uname().release}.")
+          f"per backend, {order}; {os.cpu_count()} CPUs, Linux {os.uname().release}.")
     print(f"volume_images.py prepare (mkfs of the template, once): "
           f"{fmt_seconds(prepare_seconds)}\n")
     print(table(backends))
