@@ -277,6 +277,10 @@ class VolumeImages:
                 os.close(device_fd)
                 if exc.errno == errno.EBUSY:  # taken by someone else since GET_FREE: again
                     continue
+                if exc.errno in (errno.EINVAL, errno.ENOTTY):
+                    raise SandboxUnavailable(
+                        f"could not attach a loop device ({exc.strerror}): session volumes need "
+                        f"LOOP_CONFIGURE (Linux 5.8+), this is {os.uname().release}") from exc
                 raise
             return device, device_fd
         raise OSError(errno.EBUSY, "every free loop device was taken before it could be used")
