@@ -19,7 +19,7 @@ from tci.storage.store import Store
 
 
 def _store(settings: Settings) -> Store:
-    return Store(settings.database_url, settings.database_connect_timeout_seconds)
+    return Store(settings.database_url, settings.database_timeout_seconds)
 
 
 def hold_data_dir(settings: Settings) -> IO[str]:

@@ -143,8 +143,9 @@ class Settings(BaseSettings):
     # postgresql+psycopg://user@127.0.0.1:5432/tci (the schema is migrated when a server or a
     # `tci` command opens it). Unset: the SQLite file <TCI_DATA_DIR>/tci.db.
     database_url: str = ""
-    # Seconds to wait for a connection to a database server; past it the request gets 503.
-    database_connect_timeout_seconds: float = 5.0
+    # Seconds a call waits for the database (PostgreSQL: to connect; SQLite: for another
+    # writer's lock) before it gives up and the request gets 503.
+    database_timeout_seconds: float = 5.0
 
     @model_validator(mode="after")
     def _default_database_url(self) -> Settings:

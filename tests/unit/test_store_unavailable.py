@@ -1,11 +1,12 @@
 """A database that cannot be reached: every store call fails with StoreUnavailable (503),
 naming the database, and changes nothing; once the database is back the same store works
-again. A server that accepts connections but never answers costs at most the connect
-timeout (TCI_DATABASE_CONNECT_TIMEOUT_SECONDS)."""
+again. Waiting for it costs at most TCI_DATABASE_TIMEOUT_SECONDS: a PostgreSQL server that
+accepts connections but never answers, an SQLite file another writer holds locked."""
 
 from __future__ import annotations
 
 import socket
+import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -48,6 +49,21 @@ def test_a_server_that_never_answers_costs_the_connect_timeout():
         port = silent.getsockname()[1]
         started = time.monotonic()
         with pytest.raises(StoreUnavailable, match=f"at 127.0.0.1:{port}"):
-            Store(f"postgresql+psycopg://tci@127.0.0.1:{port}/tci", connect_timeout=2)
+            Store(f"postgresql+psycopg://tci@127.0.0.1:{port}/tci", timeout=2)
         waited = time.monotonic() - started
     assert 1.5 <= waited < 20, waited
+
+
+def test_an_sqlite_file_locked_by_another_writer_costs_the_timeout(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'tci.db'}", timeout=1)
+    other = sqlite3.connect(tmp_path / "tci.db", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=r"SQLite database tci.db is unavailable "
+                                                r"\(database is locked\)"):
+        store.create_key("blocked")
+    assert 0.9 <= time.monotonic() - started < 10
+    other.execute("ROLLBACK")
+    other.close()
+    store.create_key("after")
+    assert [k.name for k in store.list_keys()] == ["after"]

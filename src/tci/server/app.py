@@ -23,7 +23,7 @@ from tci.storage.store import AsyncStore, Store
 
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     async_store = AsyncStore(store or Store(settings.database_url,
-                                            settings.database_connect_timeout_seconds))
+                                            settings.database_timeout_seconds))
     manager = SessionManager(settings, async_store, LocalHost(settings))
 
     @asynccontextmanager

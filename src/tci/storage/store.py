@@ -53,7 +53,7 @@ KEY_PATTERN = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]{43}")
 # their bucket's start, so GROUP BY yields one row per bucket instead of one per record.
 _SQLITE_BUCKET_FORMAT = {"hour": "%Y-%m-%d %H:00:00", "day": "%Y-%m-%d 00:00:00"}
 # SQLite's primary result codes that mean the file cannot be used now (busy or locked past
-# busy_timeout, read-only, I/O error, disk full, cannot open); its other OperationalErrors
+# the timeout, read-only, I/O error, disk full, cannot open); its other OperationalErrors
 # (no such table, syntax) are faults of the code, not of the database's availability.
 _SQLITE_UNAVAILABLE = {5, 6, 7, 8, 10, 13, 14}
 
@@ -103,15 +103,15 @@ def _key_info(row: ApiKey) -> KeyInfo:
 
 
 class Store:
-    """`connect_timeout`: seconds to wait for a connection to a database server (SQLite has
-    none) before the call fails with StoreUnavailable."""
+    """`timeout`: seconds a call waits for the database (PostgreSQL: to connect; SQLite: for
+    another writer's lock) before it fails with StoreUnavailable."""
 
-    def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
         parsed = make_url(url)
         self.description = describe(parsed)
         if parsed.get_backend_name() == "sqlite" and parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(parsed, **_engine_options(parsed, connect_timeout))
+        self.engine = create_engine(parsed, **_engine_options(parsed, timeout))
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -356,15 +356,15 @@ def describe(url: URL) -> str:
     return f"{backend} database {url.database or ''!r} at {where}"
 
 
-def _engine_options(url: URL, connect_timeout: float) -> dict[str, Any]:
+def _engine_options(url: URL, timeout: float) -> dict[str, Any]:
     if url.get_backend_name() == "sqlite":
-        return {}
+        return {"connect_args": {"timeout": timeout}}  # sqlite3's wait for a busy database
     # pre_ping: a connection that died with the server (a restart) is replaced before use
     # instead of failing the first call after the database came back.
     options: dict[str, Any] = {"pool_pre_ping": True}
     if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
         # libpq counts whole seconds, at least 2.
-        options["connect_args"] = {"connect_timeout": max(2, math.ceil(connect_timeout))}
+        options["connect_args"] = {"connect_timeout": max(2, math.ceil(timeout))}
     return options
 
 
@@ -372,7 +372,6 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
