@@ -22,3 +22,43 @@ def pid_ns(pid: int) -> str | None:
         return os.readlink(f"/proc/{pid}/ns/pid")
     except OSError:
         return None
+
+
+def in_session(pid: int, session_id: str) -> bool:
+    """Whether `pid` is in the session's cgroup: every process of a sandbox is, from its outer
+    process on, whichever way it was started (bubblewrap or a fork of the template)."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.rstrip("/").endswith(f"/{session_id}") for line in lines)
+
+
+def session_processes(session_id: str) -> tuple[set[int], set[str]]:
+    """The session's outer processes (in the host's pid namespace) and the pid namespace(s)
+    of everything inside its sandbox."""
+    host_ns = os.readlink("/proc/self/ns/pid")
+    members = [pid for pid in all_pids() if in_session(pid, session_id)]
+    outer = {pid for pid in members if pid_ns(pid) == host_ns}
+    namespaces = {pid_ns(pid) for pid in members} - {host_ns, None}
+    return outer, {ns for ns in namespaces if ns is not None}
+
+
+def sandbox_worker(session_id: str) -> int:
+    """The worker's host pid: the first child of the sandbox's pid 1."""
+    _, namespaces = session_processes(session_id)
+    inits = [pid for pid in all_pids() if pid_ns(pid) in namespaces and _nspid(pid) == "1"]
+    assert len(inits) == 1, (session_id, inits)
+    children = Path(f"/proc/{inits[0]}/task/{inits[0]}/children").read_text().split()
+    assert children, f"no worker found on the host for {session_id}"
+    return min(int(pid) for pid in children)
+
+
+def _nspid(pid: int) -> str | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return line.split()[-1]
+    except OSError:
+        pass
+    return None

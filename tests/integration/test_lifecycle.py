@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import make_server, outputs_of, stdout_of, wait_for
-from tests.host import all_pids, cmdline, pid_ns
+from tests.host import all_pids, cmdline, in_session, pid_ns, session_processes
 
 
 def workspace_of(session_id: str) -> Path:
@@ -45,11 +45,8 @@ class Footprint:
         workspace = workspace_of(session_id)
         self.uid = workspace.stat().st_uid
         self.directory = workspace.parent.parent  # <session>/vol/work -> <session>
-        self.marker = str(workspace)
-        host_ns = os.readlink("/proc/self/ns/pid")
-        bwraps = [pid for pid in all_pids() if self.marker in cmdline(pid)]
-        self.outer = {pid for pid in bwraps if pid_ns(pid) == host_ns}
-        self.namespaces = {pid_ns(pid) for pid in bwraps} - {host_ns, None}
+        self.session_id = session_id
+        self.outer, self.namespaces = session_processes(session_id)
         assert self.outer and self.namespaces, f"no sandbox process found for {session_id}"
         # slirp4netns ... --netns-type=path /proc/self/fd/N tap0: its fd N is the sandbox's netns
         netns = {os.readlink(f"/proc/{pid}/ns/net") for pid in self.outer}
@@ -67,7 +64,8 @@ class Footprint:
         """The processes of the sandbox itself still running (bubblewrap, the worker...)."""
         return [
             pid for pid in all_pids()
-            if pid_ns(pid) in self.namespaces or (pid in self.outer and self.marker in cmdline(pid))
+            if pid_ns(pid) in self.namespaces
+            or (pid in self.outer and in_session(pid, self.session_id))
         ]
 
     def helper_processes(self) -> list[int]:

@@ -15,7 +15,6 @@ import contextlib
 import glob
 import hashlib
 import json
-import os
 import threading
 import time
 import uuid
@@ -26,7 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server, make_server, outputs_of, stdout_of, wait_for
-from tests.host import all_pids, cmdline, pid_ns
+from tests.host import all_pids, in_session, pid_ns, session_processes
 
 MiB = 1 << 20
 LIVENESS_SECONDS = 5.0
@@ -251,7 +250,7 @@ def ids_of(pid: int, field: str = "Uid") -> list[int]:
 class HostView:
     """A session as the host sees it: its host uid, directory and processes. Its processes are
     those in its pid namespace (told apart from other servers' sessions, which reuse uids),
-    plus bubblewrap's outer process."""
+    plus its outer process (bubblewrap's, or the template's fork)."""
 
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
@@ -259,18 +258,13 @@ class HostView:
         self.workspace = self.directory / "vol" / "work"
         self.uid = self.workspace.stat().st_uid
         assert self.uid >= 200_000, self.uid
-        marker = str(self.workspace)
-        host_ns = os.readlink("/proc/self/ns/pid")
-        bwraps = [pid for pid in all_pids() if marker in cmdline(pid)]
-        self.outer = {pid for pid in bwraps if pid_ns(pid) == host_ns}
-        self.namespaces = {pid_ns(pid) for pid in bwraps} - {host_ns, None}
+        self.outer, self.namespaces = session_processes(session_id)
         assert self.outer and len(self.namespaces) == 1, (self.outer, self.namespaces)
-        self.marker = marker
 
     def processes(self) -> list[int]:
         return [pid for pid in all_pids()
                 if pid_ns(pid) in self.namespaces
-                or (pid in self.outer and self.marker in cmdline(pid))]
+                or (pid in self.outer and in_session(pid, self.session_id))]
 
     def inner_processes(self) -> list[int]:
         """Processes inside the sandbox's pid namespace (bwrap's pid 1, the worker, ...)."""

@@ -187,6 +187,7 @@ class LocalHost(SessionHost):
 
     async def start(self) -> None:
         self.launcher.prepare()
+        await self.launcher.warm_up()
         self.pool.start()
 
     async def stop(self) -> None:

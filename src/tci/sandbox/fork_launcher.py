@@ -16,12 +16,10 @@ import json
 import logging
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 from tci.config import Settings
 from tci.errors import SandboxUnavailable
-from tci.sandbox import runtime_mounts, volume
 from tci.sandbox.bwrap import (
     DEBIAN_DIST_PACKAGES,
     ETC_RO,
@@ -44,6 +42,7 @@ from tci.sandbox.launcher import (
 )
 from tci.sandbox.pidfd import ProcessHandle
 from tci.sandbox.seccomp import build_filter
+from tci.worker import linux
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +65,6 @@ def rlimits_of(options: list[str]) -> dict[str, tuple[int, int]]:
     return limits
 
 
-def _mount(*argv: str) -> None:
-    result = subprocess.run(["mount", *argv], capture_output=True, text=True, timeout=60)
-    if result.returncode != 0:
-        raise SandboxUnavailable(f"mount {' '.join(argv)} failed: {result.stderr.strip()}")
-
-
 class ForkLauncher(SandboxLauncher):
     kind = "the fork template"
 
@@ -81,24 +74,10 @@ class ForkLauncher(SandboxLauncher):
         self._cgroup_parents: list[Path] = []
         self._rlimits = rlimits_of(prlimit_options(settings.open_files_limit))
 
-    def _prepare_root(self) -> None:
-        # Volumes are mounted under the sandbox directory after the template has made its
-        # mount namespace: a shared mount here propagates them to the template's portal.
-        if not self._root_is_mounted():  # (os.path.ismount misses a bind on the same disk)
-            _mount("--bind", str(self.root), str(self.root))
-        _mount("--make-shared", str(self.root))
-
-    def _root_is_mounted(self) -> bool:
-        return os.path.realpath(self.root) in runtime_mounts.mount_points()
-
     def _release_root(self) -> None:
         if self.forks is not None:
             self.forks.close_now()
             self.forks = None
-        for _ in range(8):  # a killed server's binds may be stacked there too
-            if not self._root_is_mounted():
-                return
-            subprocess.run(["umount", "-l", str(self.root)], capture_output=True, timeout=60)
 
     def prepare(self) -> None:
         super().prepare()
@@ -111,7 +90,6 @@ class ForkLauncher(SandboxLauncher):
         settings = self.settings
         spec = {
             "root_dir": str(self.root / "template"),
-            "sandbox_dir": str(self.root),
             "etc_dir": str(self.root / "etc"),
             "etc_ro": list(ETC_RO),
             "symlinks": [list(pair) for pair in SYSTEM_SYMLINKS],
@@ -150,7 +128,6 @@ class ForkLauncher(SandboxLauncher):
                      ) -> tuple[SandboxProcess, ProcessHandle | None, int]:
         request = {
             "uid": uid,
-            "volume": f"{name}/{volume.MOUNT_NAME}",
             # (index of the hierarchy's parent in the template's list, the session's name)
             "cgroups": [[self._cgroup_parents.index(path.parent), path.name]
                         for path in cgroup.paths] if cgroup is not None else [],
@@ -160,16 +137,18 @@ class ForkLauncher(SandboxLauncher):
         }
         info_r, info_w = os.pipe2(os.O_CLOEXEC)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        sent = [info_w, status_w]
         try:
-            pid, pidfd = await self._fork_server().spawn(
-                request, [*channels, info_w, status_w])
+            # The volume travels as detached mounts: the template never sees any volume.
+            sent += [linux.open_tree_clone(str(workspace)), linux.open_tree_clone(str(home))]
+            pid, pidfd = await self._fork_server().spawn(request, [*channels, *sent])
         except BaseException:
             os.close(info_r)
             os.close(status_r)
             raise
         finally:
-            os.close(info_w)
-            os.close(status_w)
+            for fd in sent:
+                os.close(fd)
         process = ForkedProcess(pid, status_r)
         outer = ProcessHandle(pid, pidfd)
         try:

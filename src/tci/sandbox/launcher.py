@@ -278,6 +278,9 @@ class SandboxLauncher:
         self._release_root()
         shutil.rmtree(self.root, ignore_errors=True)
 
+    async def warm_up(self) -> None:
+        """Hook: start, ahead of the first session, whatever sessions start from."""
+
     def _prepare_root(self) -> None:
         """Hook: what a launcher needs of the sandbox directory before anything is in it."""
 

@@ -6,7 +6,7 @@ Three processes, as with bubblewrap:
          forks the init, drops to the session's uid, then waits: it ends the sandbox if the
          server's lifeline closes, and exits with the init's status otherwise;
   init   (pid 1 of the new pid namespace) mounts the session's view (its own /proc, /tmp,
-         /dev/shm, devpts, its volume) and drops the portal, drops to the session's uid, enters
+         /dev/shm, devpts, its volume as the server cloned it), drops to the session's uid, enters
          a user namespace mapping it to 1000 (where no further one may be made), clears every
          capability, sets no_new_privs, loads the seccomp filter, verifies all of that, forks
          the worker and reaps until the worker ends;
@@ -28,8 +28,8 @@ from . import linux
 EXIT_SETUP_FAILED = 121  # a step of the setup failed (the reason is on the info channel)
 EXIT_CONFINEMENT = 122  # the self-verification found the sandbox not as it must be
 SANDBOX_ID = 1000
+OUTER_NAME, INIT_NAME = "tci-outer", "tci-init"  # what ps shows for the two helpers
 NAMESPACES = ("mnt", "pid", "net", "ipc", "uts", "cgroup", "user")
-PORTAL = "/.portal"
 _SESSION_NAMESPACES = (linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC
                        | linux.CLONE_NEWPID | linux.CLONE_NEWCGROUP | linux.CLONE_NEWNET)
 _MOUNT_FLAGS = linux.MS_NOSUID | linux.MS_NODEV
@@ -53,7 +53,7 @@ def _report(fd: int, message: dict) -> None:
 def become_session(spec: dict, request: dict, fds: list[int], lifeline: int,
                    template_namespaces: dict[str, str], worker) -> None:
     """The outer process. Never returns."""
-    command, event, stdout, stderr, info, status = fds
+    command, event, stdout, stderr, info, status, work, home = fds
     try:
         _join_cgroups(spec["cgroup_fds"], request["cgroups"])
         linux.unshare(_SESSION_NAMESPACES)
@@ -64,7 +64,7 @@ def become_session(spec: dict, request: dict, fds: list[int], lifeline: int,
             try:
                 os.close(status)
                 _become_init(spec, request, (command, event, stdout, stderr), info,
-                             template_namespaces, worker)
+                             (work, home), template_namespaces, worker)
             except BaseException as exc:
                 import traceback
                 with contextlib.suppress(OSError):
@@ -76,7 +76,7 @@ def become_session(spec: dict, request: dict, fds: list[int], lifeline: int,
     except OSError as exc:
         _report(info, {"error": f"sandbox setup failed: {exc}"})
         os._exit(EXIT_SETUP_FAILED)
-    for fd in (command, event, stdout, stderr, info):
+    for fd in (command, event, stdout, stderr, info, work, home):
         os.close(fd)
     _wait_as_outer(init, lifeline, status, request["uid"])
 
@@ -101,6 +101,7 @@ def _wait_as_outer(init: int, lifeline: int, status: int, uid: int) -> None:
     """Until the init ends: then say how on the status pipe (the server is not our parent,
     so it cannot wait for us) and end the same way."""
     pidfd = os.pidfd_open(init)
+    linux.set_name(OUTER_NAME)
     _drop_to(uid)
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
     _close_all_but({lifeline, pidfd, status})
@@ -115,10 +116,12 @@ def _wait_as_outer(init: int, lifeline: int, status: int, uid: int) -> None:
 
 
 def _become_init(spec: dict, request: dict, channels: tuple[int, int, int, int], info: int,
-                 template_namespaces: dict[str, str], worker) -> None:
+                 volume: tuple[int, int], template_namespaces: dict[str, str],
+                 worker) -> None:
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    linux.set_name(INIT_NAME)
     os.setsid()  # no controlling terminal of the server's to reach (bwrap's --new-session)
-    _mount_session(request)
+    _mount_session(request, volume)
     linux.loopback_up()
     os.chdir("/workspace")
     _set_limits(request)
@@ -145,6 +148,7 @@ def _become_init(spec: dict, request: dict, channels: tuple[int, int, int, int],
     child = os.fork()
     if child == 0:
         try:
+            linux.set_name(os.path.basename(sys.executable))  # python3.11, as bwrap's worker
             _run_worker(spec, channels, worker)
         except BaseException:
             import traceback
@@ -162,7 +166,7 @@ def _become_init(spec: dict, request: dict, channels: tuple[int, int, int, int],
             os._exit(exit_code(status))
 
 
-def _mount_session(request: dict) -> None:
+def _mount_session(request: dict, volume: tuple[int, int]) -> None:
     linux.umount("/proc", linux.MNT_DETACH)  # the template's, of the host's pid namespace
     linux.mount("proc", "/proc", "proc", _MOUNT_FLAGS | linux.MS_NOEXEC)
     tmpfs = f"mode=1777,size={request['tmp_bytes']}"
@@ -171,11 +175,10 @@ def _mount_session(request: dict) -> None:
     linux.mount("tmpfs", "/dev/shm", "tmpfs", _MOUNT_FLAGS, tmpfs)
     linux.mount("devpts", "/dev/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
                 "newinstance,ptmxmode=0666,mode=620")
-    volume = f"{PORTAL}/{request['volume']}"
-    for source, target in (("work", "/workspace"), ("home", "/home/user")):
-        linux.mount(f"{volume}/{source}", target, None, linux.MS_BIND)
-        linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | _MOUNT_FLAGS)
-    linux.umount(PORTAL, linux.MNT_DETACH)  # every other session's volume goes with it
+    # The server's detached copies of this session's volume (nosuid, nodev as the original).
+    for tree, target in zip(volume, ("/workspace", "/home/user"), strict=True):
+        linux.attach_tree(tree, target)
+        os.close(tree)
 
 
 def _set_limits(request: dict) -> None:

@@ -30,6 +30,7 @@ MS_SLAVE = 0x80000
 MNT_DETACH = 0x2
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -40,6 +41,11 @@ SECCOMP_MODE_FILTER = 2
 
 _SYS_PIVOT_ROOT = 155  # x86_64
 _SYS_CAPSET = 126
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+OPEN_TREE_CLONE = 0x1
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 IFF_UP = 0x1
@@ -71,6 +77,21 @@ def umount(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(os.fsencode(target), ctypes.c_int(flags)), f"umount {target}")
 
 
+def open_tree_clone(path: str) -> int:
+    """A detached copy of the mount at `path` (a bind of that directory), as an fd that can
+    be attached in another mount namespace with attach_tree: how a session gets its volume
+    without the template ever seeing it."""
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE
+    return _check(_libc.syscall(_SYS_OPEN_TREE, -100, os.fsencode(path), ctypes.c_uint(flags)),
+                  f"open_tree {path}")
+
+
+def attach_tree(tree_fd: int, target: str) -> None:
+    result = _libc.syscall(_SYS_MOVE_MOUNT, tree_fd, b"", -100, os.fsencode(target),
+                           ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH))
+    _check(result, f"move_mount {target}")
+
+
 def pivot_root(new_root: str, put_old: str) -> None:
     result = _libc.syscall(_SYS_PIVOT_ROOT, os.fsencode(new_root), os.fsencode(put_old))
     _check(result, "pivot_root")
@@ -84,6 +105,13 @@ def sethostname(name: str) -> None:
 def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
     return _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
                               ctypes.c_ulong(0), ctypes.c_ulong(0)), f"prctl {option}")
+
+
+def set_name(name: str) -> None:
+    """The process name ps and /proc/<pid>/comm show (at most 15 bytes)."""
+    buffer = ctypes.create_string_buffer(name.encode()[:15])
+    _check(_libc.prctl(ctypes.c_int(PR_SET_NAME), buffer, ctypes.c_ulong(0), ctypes.c_ulong(0),
+                       ctypes.c_ulong(0)), "prctl PR_SET_NAME")
 
 
 def clear_capabilities() -> None:

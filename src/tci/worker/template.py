@@ -5,8 +5,8 @@ Started by the server as root with a clean environment (sandbox/forkserver.py):
 with a JSON spec on fd 0 and its channels at the fds the spec names. It then
 
 1. makes its own mount namespace and, in a tmpfs, exactly the filesystem sessions see (the
-   system and the runtime read-only, generated /etc, a minimal /dev), plus one "portal": the
-   server's sandbox directory, through which each child later finds its own volume;
+   system and the runtime read-only, generated /etc, a minimal /dev); no session volume is
+   ever in it (each child attaches the clone of its own that the server sends);
 2. pivots into it, so every module it imports has the paths the sandbox will have;
 3. imports IPython, the worker and TCI_POOL_PRELOAD, builds the worker's shell, runs a silent
    warm-up cell, and freezes its heap (gc.freeze), so children share it page for page;
@@ -31,7 +31,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import linux
 
 SANDBOX_ROOT_MODE = "mode=0755,size=8m"
-PORTAL = "/.portal"
 _MAX_MESSAGE = 1 << 16
 
 
@@ -54,9 +53,7 @@ def build_root(spec: dict) -> None:
     """Steps 1 and 2: this process ends up in the sandbox's view of the filesystem."""
     root = spec["root_dir"]
     linux.unshare(linux.CLONE_NEWNS)
-    # Slave: the host's new mounts (session volumes under the portal) still reach us;
-    # nothing we mount reaches the host.
-    linux.mount(None, "/", None, linux.MS_REC | linux.MS_SLAVE)
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)  # nothing leaks either way
     os.makedirs(root, mode=0o700, exist_ok=True)
     linux.mount("tmpfs", root, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, SANDBOX_ROOT_MODE)
     os.chmod(root, 0o755)
@@ -65,7 +62,7 @@ def build_root(spec: dict) -> None:
         return root + path
 
     for directory in ("/usr", "/etc", "/proc", "/dev", "/tmp", "/workspace", "/home/user",
-                      spec["worker_mount"], PORTAL, "/.oldroot"):
+                      spec["worker_mount"], "/.oldroot"):
         os.makedirs(at(directory), exist_ok=True)
     _bind("/usr", at("/usr"))
     for target, link in spec["symlinks"]:
@@ -80,9 +77,6 @@ def build_root(spec: dict) -> None:
     for source, target in spec["ro_binds"]:
         _bind(source, at(target))
     _make_dev(at("/dev"))
-    # The portal: the server's sandbox directory (a shared mount), not recursively.
-    linux.mount(spec["sandbox_dir"], at(PORTAL), None, linux.MS_BIND)
-    linux.mount(None, at(PORTAL), None, linux.MS_SLAVE)
     os.chdir(root)
     linux.pivot_root(".", ".oldroot")
     os.chdir("/")
