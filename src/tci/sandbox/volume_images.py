@@ -14,7 +14,7 @@ them in a thread; they are safe to call from several threads at once.
 
 Why not one shared filesystem with a project quota per session (the idea in issue 11): ext4
 mounts with quotas only on kernels built with CONFIG_QFMT_V2 and XFS only with
-CONFIG_XFS_QUOTA, and this project's own hosts (6.18) have neither; a per-session filesystem
+CONFIG_XFS_QUOTA, and the 6.18 kernel this was written on has neither; a per-session filesystem
 also keeps exact inode caps, no cross-session links by construction, and a removal whose cost
 does not grow with the files the untrusted code left behind (nothing is walked).
 
@@ -28,7 +28,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import functools
 import logging
 import os
 import subprocess
@@ -39,7 +38,8 @@ from pathlib import Path
 
 from tci.errors import SandboxUnavailable
 from tci.sandbox import volume
-from tci.sandbox.volume import IMAGE_NAME, MOUNT_NAME, ST_NOSYMFOLLOW, Usage
+from tci.sandbox.volume import IMAGE_NAME, MOUNT_NAME, Usage
+from tci.worker import linux
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,8 @@ LOOP_CONTROL = "/dev/loop-control"
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
 LO_FLAGS_AUTOCLEAR = 4  # the device detaches from the image when its last user (the mount) goes
-# <linux/mount.h>
-MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_NOATIME, MS_NOSYMFOLLOW = 2, 4, 32, 4096, 1024, 256
-MNT_DETACH, UMOUNT_NOFOLLOW = 2, 8
-MOUNT_FLAGS = MS_NOSUID | MS_NODEV | MS_NOATIME
+MS_NOATIME, UMOUNT_NOFOLLOW = 0x400, 0x8  # <linux/mount.h>, <sys/mount.h>
+MOUNT_FLAGS = linux.MS_NOSUID | linux.MS_NODEV | MS_NOATIME
 # noinit_itable: the image is sparse, so its inode tables already read as zeros; without it
 # the kernel's ext4lazyinit thread zeroes them in the background after each mount anyway,
 # writing up to ~5 MB per 20,000 inodes into the image.
@@ -82,33 +80,6 @@ class _LoopInfo64(ctypes.Structure):
 class _LoopConfig(ctypes.Structure):
     _fields_ = [("fd", ctypes.c_uint32), ("block_size", ctypes.c_uint32),
                 ("info", _LoopInfo64), ("reserved", ctypes.c_uint64 * 8)]
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                           ctypes.c_char_p]
-    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-    return libc
-
-
-def _encoded(value: str | Path | None) -> bytes | None:
-    return None if value is None else os.fsencode(value)
-
-
-def mount(source: str | Path | None, target: Path, fstype: str | None, flags: int,
-          options: str | None = None) -> None:
-    if _libc().mount(_encoded(source), _encoded(target), _encoded(fstype), flags,
-                     _encoded(options)) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), str(target))
-
-
-def umount(target: Path, flags: int = 0) -> None:
-    if _libc().umount2(_encoded(target), flags | UMOUNT_NOFOLLOW) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), str(target))
 
 
 def _nonzero_runs(offset: int, data: bytes) -> list[tuple[int, bytes]]:
@@ -210,7 +181,7 @@ class VolumeImages:
                 (mount_point / "lost+found").rmdir()
                 mount_point.chmod(0o711)  # the session's uid only passes through to its dirs
             finally:
-                umount(mount_point)
+                linux.umount(str(mount_point), UMOUNT_NOFOLLOW)
             fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 return Template.read(fd)
@@ -258,7 +229,7 @@ class VolumeImages:
             if own_fd:
                 os.close(image_fd)
         try:
-            mount(device, mount_point, "ext4", MOUNT_FLAGS, MOUNT_OPTIONS)
+            linux.mount(device, str(mount_point), "ext4", MOUNT_FLAGS, MOUNT_OPTIONS)
         finally:
             os.close(device_fd)  # mounted: the mount holds it; not: autoclear detaches it now
 
@@ -289,20 +260,8 @@ class VolumeImages:
     def usage(mount_point: Path) -> Usage:
         return volume.usage(mount_point)
 
-    @staticmethod
-    def forbid_symlinks(mount_point: Path) -> bool:
-        """volume.forbid_symlinks by one mount(2) instead of running mount(8). Same contract:
-        call it once the sandbox's namespace holds its own copy of the mount."""
-        if not volume.nosymfollow_supported():
-            return volume.forbid_symlinks(mount_point)  # warns once, returns False
-        try:
-            # A bind remount sets the mount's flags as given: keep nosuid,nodev,noatime.
-            mount(None, mount_point, None, MS_REMOUNT | MS_BIND | MOUNT_FLAGS | MS_NOSYMFOLLOW)
-        except OSError as exc:
-            _warn_once(f"could not remount session volumes nosymfollow ({exc.strerror}): they "
-                       "stay mounted on the host without it")
-            return False
-        return bool(os.statvfs(mount_point).f_flag & ST_NOSYMFOLLOW)
+    # Same contract as for volume.py's volumes: once the sandbox holds its own copy.
+    forbid_symlinks = staticmethod(volume.forbid_symlinks)
 
     @staticmethod
     def destroy(root: Path) -> None:
@@ -311,13 +270,13 @@ class VolumeImages:
         mount_point = root / MOUNT_NAME
         if os.path.ismount(mount_point):
             try:
-                umount(mount_point)
+                linux.umount(str(mount_point), UMOUNT_NOFOLLOW)
             except OSError as exc:
                 if exc.errno != errno.EBUSY:
                     log.warning("could not unmount %s: %s", mount_point, exc.strerror)
                 else:
                     with contextlib.suppress(OSError):
-                        umount(mount_point, MNT_DETACH)
+                        linux.umount(str(mount_point), UMOUNT_NOFOLLOW | linux.MNT_DETACH)
         (root / IMAGE_NAME).unlink(missing_ok=True)
 
 
@@ -327,8 +286,3 @@ def _run(*argv: str) -> None:
         raise SandboxUnavailable(
             f"could not format the session volume template ({argv[0]}): {result.stderr.strip()}"
         )
-
-
-@functools.cache
-def _warn_once(message: str) -> None:
-    log.warning(message)
