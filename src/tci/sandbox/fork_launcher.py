@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 from tci.config import Settings
@@ -72,6 +73,9 @@ class ForkLauncher(SandboxLauncher):
         super().__init__(settings)
         self.forks: ForkServer | None = None
         self._cgroup_parents: list[Path] = []
+        # CLOCK_MONOTONIC (shared by every process) when the last fork passed each step of its
+        # set-up, for the per-step profile of a creation (bench/).
+        self.last_steps: dict[str, float] = {}
         self._rlimits = rlimits_of(prlimit_options(settings.open_files_limit))
 
     def _release_root(self) -> None:
@@ -141,6 +145,7 @@ class ForkLauncher(SandboxLauncher):
         try:
             # The volume travels as detached mounts: the template never sees any volume.
             sent += [linux.open_tree_clone(str(workspace)), linux.open_tree_clone(str(home))]
+            sent_at = time.monotonic()
             pid, pidfd = await self._fork_server().spawn(request, [*channels, *sent])
         except BaseException:
             os.close(info_r)
@@ -156,9 +161,13 @@ class ForkLauncher(SandboxLauncher):
         finally:
             os.close(info_r)
         facts: dict = {}
+        steps: dict[str, float] = {}
         for line in lines:
             with contextlib.suppress(ValueError):
-                facts.update(json.loads(line))
+                fact = json.loads(line)
+                steps.update(fact.pop("steps", {}))
+                facts.update(fact)
+        self.last_steps = {"sent": sent_at, **steps, "reported": time.monotonic()}
         if "error" in facts or not facts.get("confined") or not facts.get("init"):
             outer.signal(signal.SIGKILL)
             with contextlib.suppress(TimeoutError):

@@ -36,6 +36,7 @@ from tci.sandbox.pidfd import ProcessHandle, children_of
 from tci.sandbox.runtime_mounts import RuntimePaths
 from tci.sandbox.seccomp import build_filter, open_filter_fd
 from tci.sandbox.uids import UidPool, check_range
+from tci.sandbox.volume_images import VolumeImages
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,8 @@ class SandboxLauncher:
         self.runtime_site = settings.runtime_dir / "site"
         self.runtime_bin = settings.runtime_dir / "site" / "bin"
         self.exposed: RuntimePaths | None = None  # where sandboxes bind them from (prepare)
+        self.volumes = VolumeImages(self.root, settings.workspace_max_bytes,
+                                    settings.workspace_max_files)
         self.egress_filter = (EgressFilter(settings.egress_refuse)
                               if settings.network == "egress" else None)
         self.cgroups: CgroupDriver | None = None
@@ -235,9 +238,10 @@ class SandboxLauncher:
         check_range(self.settings.sandbox_uid_base, self.settings.sandbox_uid_count)
         make_private_dir(self.root)  # refuses a path another local user could redirect
         for stale in self.root.glob("ses_*"):
-            volume.destroy(stale)
+            VolumeImages.destroy(stale)
             shutil.rmtree(stale, ignore_errors=True)
         self._prepare_root()
+        self.volumes.prepare()
         _write_etc(self.root / "etc")
         (self.root / "empty").mkdir(mode=0o555, exist_ok=True)
         if not (self.runtime_site / "IPython").is_dir():
@@ -275,6 +279,7 @@ class SandboxLauncher:
             log.warning("%s; %s is left in place", exc.message, self.root)
             return
         self.exposed = None
+        self.volumes.close()
         self._release_root()
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -300,7 +305,7 @@ class SandboxLauncher:
     def _make_dirs(self, name: str, uid: int) -> tuple[Path, Path, Path]:
         root = self.root / name
         root.mkdir(mode=0o711)
-        mounted = volume.create(
+        mounted = self.volumes.create(
             root, self.settings.workspace_max_bytes, self.settings.workspace_max_files
         )
         workspace, home = mounted / "work", mounted / "home"
@@ -454,6 +459,6 @@ class SandboxLauncher:
     def _remove_dirs(root: Path) -> bool:
         """True once the session's directory is gone (a volume that cannot be unmounted,
         even lazily, keeps it)."""
-        volume.destroy(root)
+        VolumeImages.destroy(root)
         shutil.rmtree(root, ignore_errors=True)
         return not os.path.lexists(root)

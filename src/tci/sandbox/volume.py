@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tci.errors import SandboxUnavailable
+from tci.worker import linux
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,18 @@ def forbid_symlinks(mount_point: Path) -> bool:
         _warn_once(f"Linux {os.uname().release} has no nosymfollow (5.10+): session volumes "
                    "are mounted on the host without it")
         return False
-    result = subprocess.run(["mount", "-o", "remount,bind,nosymfollow", str(mount_point)],
-                            capture_output=True, text=True, timeout=60)
-    if result.returncode == 0 and os.statvfs(mount_point).f_flag & ST_NOSYMFOLLOW:
-        return True
-    why = result.stderr.strip() or "mount(8) ignored the option"
+    # One mount(2) call, not an exec of mount(8): this is on every session's start path. A
+    # bind remount replaces the mount's flags, so the ones it was made with are repeated.
+    flags = (linux.MS_REMOUNT | linux.MS_BIND | linux.MS_NOSUID | linux.MS_NODEV
+             | linux.MS_NOATIME | linux.MS_NOSYMFOLLOW)
+    try:
+        linux.mount(None, str(mount_point), None, flags)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    else:
+        if os.statvfs(mount_point).f_flag & ST_NOSYMFOLLOW:
+            return True
+        why = "the kernel ignored the flag"
     _warn_once(f"could not remount session volumes nosymfollow ({why}): they stay mounted on "
                "the host without it")
     return False

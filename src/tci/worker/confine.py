@@ -22,6 +22,7 @@ import os
 import select
 import signal
 import sys
+import time
 
 from . import linux
 
@@ -54,11 +55,14 @@ def become_session(spec: dict, request: dict, fds: list[int], lifeline: int,
                    template_namespaces: dict[str, str], worker) -> None:
     """The outer process. Never returns."""
     command, event, stdout, stderr, info, status, work, home = fds
+    steps = {"asked": request["asked"], "fork": time.monotonic()}
     try:
         _join_cgroups(spec["cgroup_fds"], request["cgroups"])
+        steps["cgroup"] = time.monotonic()
         linux.unshare(_SESSION_NAMESPACES)
         linux.sethostname("sandbox")
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        steps["namespaces"] = time.monotonic()
         init = os.fork()
         if init == 0:
             try:
@@ -72,7 +76,7 @@ def become_session(spec: dict, request: dict, fds: list[int], lifeline: int,
                 with contextlib.suppress(OSError):
                     _report(info, {"error": f"sandbox setup failed: {exc}"})
             os._exit(EXIT_SETUP_FAILED)
-        _report(info, {"init": init})
+        _report(info, {"init": init, "steps": steps})
     except OSError as exc:
         _report(info, {"error": f"sandbox setup failed: {exc}"})
         os._exit(EXIT_SETUP_FAILED)
@@ -121,8 +125,11 @@ def _become_init(spec: dict, request: dict, channels: tuple[int, int, int, int],
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     linux.set_name(INIT_NAME)
     os.setsid()  # no controlling terminal of the server's to reach (bwrap's --new-session)
+    steps = {"init": time.monotonic()}
     _mount_session(request, volume)
+    steps["mounts"] = time.monotonic()
     linux.loopback_up()
+    steps["loopback"] = time.monotonic()
     os.chdir("/workspace")
     _set_limits(request)
     uid = request["uid"]
@@ -138,12 +145,15 @@ def _become_init(spec: dict, request: dict, channels: tuple[int, int, int, int],
     linux.write_file("/proc/sys/user/max_user_namespaces", "0")
     linux.clear_capabilities()
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    steps["identity"] = time.monotonic()
     linux.load_seccomp(bytes.fromhex(spec["seccomp"]))
+    steps["seccomp"] = time.monotonic()
     problems = confinement_problems(template_namespaces)
+    steps["verified"] = time.monotonic()
     if problems:
         _report(info, {"error": "sandbox confinement check failed: " + "; ".join(problems)})
         os._exit(EXIT_CONFINEMENT)
-    _report(info, {"confined": True})
+    _report(info, {"confined": True, "steps": steps})
     os.close(info)
     child = os.fork()
     if child == 0:

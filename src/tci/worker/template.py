@@ -26,6 +26,7 @@ import select
 import signal
 import socket
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import linux
@@ -193,6 +194,7 @@ class ForkServer:
         return True
 
     def _spawn(self, request: dict, fds: list[int]) -> int:
+        request["asked"] = time.monotonic()
         pid = os.fork()
         if pid == 0:
             try:
