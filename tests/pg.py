@@ -13,6 +13,7 @@ shared by the session) or `own_postgres` (a server of the test's own, to stop an
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
 import pwd
@@ -32,6 +33,14 @@ from tests.conftest import free_port
 SUPERUSER = "tci"
 # Test data need not survive a crash: no fsync makes initdb and every commit much cheaper.
 FAST_UNSAFE = ("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_the_tests() -> None:
+    """Runs in the server's process before exec (after its uid changed, which would clear
+    it): an immediate shutdown (SIGQUIT) when the test process dies, even killed, so no
+    server outlives the tests."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGQUIT)
 
 
 def postgres_bin_dir() -> Path:
@@ -77,7 +86,7 @@ class Postgres:
              "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
              *FAST_UNSAFE],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True,
-            **self._user,
+            preexec_fn=_die_with_the_tests, **self._user,
         )
         log.close()
         deadline = time.monotonic() + 60

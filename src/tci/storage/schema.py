@@ -7,6 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -18,8 +19,12 @@ _MIGRATION_LOCK = 0x7463_6900
 def upgrade(engine: Engine) -> None:
     """Migrate the database to the newest revision, in one transaction where the database
     can roll DDL back (PostgreSQL). A database made before migrations existed (it has the
-    tables but no alembic_version) is first stamped with the revision its tables match."""
+    tables but no alembic_version) is first stamped with the revision its tables match.
+    A current database costs one query, and Alembic is not run (nor does it log)."""
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
     with engine.begin() as connection:
+        if _current_revision(connection) == head:
+            return
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:id)"),
                                {"id": _MIGRATION_LOCK})
@@ -36,6 +41,12 @@ def _config(connection: Connection) -> Config:
     config.set_main_option("path_separator", "os")
     config.attributes["connection"] = connection
     return config
+
+
+def _current_revision(connection: Connection) -> str | None:
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def _revision_before_migrations(connection: Connection) -> str | None:

@@ -1,5 +1,7 @@
-"""Sessions record the CPU seconds used while a client had them (from the session's cgroup;
-NULL without cgroups or while live)."""
+"""sessions.cpu_seconds
+
+The CPU seconds a session used while a client had it (from its cgroup; NULL without cgroups
+or while it is live)."""
 
 import sqlalchemy as sa
 from alembic import op

@@ -1,5 +1,7 @@
-"""Sessions record the host that runs them (a Ray host's name; NULL for the single-machine
-server's own), so that a restarting gateway ends only the sessions of hosts that are gone."""
+"""sessions.host
+
+The host that runs a session (a Ray host's name; NULL for the single-machine server's own),
+so that a restarting gateway ends only the sessions of hosts that are gone."""
 
 import sqlalchemy as sa
 from alembic import op
