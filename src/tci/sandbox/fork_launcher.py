@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -140,13 +141,14 @@ class ForkLauncher(SandboxLauncher):
             "rlimits": self._rlimits,
         }
         info_r, info_w = os.pipe2(os.O_CLOEXEC)
-        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        status_r, status_w = (end.detach() for end in socket.socketpair(
+            socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC))
         sent = [info_w, status_w]
         try:
             # The volume travels as detached mounts: the template never sees any volume.
             sent += [linux.open_tree_clone(str(workspace)), linux.open_tree_clone(str(home))]
             sent_at = time.monotonic()
-            pid, pidfd = await self._fork_server().spawn(request, [*channels, *sent])
+            _, pidfd = await self._fork_server().spawn(request, [*channels, *sent])
         except BaseException:
             os.close(info_r)
             os.close(status_r)
@@ -154,12 +156,12 @@ class ForkLauncher(SandboxLauncher):
         finally:
             for fd in sent:
                 os.close(fd)
-        process = ForkedProcess(pid, status_r)
-        outer = ProcessHandle(pid, pidfd)
+        os.close(pidfd)  # the setup process's: it exits once the init runs
         try:
             lines = (await _read_to_eof(info_r)).decode(errors="replace").splitlines()
         finally:
             os.close(info_r)
+        init = await self._receive_init(status_r)
         facts: dict = {}
         steps: dict[str, float] = {}
         for line in lines:
@@ -168,11 +170,30 @@ class ForkLauncher(SandboxLauncher):
                 steps.update(fact.pop("steps", {}))
                 facts.update(fact)
         self.last_steps = {"sent": sent_at, **steps, "reported": time.monotonic()}
-        if "error" in facts or not facts.get("confined") or not facts.get("init"):
-            outer.signal(signal.SIGKILL)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(process.wait(), timeout=5)
-            outer.close()
-            raise SandboxUnavailable(facts.get("error") or f"the forked sandbox did not "
-                                     f"start (exit code {process.returncode})")
-        return process, outer, int(facts["init"])
+        if "error" in facts or not facts.get("confined") or init is None:
+            if init is not None:
+                init.signal(signal.SIGKILL)
+                init.close()
+            os.close(status_r)
+            raise SandboxUnavailable(facts.get("error") or "the forked sandbox did not start")
+        return ForkedProcess(init.pid, status_r), None, init
+
+    @staticmethod
+    async def _receive_init(status: int) -> ProcessHandle | None:
+        """The init's pid and a pidfd on it, sent by the setup process (None if it failed)."""
+        loop = asyncio.get_running_loop()
+        readable = loop.create_future()
+        loop.add_reader(status, lambda: readable.done() or readable.set_result(None))
+        try:
+            await asyncio.wait_for(readable, timeout=10)
+        except TimeoutError:
+            return None
+        finally:
+            loop.remove_reader(status)
+        with socket.socket(fileno=os.dup(status)) as channel:
+            message, fds, _, _ = socket.recv_fds(channel, 1024, 1)
+        if not message or not fds:
+            for fd in fds:
+                os.close(fd)
+            return None
+        return ProcessHandle(json.loads(message)["init"], fds[0])

@@ -32,9 +32,9 @@ _KILLED = 128 + signal.SIGKILL  # an outer process that ended without saying how
 
 
 class ForkedProcess:
-    """A sandbox's outer process, a child of the template, not of the server. It writes its
-    init's exit code to a status pipe as it ends; silence then end-of-file means it was
-    killed (by us, or by the OOM killer)."""
+    """A forked sandbox's init (its pid 1), adopted by the template, never the server's child.
+    It sends its worker's exit code on a status socket as it ends; silence then end-of-file
+    means it was killed (by us, or by the OOM killer)."""
 
     def __init__(self, pid: int, status_fd: int) -> None:
         self.pid = pid
@@ -57,8 +57,8 @@ class ForkedProcess:
         asyncio.get_running_loop().remove_reader(self._status_fd)
         os.close(self._status_fd)
         try:
-            code = int(self._said or _KILLED)
-        except ValueError:
+            code = int(json.loads(self._said)["exit"]) if self._said else _KILLED
+        except (ValueError, KeyError, TypeError):
             code = _KILLED
         if not self._ended.done():
             self._ended.set_result(code)

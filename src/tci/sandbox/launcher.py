@@ -45,8 +45,8 @@ _TOOLS_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class SandboxProcess(Protocol):
-    """The sandbox's outer process as the server waits for it: bwrap's (our child) or a fork
-    of the template (whose exit the template reports)."""
+    """What the server waits for to learn how a sandbox ended: bwrap's outer process (our
+    child), or a forked sandbox's init (which reports its end on a socket)."""
 
     pid: int
 
@@ -83,7 +83,7 @@ class Sandbox:
     volume_path: Path | None = None
     egress: Egress | None = None
     closed: bool = False
-    outer: ProcessHandle | None = None  # bwrap's outer process (our child)
+    outer: ProcessHandle | None = None  # bwrap's outer process (our child); none when forked
     init: ProcessHandle | None = None  # the sandbox's pid 1 (child_pid)
     _worker_handle: ProcessHandle | None = None
 
@@ -336,8 +336,8 @@ class SandboxLauncher:
         stderr_r, stderr_w = os.pipe()
         child_ends = Channels(command_r, event_w, stdout_w, stderr_w)
         try:
-            process, outer, init_pid = await self._spawn(name, uid, niceness, workspace, home,
-                                                         cgroup, child_ends)
+            process, outer, init = await self._spawn(name, uid, niceness, workspace, home,
+                                                     cgroup, child_ends)
         except BaseException:
             for fd in (command_w, event_r, stdout_r, stderr_r):
                 os.close(fd)
@@ -347,10 +347,9 @@ class SandboxLauncher:
         finally:
             for fd in child_ends:
                 os.close(fd)
-        init = ProcessHandle.open_child(outer, init_pid) if outer is not None else None
         sandbox = Sandbox(
             name=name, uid=uid, root=root, workspace=workspace, process=process,
-            child_pid=init_pid, command_fd=command_w, event_fd=event_r,
+            child_pid=init.pid if init is not None else 0, command_fd=command_w, event_fd=event_r,
             stdout_fd=stdout_r, stderr_fd=stderr_r, cgroup=cgroup, volume_path=workspace.parent,
             outer=outer, init=init,
         )
@@ -361,7 +360,7 @@ class SandboxLauncher:
         # host's view of the volume follows no symlink, the sandbox's own copy still does.
         await asyncio.to_thread(volume.forbid_symlinks, workspace.parent)
         if self.settings.network == "egress" and self.egress_filter is not None:
-            # The outer process is in the new namespace by now (it reported its init after
+            # The sandbox is in its new namespace by now (it reported its init after
             # making it), so neither the filter nor slirp4netns can touch the host's.
             try:
                 namespace = await self.egress_filter.attach(process.pid)
@@ -373,10 +372,10 @@ class SandboxLauncher:
 
     async def _spawn(self, name: str, uid: int, niceness: int, workspace: Path, home: Path,
                      cgroup: SessionCgroup | None, channels: Channels
-                     ) -> tuple[SandboxProcess, ProcessHandle | None, int]:
+                     ) -> tuple[SandboxProcess, ProcessHandle | None, ProcessHandle | None]:
         """Start the sandbox's processes on `channels` (the worker's ends, closed by the
-        caller afterwards); returns the outer process, a handle on it, and the host pid of
-        its init (the sandbox's pid 1)."""
+        caller afterwards); returns what the server waits for, a handle on the outer process
+        if there is one, and a handle on the sandbox's init (its pid 1; None if none came)."""
         info_r, info_w = os.pipe()
         seccomp_fd = open_filter_fd()
         runtime = self._exposed()
@@ -418,7 +417,10 @@ class SandboxLauncher:
         finally:
             os.close(info_r)
         # Our own child: its number cannot be reused before we reap it.
-        return process, ProcessHandle.open(process.pid), int(info.get("child-pid", 0))
+        outer = ProcessHandle.open(process.pid)
+        init_pid = int(info.get("child-pid", 0))
+        init = ProcessHandle.open_child(outer, init_pid) if outer is not None else None
+        return process, outer, init
 
     async def destroy(self, sandbox: Sandbox) -> None:
         """Kill every process of the sandbox and free its uid, pipes and directory. The uid

@@ -1,16 +1,16 @@
 """A fork of the template becomes one session's sandbox, in a fixed order, before any user
 code can run (the zygote's way: specialise, then verify, then run).
 
-Three processes, as with bubblewrap:
-  outer  (the fork, host pid namespace) joins the session's cgroup, makes the namespaces,
-         forks the init, drops to the session's uid, then waits: it ends the sandbox if the
-         server's lifeline closes, and exits with the init's status otherwise;
-  init   (pid 1 of the new pid namespace) mounts the session's view (its own /proc, /tmp,
-         /dev/shm, devpts, its volume as the server cloned it), drops to the session's uid, enters
-         a user namespace mapping it to 1000 (where no further one may be made), clears every
-         capability, sets no_new_privs, loads the seccomp filter, verifies all of that, forks
-         the worker and reaps until the worker ends;
+  setup  (the fork, root, host pid namespace) joins the session's cgroup, makes the
+         namespaces, mounts the session's view (its own /tmp, /dev/shm, devpts, its volume as
+         the server cloned it), brings up lo, forks the init, hands the server a pidfd on it
+         and exits (the template, a subreaper, adopts the init);
+  init   (pid 1 of the new pid namespace) mounts its /proc, drops to the session's uid,
+         enters a user namespace mapping it to 1000 (where no further one may be made), clears
+         every capability, sets no_new_privs, loads the seccomp filter, verifies all of that,
+         forks the worker, then reaps until the worker ends (or the server's lifeline closes);
   worker the template's preloaded worker, on the session's own channels.
+Two processes per session stay (init and worker), as with bubblewrap's init and worker.
 Any failure before the worker runs exits the process: nothing runs half-confined.
 """
 
@@ -21,6 +21,7 @@ import json
 import os
 import select
 import signal
+import socket
 import sys
 import time
 
@@ -29,7 +30,7 @@ from . import linux
 EXIT_SETUP_FAILED = 121  # a step of the setup failed (the reason is on the info channel)
 EXIT_CONFINEMENT = 122  # the self-verification found the sandbox not as it must be
 SANDBOX_ID = 1000
-OUTER_NAME, INIT_NAME = "tci-outer", "tci-init"  # what ps shows for the two helpers
+INIT_NAME = "tci-init"  # what ps shows for the sandbox's pid 1
 NAMESPACES = ("mnt", "pid", "net", "ipc", "uts", "cgroup", "user")
 _SESSION_NAMESPACES = (linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC
                        | linux.CLONE_NEWPID | linux.CLONE_NEWCGROUP | linux.CLONE_NEWNET)
@@ -53,7 +54,7 @@ def _report(fd: int, message: dict) -> None:
 
 def become_session(spec: dict, request: dict, fds: list[int], lifeline: int,
                    template_namespaces: dict[str, str], worker) -> None:
-    """The outer process. Never returns."""
+    """The setup process: root, in the host's pid namespace. Never returns."""
     command, event, stdout, stderr, info, status, work, home = fds
     steps = {"asked": request["asked"], "fork": time.monotonic()}
     try:
@@ -63,26 +64,34 @@ def become_session(spec: dict, request: dict, fds: list[int], lifeline: int,
         linux.sethostname("sandbox")
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
         steps["namespaces"] = time.monotonic()
+        _mount_session(request, (work, home))
+        os.chdir("/workspace")  # the volume now, not the template's directory under it
+        steps["mounts"] = time.monotonic()
+        linux.loopback_up()
+        steps["loopback"] = time.monotonic()
         init = os.fork()
         if init == 0:
             try:
-                os.close(status)
-                _become_init(spec, request, (command, event, stdout, stderr), info,
-                             (work, home), template_namespaces, worker)
+                _become_init(spec, request, (command, event, stdout, stderr), info, status,
+                             lifeline, template_namespaces, worker)
             except BaseException as exc:
                 import traceback
+
                 with contextlib.suppress(OSError):
                     os.write(stderr, traceback.format_exc().encode())
                 with contextlib.suppress(OSError):
                     _report(info, {"error": f"sandbox setup failed: {exc}"})
             os._exit(EXIT_SETUP_FAILED)
+        # The server holds the init by pidfd from here on: it is not the server's child (nor,
+        # once this process exits, ours: the template, a subreaper, adopts and reaps it).
+        pidfd = os.pidfd_open(init)
+        socket.send_fds(socket.socket(fileno=status), [json.dumps({"init": init}).encode()],
+                        [pidfd])
         _report(info, {"init": init, "steps": steps})
     except OSError as exc:
         _report(info, {"error": f"sandbox setup failed: {exc}"})
         os._exit(EXIT_SETUP_FAILED)
-    for fd in (command, event, stdout, stderr, info, work, home):
-        os.close(fd)
-    _wait_as_outer(init, lifeline, status, request["uid"])
+    os._exit(0)
 
 
 def _join_cgroups(parent_fds: list[int], cgroups: list[tuple[int, str]]) -> None:
@@ -101,36 +110,15 @@ def _drop_to(uid: int) -> None:
     os.setresuid(uid, uid, uid)  # from root to another uid: the kernel clears the capabilities
 
 
-def _wait_as_outer(init: int, lifeline: int, status: int, uid: int) -> None:
-    """Until the init ends: then say how on the status pipe (the server is not our parent,
-    so it cannot wait for us) and end the same way."""
-    pidfd = os.pidfd_open(init)
-    linux.set_name(OUTER_NAME)
-    _drop_to(uid)
-    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
-    _close_all_but({lifeline, pidfd, status})
-    while True:
-        readable, _, _ = select.select([lifeline, pidfd], [], [])
-        if lifeline in readable:  # the server is gone: so is its session
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        _, wait_status = os.waitpid(init, 0)
-        code = exit_code(wait_status)
-        os.write(status, str(code).encode())
-        os._exit(code)
-
-
 def _become_init(spec: dict, request: dict, channels: tuple[int, int, int, int], info: int,
-                 volume: tuple[int, int], template_namespaces: dict[str, str],
+                 status: int, lifeline: int, template_namespaces: dict[str, str],
                  worker) -> None:
-    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     linux.set_name(INIT_NAME)
     os.setsid()  # no controlling terminal of the server's to reach (bwrap's --new-session)
     steps = {"init": time.monotonic()}
-    _mount_session(request, volume)
-    steps["mounts"] = time.monotonic()
-    linux.loopback_up()
-    steps["loopback"] = time.monotonic()
-    os.chdir("/workspace")
+    linux.umount("/proc", linux.MNT_DETACH)  # the template's, of the host's pid namespace
+    linux.mount("proc", "/proc", "proc", _MOUNT_FLAGS | linux.MS_NOEXEC)
+    steps["proc"] = time.monotonic()
     _set_limits(request)
     uid = request["uid"]
     _drop_to(uid)
@@ -155,9 +143,14 @@ def _become_init(spec: dict, request: dict, channels: tuple[int, int, int, int],
         os._exit(EXIT_CONFINEMENT)
     _report(info, {"confined": True, "steps": steps})
     os.close(info)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
     child = os.fork()
     if child == 0:
         try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             linux.set_name(os.path.basename(sys.executable))  # python3.11, as bwrap's worker
             _run_worker(spec, channels, worker)
         except BaseException:
@@ -169,16 +162,36 @@ def _become_init(spec: dict, request: dict, channels: tuple[int, int, int, int],
                     os.write(fd, text)
             os._exit(EXIT_SETUP_FAILED)
         os._exit(0)
-    _close_all_but(set())
-    while True:  # pid 1 reaps every orphan of the sandbox; the worker's end is the end
-        pid, status = os.waitpid(-1, 0)
-        if pid == child:
-            os._exit(exit_code(status))
+    _close_all_but({lifeline, status, wake_r, wake_w})
+    _serve_as_init(child, lifeline, status, wake_r)
+
+
+def _serve_as_init(worker: int, lifeline: int, status: int, wake: int) -> None:
+    """pid 1: reap every orphan of the sandbox; when the worker ends, say how on the status
+    socket (the server is not our parent) and end the same way, taking the namespace with
+    us. If the server's lifeline closes, the session ends at once."""
+    while True:
+        readable, _, _ = select.select([lifeline, wake], [], [])
+        if lifeline in readable:
+            os._exit(128 + signal.SIGKILL)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(wake, 512):
+                pass
+        while True:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid = 0
+            if pid == 0:
+                break
+            if pid == worker:
+                code = exit_code(wait_status)
+                with contextlib.suppress(OSError):
+                    os.write(status, json.dumps({"exit": code}).encode())
+                os._exit(code)
 
 
 def _mount_session(request: dict, volume: tuple[int, int]) -> None:
-    linux.umount("/proc", linux.MNT_DETACH)  # the template's, of the host's pid namespace
-    linux.mount("proc", "/proc", "proc", _MOUNT_FLAGS | linux.MS_NOEXEC)
     tmpfs = f"mode=1777,size={request['tmp_bytes']}"
     linux.umount("/tmp", linux.MNT_DETACH)
     linux.mount("tmpfs", "/tmp", "tmpfs", _MOUNT_FLAGS, tmpfs)

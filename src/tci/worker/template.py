@@ -216,13 +216,13 @@ class ForkServer:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
-            self._send({"type": "exit", "pid": pid,
-                        "returncode": os.waitstatus_to_exitcode(status)})
+            # A session's setup process, or an init it left to us: the server learns of ends
+            # from each init's status socket, not from here.
 
     def _send(self, message: dict, fds: list[int] | None = None) -> None:
         socket.send_fds(self.control, [json.dumps(message).encode()], fds or [])
@@ -250,6 +250,8 @@ def main() -> None:
         _out_of_the_way(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         for path in spec["cgroup_parents"]]
     build_root(spec)
+    # Each session's init is adopted here when its setup process exits, and reaped here.
+    linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
     worker = load_runtime(spec)
     ForkServer(spec, control, lifeline, worker).serve()
 
