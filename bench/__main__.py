@@ -20,11 +20,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import peers, report, tci_runs
+from . import creation, peers, report, tci_runs
 from .server import TciServer
 
 T = TypeVar("T")
-PARTS = ("warm", "start", "memory", "throughput", "burst", "ipykernel", "gateway")
+PARTS = ("warm", "start", "memory", "throughput", "burst", "creation", "ipykernel", "gateway")
 PLOT_NAME = "bench_latency.png"
 
 # name: (full run, --quick)
@@ -39,6 +39,18 @@ DEFAULTS: dict[str, tuple[float, float]] = {
     "throughput_seconds": (10.0, 2.0),
     "burst": (50, 10),
     "memory_sessions": (8, 2),
+    # issue 11's creation figures, per start path and network (bench/creation.py)
+    "creation_seconds": (15.0, 3.0),
+    "creation_clients": (16, 4),
+    "creation_burst": (100, 20),
+    "idle_sessions": (200, 6),
+    "idle_sessions_bwrap": (20, 2),
+    "batch_snippets": (1000, 40),
+    "batch_snippets_bwrap": (100, 8),
+    "batch_concurrency": (16, 4),
+    "config_warm_samples": (1000, 100),
+    "profile_samples": (20, 3),
+    "profile_samples_bwrap": (5, 1),
 }
 
 
@@ -62,6 +74,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "throughput_seconds": "measured seconds of the throughput test",
         "burst": "session creations sent at once",
         "memory_sessions": "idle sessions added for the memory figure",
+        "creation_seconds": "window of the sustained-creation test, per configuration",
+        "creation_clients": "clients of the sustained-creation test besides the single one",
+        "creation_burst": "creations at once, per configuration",
+        "idle_sessions": "idle sessions measured for memory on the fork path",
+        "idle_sessions_bwrap": "idle sessions measured for memory on bubblewrap",
+        "batch_snippets": "run_batch snippets on the fork path",
+        "batch_snippets_bwrap": "run_batch snippets on bubblewrap",
+        "batch_concurrency": "run_batch's concurrency",
+        "config_warm_samples": "warm round trips timed per start path",
+        "profile_samples": "creations profiled step by step on the fork path",
+        "profile_samples_bwrap": "creations profiled step by step on bubblewrap",
     }
     for name, (full, quick) in DEFAULTS.items():
         kind = float if isinstance(full, float) else int
@@ -150,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
             progress("stopping tci serve")
             server.stop()  # the peers get the machine to themselves
 
+        if "creation" not in args.skip:
+            run.creation = creation.measure(
+                work, _creation_options(args),
+                lambda label, action: part("creation", label, action), progress)
+
         run.ipykernel = part("ipykernel", f"ipykernel round trip ({args.peer_samples} samples)",
                              lambda: peers.ipykernel_round_trip(args.peer_samples, args.warmup,
                                                                args.peer_seconds))
@@ -192,6 +220,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(run.errors)} part(s) failed: " + "; ".join(run.errors), file=sys.stderr)
         return 1
     return 0
+
+
+def _creation_options(args: argparse.Namespace) -> creation.Options:
+    return creation.Options(
+        seconds=args.creation_seconds, clients=(1, args.creation_clients),
+        burst=args.creation_burst, idle_fork=args.idle_sessions,
+        idle_bwrap=args.idle_sessions_bwrap, batch_fork=args.batch_snippets,
+        batch_bwrap=args.batch_snippets_bwrap, batch_concurrency=args.batch_concurrency,
+        warm_samples=args.config_warm_samples, warmup=args.warmup,
+        profile_fork=args.profile_samples, profile_bwrap=args.profile_samples_bwrap,
+    )
 
 
 def _settings(server: TciServer) -> dict[str, str]:

@@ -11,6 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from . import creation_report
+from .creation import CreationRun
 from .peers import QUICKACK_NOTE
 from .stats import Series, fmt_ratio, fmt_seconds
 from .tci_runs import BurstResult, MemoryResult, ThroughputResult, WarmResult
@@ -41,6 +43,7 @@ class Run:
     gateway: Series | None = None
     gateway_quickack: Series | None = None
     gateway_start: Series | None = None
+    creation: CreationRun | None = None  # issue 11's figures, fork vs bubblewrap
     errors: dict[str, str] = field(default_factory=dict)
     duration: float = 0.0
     load_after: str = ""
@@ -253,7 +256,8 @@ def summary(run: Run) -> str:
     """The tables as printed to the terminal."""
     parts = ["## Against the issue's targets", targets_table(run),
              "## Round trip of `x += 1`", round_trip_table(run), where_the_time_goes(run),
-             "## Session start", start_table(run), details(run)]
+             "## Session start", start_table(run), details(run),
+             creation_report.section(run.creation) if run.creation else ""]
     if run.errors:
         parts.append("## Parts that failed\n" + "\n".join(
             f"- {name}: {error}" for name, error in run.errors.items()))

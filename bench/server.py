@@ -58,16 +58,18 @@ def check_data(status: int, body: bytes, expect_stdout: str | None = None) -> di
 
 
 class TciServer:
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, env: dict[str, str] | None = None,
+                 name: str = "tci-server") -> None:
+        """`env`: settings that override the environment's (a configuration under test)."""
         self.log_dir = log_dir
         self.port = free_port()
         self.key = ""
         self.process: subprocess.Popen | None = None
         self._data = tempfile.TemporaryDirectory(prefix="tci-bench-")
         self.data_dir = Path(self._data.name)
-        self.env = {**os.environ, "TCI_DATA_DIR": str(self.data_dir)}
+        self.env = {**os.environ, **(env or {}), "TCI_DATA_DIR": str(self.data_dir)}
         self.env.setdefault("TCI_MAX_SESSIONS", _BENCH_MAX_SESSIONS)
-        self.log_path = log_dir / "tci-server.log"
+        self.log_path = log_dir / f"{name}.log"
 
     @property
     def url(self) -> str:
@@ -135,6 +137,9 @@ class TciServer:
         if status not in (200, 404, 410):
             raise BenchError(f"ending {session_id}: HTTP {status}: {body[:200]!r}")
 
+    def delete_request(self, session_id: str) -> bytes:
+        return encode_request("DELETE", f"/v1/tci/sessions/{session_id}", self.port, self.auth)
+
     def health(self) -> dict[str, Any]:
         return httpx.get(f"{self.url}/health", timeout=10).json()
 
@@ -173,6 +178,11 @@ class TciServer:
         assert self.process is not None
         return _cpu_seconds(self.process.pid), sum(map(_cpu_seconds, self._descendants()))
 
+
+    def processes(self) -> list[int]:
+        """The server process and every descendant of it."""
+        assert self.process is not None
+        return [self.process.pid, *self._descendants()]
 
     def session_processes(self) -> dict[int, tuple[int | None, bool]]:
         """Every descendant of the server: pid -> (PSS in bytes or None, is a worker)."""
