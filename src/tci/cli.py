@@ -6,7 +6,6 @@ line of stdout; every command reads TCI_DATA_DIR (and every other TCI_ setting).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import fcntl
 import os
 import sys
@@ -14,7 +13,6 @@ from typing import IO
 
 from tci.config import Settings
 from tci.errors import TCIError
-from tci.hosts import selfcheck
 from tci.storage.store import Store
 
 
@@ -57,12 +55,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     configure(settings.log_format)
     data_dir_lock = hold_data_dir(settings)
-    # Refuse to start, with a clear message, when sandboxes cannot work on this host or a
-    # protection is missing (a real probe sandbox is started and checked).
-    from tci.hosts.local import LocalHost  # the probe starts the way sessions will
-
-    probe_host = LocalHost(settings.model_copy(update={"pool_size": 0}))
-    asyncio.run(selfcheck.run(probe_host, settings.unsafe_allow_missing_protections))
+    # The host refuses to start, with a clear message, when sandboxes cannot work here or a
+    # protection is missing: it starts a real probe sandbox first (hosts/selfcheck.py).
     store = _store(settings)
     if not store.list_keys():
         _, secret = store.create_key("default")

@@ -33,6 +33,7 @@ from tci.kernel.driver import DeathCause
 from tci.sandbox.factory import make_launcher
 from tci.sandbox.launcher import Sandbox
 from tci.sandbox.limits import Counters, limits_hit
+from tci.sandbox.selfcheck import enforce
 from tci.workspace import DecodedFile, FileListing, list_files, read_file, write_files
 
 log = logging.getLogger(__name__)
@@ -186,8 +187,11 @@ class LocalHost(SessionHost):
         task.add_done_callback(self._tasks.discard)
 
     async def start(self) -> None:
+        """Ready to serve, or SandboxUnavailable: the self-check's probe session starts the
+        way sessions will (bubblewrap or fork), before any is handed out."""
         self.launcher.prepare()
         await self.launcher.warm_up()
+        enforce(await self.self_check(), self.settings.unsafe_allow_missing_protections)
         self.pool.start()
 
     async def stop(self) -> None:

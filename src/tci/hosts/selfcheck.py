@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 
 from tci.config import Settings
-from tci.hosts.base import SessionHost
 from tci.hosts.pool import start_worker
 from tci.sandbox.launcher import SandboxLauncher
-from tci.sandbox.selfcheck import PROBE, enforce, problems_in
+from tci.sandbox.selfcheck import PROBE, problems_in
 
 
 async def probe(launcher: SandboxLauncher, settings: Settings) -> list[str]:
@@ -28,14 +27,3 @@ async def probe(launcher: SandboxLauncher, settings: Settings) -> list[str]:
     finally:
         ready.worker.close()
         await launcher.destroy(ready.sandbox)
-
-
-async def run(host: SessionHost, allow_missing: bool) -> None:
-    """Start `host`, check a probe session, stop it; raises SandboxUnavailable (unless
-    `allow_missing`) when a protection is missing or no sandbox starts at all."""
-    await host.start()
-    try:
-        problems = await host.self_check()
-    finally:
-        await host.stop()
-    enforce(problems, allow_missing)
