@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tci.kernel.limits import OutputLimits
@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     execute_timeout: float = 120.0
     interrupt_grace_seconds: float = 2.0
     worker_start_timeout: float = 60.0
-    max_sessions: int = 64
+    # Sessions at once (warm ones excluded). Unset: what this machine holds, from its memory,
+    # uids and loop devices (hosts/capacity.py); a value it cannot honour is refused at start.
+    max_sessions: int | None = None
     reap_interval_seconds: float = 5.0
     pool_size: int = 4
     pool_preload: list[str] = ["numpy", "pandas", "matplotlib.pyplot"]
@@ -64,7 +66,7 @@ class Settings(BaseSettings):
     # How a session's sandbox starts: "fork" of a template that imported the runtime once
     # (milliseconds, pages shared), or "bwrap", a new interpreter in bubblewrap (about a
     # second of CPU each, hidden by the warm pool until it drains). Same confinement.
-    sandbox_start: Literal["fork", "bwrap"] = "bwrap"
+    sandbox_start: Literal["fork", "bwrap"] = "fork"
     # Egress: destinations refused besides the built-in ones (addresses or CIDR networks,
     # JSON list), e.g. neighbours on public addresses that trust the host's network.
     egress_refuse: list[str] = []
@@ -146,6 +148,11 @@ class Settings(BaseSettings):
     # Seconds a call waits for the database (PostgreSQL: to connect; SQLite: for another
     # writer's lock) before it gives up and the request gets 503.
     database_timeout_seconds: float = 5.0
+
+    @field_validator("max_sessions", "max_sessions_per_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # TCI_MAX_SESSIONS= : what the machine holds
 
     @model_validator(mode="after")
     def _default_database_url(self) -> Settings:
