@@ -4,6 +4,8 @@
 
 import json
 
+import pytest
+
 from tests.conftest import stdout_of
 
 
@@ -33,3 +35,20 @@ def test_ended_sessions_past_the_memory_are_answered_from_the_store(server_facto
     # Another key still cannot tell that the session ever existed.
     other = server.new_key("other")
     assert server.execute("x", session_id, key=other).status_code == 404
+
+
+def test_unset_max_sessions_is_what_the_machine_holds_here_its_uids(server_factory):
+    """TCI_MAX_SESSIONS unset: the host's own bound, here its 3 uids (no warm pool)."""
+    server = server_factory(max_sessions="", sandbox_uid_count="3")
+    held = [server.run("x = 1")["session_id"] for _ in range(3)]
+    assert len(set(held)) == 3
+    refused = server.execute("1")
+    assert refused.status_code == 429, refused.text
+    assert "maximum of 3 sessions" in refused.json()["errors"][0]
+
+
+def test_a_max_sessions_the_machine_cannot_honour_stops_the_server(tmp_path):
+    from tests.conftest import make_server
+
+    with pytest.raises(RuntimeError, match="TCI_MAX_SESSIONS=50 cannot be honoured"):
+        make_server(tmp_path, max_sessions="50", sandbox_uid_count="10")

@@ -90,6 +90,7 @@ class HostStats:
     pool_ready: int  # warm sessions ready to be handed out
     pool_size: int  # how many it keeps warm (TCI_POOL_SIZE)
     starts_failed: int = 0  # warm starts that failed since the host started
+    capacity: int = 0  # sessions it holds at once (TCI_MAX_SESSIONS, or what the machine holds)
 
 
 class HostedSession(ABC):

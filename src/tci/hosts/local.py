@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine
 
 from tci.config import Settings
 from tci.errors import SandboxUnavailable
-from tci.hosts import selfcheck
+from tci.hosts import capacity, selfcheck
 from tci.hosts.base import (
     CallResult,
     EndKind,
@@ -177,6 +177,7 @@ class LocalHost(SessionHost):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.launcher = make_launcher(settings)
+        self.capacity = settings.max_sessions or 0  # resolved at start
         self.pool = WarmPool(self.launcher, settings)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -189,6 +190,7 @@ class LocalHost(SessionHost):
     async def start(self) -> None:
         """Ready to serve, or SandboxUnavailable: the self-check's probe session starts the
         way sessions will (bubblewrap or fork), before any is handed out."""
+        self.capacity = capacity.max_sessions(self.settings)
         self.launcher.prepare()
         await self.launcher.warm_up()
         enforce(await self.self_check(), self.settings.unsafe_allow_missing_protections)
@@ -223,7 +225,8 @@ class LocalHost(SessionHost):
         return LocalSession(self, ready)
 
     def stats(self) -> HostStats:
-        return HostStats(len(self.pool.ready), self.pool.size, self.pool.starts_failed)
+        return HostStats(len(self.pool.ready), self.pool.size, self.pool.starts_failed,
+                         self.capacity)
 
     async def self_check(self) -> list[str]:
         return await selfcheck.probe(self.launcher, self.settings)

@@ -118,9 +118,11 @@ class SessionManager:
     # -- sessions ------------------------------------------------------------------------------
 
     async def _create(self, key: KeyInfo) -> LiveSession:
-        if len(self.sessions) + self._starting >= self.settings.max_sessions:
+        # The host knows what it holds (TCI_MAX_SESSIONS, or what its machine holds).
+        limit = self.host.stats().capacity or self.settings.max_sessions
+        if limit and len(self.sessions) + self._starting >= limit:
             raise TooManySessions(
-                f"the server is running its maximum of {self.settings.max_sessions} sessions "
+                f"the server is running its maximum of {limit} sessions "
                 "(TCI_MAX_SESSIONS); retry shortly or end a session"
             )
         per_key = self.settings.max_sessions_per_key
