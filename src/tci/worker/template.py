@@ -27,9 +27,13 @@ import signal
 import socket
 import sys
 import time
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import linux
+if TYPE_CHECKING:  # run as a script, it imports its sibling by file name; the checker, by package
+    from tci.worker import linux
+else:
+    import linux
 
 SANDBOX_ROOT_MODE = "mode=0755,size=8m"
 _MAX_MESSAGE = 1 << 16
@@ -160,8 +164,9 @@ class ForkServer:
 
     def serve(self) -> None:
         self._send({"type": "ready", "pid": os.getpid()})
+        watched: list[socket.socket | int] = [self.control, self.wake_r, self.lifeline]
         while True:
-            readable, _, _ = select.select([self.control, self.wake_r, self.lifeline], [], [])
+            readable, _, _ = select.select(watched, [], [])
             if self.lifeline in readable or (self.control in readable and not self._request()):
                 return  # the server is gone: children notice on their own lifeline
             if self.wake_r in readable:
