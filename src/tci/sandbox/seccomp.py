@@ -420,10 +420,10 @@ def _actions(sc: ModuleType) -> dict[int, Leaf]:
     if clash := set(named) & set(NEVER_ALLOWED):
         raise ValueError(f"never to be allowed: {sorted(clash)}")
     actions: dict[int, Leaf] = {}
-    for name, action in named.items():
+    for name, leaf in named.items():
         number = _number(sc, name)
         if number is not None:
-            actions[number] = action
+            actions[number] = leaf
     return actions
 
 
