@@ -64,7 +64,7 @@ def make_private_dir(path: Path, mode: int = 0o711) -> None:
                         pass  # made by someone else meanwhile: checked like any other below
                     next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
-                problem = exc.strerror
+                problem = exc.strerror or str(exc)
                 if os.path.islink(here):
                     problem = f"is a symlink (to {os.readlink(here)})"
                 elif os.path.lexists(here):
