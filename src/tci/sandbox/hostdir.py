@@ -64,12 +64,12 @@ def make_private_dir(path: Path, mode: int = 0o711) -> None:
                         pass  # made by someone else meanwhile: checked like any other below
                     next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
-                problem = exc.strerror or str(exc)
+                problem = exc.strerror
                 if os.path.islink(here):
                     problem = f"is a symlink (to {os.readlink(here)})"
                 elif os.path.lexists(here):
                     problem = "is not a directory"
-                raise _refuse(here, problem) from exc
+                raise _refuse(here, problem or str(exc)) from exc
             os.close(fd)
             fd = next_fd
             problem = _problem(os.fstat(fd), last, trusted)
