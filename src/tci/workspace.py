@@ -97,10 +97,10 @@ def decode_files(files: Iterable[FileInput], settings: Settings) -> list[Decoded
             )
         decoded.append(DecodedFile(parts, content))
     # A name must not be both a file and a directory of another file in the same request.
-    for item in decoded:
-        for depth in range(1, len(item.parts)):
-            if item.parts[:depth] in seen:
-                raise BadRequest(f"{'/'.join(item.parts[:depth])!r} is both a file and a directory")
+    for file in decoded:
+        for depth in range(1, len(file.parts)):
+            if file.parts[:depth] in seen:
+                raise BadRequest(f"{'/'.join(file.parts[:depth])!r} is both a file and a directory")
     return decoded
 
 
