@@ -198,7 +198,7 @@ class WorkerConnection:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.sandbox.process.wait(), timeout=2)
         if self.dead_reason not in (None, "the worker process ended"):
-            return self.dead_reason  # type: ignore[return-value]
+            return self.dead_reason
         self.dead_reason = describe_exit(self.sandbox.process.returncode)
         return self.dead_reason
 
