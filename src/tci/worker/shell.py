@@ -83,7 +83,7 @@ class WorkerShell(InteractiveShell):
             text = "KeyboardInterrupt"
         self.emit({"type": "error", "data": text, "ename": getattr(etype, "__name__", "")})
 
-    def system(self, cmd: str) -> None:  # type: ignore[override]
+    def system(self, cmd: str) -> None:
         """Run `!cmd` with the worker's own stdout/stderr pipes, so output keeps its order."""
         command = self.var_expand(cmd, depth=1)
         sys.stdout.flush()
@@ -113,9 +113,9 @@ class _ForgetOutputs(dict):
 
 
 def make_shell(emit: Emit) -> WorkerShell:
-    ChannelDisplayHook.emit = staticmethod(emit)  # type: ignore[assignment]
-    ChannelDisplayPublisher.emit = staticmethod(emit)  # type: ignore[assignment]
-    WorkerShell.emit = staticmethod(emit)  # type: ignore[assignment]
+    ChannelDisplayHook.emit = staticmethod(emit)
+    ChannelDisplayPublisher.emit = staticmethod(emit)
+    WorkerShell.emit = staticmethod(emit)
     # No history database: it would start a saving thread, and the worker must stay
     # single-threaded (fork-safe) and write nothing outside the user's own files.
     config = Config()
@@ -126,6 +126,7 @@ def make_shell(emit: Emit) -> WorkerShell:
     # IPython 9 keeps a copy of every cell's printed and displayed output for `%history -o`,
     # forever: a session that prints 300 MB in total holds 300 MB and hits its memory limit.
     # The host already has the outputs; the worker keeps none.
+    assert shell.history_manager is not None  # made by the shell's init, history off or on
     shell.history_manager.outputs = _ForgetOutputs()
     # Matplotlib's "cannot show: non-interactive backend" warning is noise here: every
     # open figure is returned as a PNG at the end of the cell anyway.
