@@ -21,10 +21,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     URL,
+    CursorResult,
     create_engine,
     event,
     func,
@@ -226,9 +227,10 @@ class Store:
         that are gone, so the sessions of live hosts go on. Returns how many were ended."""
         on_host = SessionRecord.host.is_(None) if host is None else SessionRecord.host == host
         with self._write() as db:
-            result = db.execute(update(SessionRecord).where(
+            # An UPDATE's result is a cursor's (it has a rowcount); Session.execute says Result.
+            result = cast(CursorResult[Any], db.execute(update(SessionRecord).where(
                 SessionRecord.ended_at.is_(None), on_host
-            ).values(ended_at=utcnow(), end_reason=reason))
+            ).values(ended_at=utcnow(), end_reason=reason)))
             return result.rowcount or 0
 
     def end_all_live(self, reason: str) -> int:
@@ -279,7 +281,7 @@ class Store:
             rows = {kid: UsageRow(kid, name, 0, 0, 0.0) for kid, name in db.execute(keys)}
             for kid, count, cpu in db.execute(sessions):
                 if kid in rows:
-                    rows[kid].sessions, rows[kid].cpu_seconds = count, float(cpu)
+                    rows[kid].sessions, rows[kid].cpu_seconds = count, float(cpu or 0.0)
             for kid, count in db.execute(executions):
                 if kid in rows:
                     rows[kid].executions = count
