@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     # (milliseconds, pages shared), or "bwrap", a new interpreter in bubblewrap (about a
     # second of CPU each, hidden by the warm pool until it drains). Same confinement.
     sandbox_start: Literal["fork", "bwrap"] = "fork"
+    # Fork path with egress: networks (namespace, filter, slirp4netns) made ahead of demand.
+    network_pool_size: int = 4
     # Egress: destinations refused besides the built-in ones (addresses or CIDR networks,
     # JSON list), e.g. neighbours on public addresses that trust the host's network.
     egress_refuse: list[str] = []

@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import Server, make_server, stdout_of, wait_for
 from tests.host import all_pids, cmdline, in_session, session_processes
 from tests.security.conftest import HostView, new_session, run_json
+from tests.security.netns import REFUSED
 
 SERVER_ONLY_VARIABLE = "TCI_TEST_SERVER_ONLY_VALUE"
 
@@ -196,5 +197,33 @@ def test_sessions_end_with_the_server(tmp_path):
         wait_for(gone, "every process of the session to end with the server")
         assert not [pid for pid in all_pids() if "template.py" in cmdline(pid)
                     and _parent(pid) in (None, 1) and str(tmp_path) in cmdline(pid)]
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("ahead", ["0", "2"])
+def test_egress_networks_made_ahead_are_one_per_session_and_filtered(tmp_path, ahead):
+    """With TCI_NETWORK_POOL_SIZE networks made ahead (or none: made at creation), each forked
+    session joins a network namespace of its own, with its way out and its filter."""
+    server = make_server(tmp_path, sandbox_start="fork", network="egress",
+                         network_pool_size=ahead)
+    try:
+        sessions = [new_session(server) for _ in range(3)]
+        namespaces = {os.readlink(f"/proc/{HostView(s).worker_pid()}/ns/net") for s in sessions}
+        assert len(namespaces) == 3, namespaces
+        assert os.readlink("/proc/self/ns/net") not in namespaces
+        for session_id in sessions:
+            _, seen = run_json(server, (
+                "import errno, json, socket, subprocess\n"
+                "links = subprocess.run(['ip', '-br', 'link'], capture_output=True, text=True)\n"
+                "s = socket.socket(); s.settimeout(3)\n"
+                "try:\n    s.connect(('10.0.2.2', 9)); reached = 'connected'\n"
+                "except OSError as exc:\n    reached = errno.errorcode.get(exc.errno, 'timeout')\n"
+                "print(json.dumps({'links': sorted(l.split()[0] for l in "
+                "links.stdout.splitlines()), 'host_side': reached}))"
+            ), session_id)
+            # 10.0.2.2 is slirp4netns's gateway, the host's side: refused by the filter.
+            assert seen["links"] == ["lo", "tap0"], seen
+            assert seen["host_side"] in REFUSED, seen
     finally:
         server.stop()

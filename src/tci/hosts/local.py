@@ -198,6 +198,7 @@ class LocalHost(SessionHost):
 
     async def stop(self) -> None:
         await self.pool.close()
+        await self.launcher.close()
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

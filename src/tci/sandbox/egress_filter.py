@@ -211,11 +211,15 @@ class EgressFilter:
     async def attach(self, pid: int) -> FilteredNamespace:
         """Load the rules into the network namespace of `pid`, before any traffic can flow
         (slirp4netns is started after this). Close the result to stop following it."""
-        self._require_tools()
         try:
             fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise SandboxUnavailable(f"the sandbox's network namespace is gone: {exc}") from exc
+        return await self.attach_fd(fd)
+
+    async def attach_fd(self, fd: int) -> FilteredNamespace:
+        """As attach, for a namespace held by `fd` (which the result then owns)."""
+        self._require_tools()
         if os.fstat(fd).st_ino == os.stat("/proc/self/ns/net").st_ino:
             os.close(fd)
             raise SandboxUnavailable("the sandbox did not get a network namespace of its own")

@@ -42,6 +42,8 @@ from tci.sandbox.launcher import (
     SandboxProcess,
     _read_to_eof,
 )
+from tci.sandbox.netns_pool import NetworkPool
+from tci.sandbox.network import Egress
 from tci.sandbox.pidfd import ProcessHandle
 from tci.sandbox.seccomp import build_filter
 from tci.worker import linux
@@ -73,6 +75,7 @@ class ForkLauncher(SandboxLauncher):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.forks: ForkServer | None = None
+        self.networks: NetworkPool | None = None
         self._cgroup_parents: list[Path] = []
         # CLOCK_MONOTONIC (shared by every process) when the last fork passed each step of its
         # set-up, for the per-step profile of a creation (bench/).
@@ -120,16 +123,27 @@ class ForkLauncher(SandboxLauncher):
         )
 
     async def warm_up(self) -> None:
-        """Start the template now rather than at the first session."""
+        """Start the template now rather than at the first session, and the networks."""
         await self._fork_server().ensure_started()
+        if self.settings.network == "egress" and self.egress_filter is not None:
+            self.networks = NetworkPool(self.egress_filter, self.settings.network_pool_size,
+                                        self.root / "networks", self.settings.pool_retry_seconds)
+            self.networks.start()
 
     def _fork_server(self) -> ForkServer:
         if self.forks is None:
             raise SandboxUnavailable("the fork launcher was not prepared")
         return self.forks
 
+    async def _network_ahead(self) -> Egress | None:
+        return await self.networks.take() if self.networks is not None else None
+
+    async def close(self) -> None:
+        if self.networks is not None:
+            await self.networks.close()
+
     async def _spawn(self, name: str, uid: int, niceness: int, workspace: Path, home: Path,
-                     cgroup: SessionCgroup | None, channels: Channels
+                     cgroup: SessionCgroup | None, channels: Channels, network: Egress | None
                      ) -> tuple[SandboxProcess, ProcessHandle | None, int]:
         request = {
             "uid": uid,
@@ -139,6 +153,7 @@ class ForkLauncher(SandboxLauncher):
             "tmp_bytes": self.settings.tmp_max_bytes,
             "niceness": niceness,
             "rlimits": self._rlimits,
+            "netns": network is not None,
         }
         info_r, info_w = os.pipe2(os.O_CLOEXEC)
         status_r, status_w = (end.detach() for end in socket.socketpair(
@@ -147,6 +162,8 @@ class ForkLauncher(SandboxLauncher):
         try:
             # The volume travels as detached mounts: the template never sees any volume.
             sent += [linux.open_tree_clone(str(workspace)), linux.open_tree_clone(str(home))]
+            if network is not None:  # joined instead of a new, empty namespace
+                sent.append(os.dup(network.namespace.fd))
             sent_at = time.monotonic()
             _, pidfd = await self._fork_server().spawn(request, [*channels, *sent])
         except BaseException:

@@ -286,6 +286,9 @@ class SandboxLauncher:
     async def warm_up(self) -> None:
         """Hook: start, ahead of the first session, whatever sessions start from."""
 
+    async def close(self) -> None:
+        """Hook: stop what warm_up started (before cleanup, after every session ended)."""
+
     def _prepare_root(self) -> None:
         """Hook: what a launcher needs of the sandbox directory before anything is in it."""
 
@@ -335,12 +338,16 @@ class SandboxLauncher:
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         child_ends = Channels(command_r, event_w, stdout_w, stderr_w)
+        network: Egress | None = None
         try:
+            network = await self._network_ahead()
             process, outer, init = await self._spawn(name, uid, niceness, workspace, home,
-                                                     cgroup, child_ends)
+                                                     cgroup, child_ends, network)
         except BaseException:
             for fd in (command_w, event_r, stdout_r, stderr_r):
                 os.close(fd)
+            if network is not None:
+                await network.stop()
             if cgroup is not None:
                 await asyncio.to_thread(_remove_cgroup, cgroup)
             raise
@@ -351,7 +358,7 @@ class SandboxLauncher:
             name=name, uid=uid, root=root, workspace=workspace, process=process,
             child_pid=init.pid if init is not None else 0, command_fd=command_w, event_fd=event_r,
             stdout_fd=stdout_r, stderr_fd=stderr_r, cgroup=cgroup, volume_path=workspace.parent,
-            outer=outer, init=init,
+            outer=outer, init=init, egress=network,
         )
         if init is None:
             await self.destroy(sandbox)
@@ -359,7 +366,8 @@ class SandboxLauncher:
         # The sandbox cloned its mount namespace before it reported its init: from now on the
         # host's view of the volume follows no symlink, the sandbox's own copy still does.
         await asyncio.to_thread(volume.forbid_symlinks, workspace.parent)
-        if self.settings.network == "egress" and self.egress_filter is not None:
+        if (self.settings.network == "egress" and self.egress_filter is not None
+                and sandbox.egress is None):
             # The sandbox is in its new namespace by now (it reported its init after
             # making it), so neither the filter nor slirp4netns can touch the host's.
             try:
@@ -370,8 +378,13 @@ class SandboxLauncher:
                 raise
         return sandbox
 
+    async def _network_ahead(self) -> Egress | None:
+        """Hook: an egress network made before the sandbox, for it to join (None: the
+        sandbox makes its own namespace and the network is attached to it afterwards)."""
+        return None
+
     async def _spawn(self, name: str, uid: int, niceness: int, workspace: Path, home: Path,
-                     cgroup: SessionCgroup | None, channels: Channels
+                     cgroup: SessionCgroup | None, channels: Channels, network: Egress | None
                      ) -> tuple[SandboxProcess, ProcessHandle | None, ProcessHandle | None]:
         """Start the sandbox's processes on `channels` (the worker's ends, closed by the
         caller afterwards); returns what the server waits for, a handle on the outer process

@@ -55,12 +55,17 @@ def _report(fd: int, message: dict) -> None:
 def become_session(spec: dict, request: dict, fds: list[int], lifeline: int,
                    template_namespaces: dict[str, str], worker) -> None:
     """The setup process: root, in the host's pid namespace. Never returns."""
-    command, event, stdout, stderr, info, status, work, home = fds
+    command, event, stdout, stderr, info, status, work, home, *network = fds
     steps = {"asked": request["asked"], "fork": time.monotonic()}
     try:
         _join_cgroups(spec["cgroup_fds"], request["cgroups"])
         steps["cgroup"] = time.monotonic()
-        linux.unshare(_SESSION_NAMESPACES)
+        if network:  # made ahead by the server, its egress filter and slirp4netns running
+            linux.setns(network[0], linux.CLONE_NEWNET)
+            os.close(network[0])
+            linux.unshare(_SESSION_NAMESPACES & ~linux.CLONE_NEWNET)
+        else:
+            linux.unshare(_SESSION_NAMESPACES)
         linux.sethostname("sandbox")
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
         steps["namespaces"] = time.monotonic()
