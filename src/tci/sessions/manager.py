@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import contextlib
 import logging
 import time
@@ -268,6 +269,7 @@ class SessionManager:
             live_cpu = sum(used or 0.0 for used in await self._cpu_of(live))
             return Usage(since, until, row.sessions, row.executions,
                          row.cpu_seconds + live_cpu, metering.cost(row.sessions, price))
+        assert bucket is not None  # starts is None without one
         counts = await self.store.usage_by_bucket(since, until, key.id, bucket)
         live = self._live_started(key, since, until)
         for session, used in zip(live, await self._cpu_of(live), strict=True):
@@ -276,10 +278,11 @@ class SessionManager:
         return metering.usage_series(since, until, starts, counts, price)
 
     @staticmethod
-    async def _cpu_of(sessions: list[LiveSession]) -> list[float | None]:
+    async def _cpu_of(sessions: builtins.list[LiveSession]) -> builtins.list[float | None]:
         return list(await asyncio.gather(*(s.hosted.cpu_seconds() for s in sessions)))
 
-    def _live_started(self, key: KeyInfo, since: datetime, until: datetime) -> list[LiveSession]:
+    def _live_started(self, key: KeyInfo, since: datetime,
+                      until: datetime) -> builtins.list[LiveSession]:
         """The caller's live sessions started in the window: their CPU is not stored yet."""
         return [s for s in list(self.sessions.values())
                 if s.key_id == key.id and since <= s.started_at < until]
