@@ -64,7 +64,8 @@ def mount(app: Any, path: str = "/mcp") -> Callable[[], Any]:
 
     def backend_for(ctx: Context) -> Backend:
         request = ctx.request_context.request
-        key = getattr(request, "state", None) and getattr(request.state, "key", None)
+        # Not `state and state.key`: an empty starlette State is falsy, and would pass as a key.
+        key = getattr(getattr(request, "state", None), "key", None)
         if key is None:  # the wrapper always sets it; never act without a key
             raise ToolError("missing API key")
         return ManagerBackend(app.state.manager, key)
