@@ -42,7 +42,8 @@ async def stream_execute(
             started.set_result(session_id)
 
     task = asyncio.create_task(manager.execute(key, body, listener, on_start))
-    await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
+    first: set[asyncio.Future[Any]] = {started, task}
+    await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
     if not started.done():
         started.cancel()
         task.result()  # raises the TCIError: an ordinary HTTP error response
