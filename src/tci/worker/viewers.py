@@ -83,7 +83,7 @@ class Viewers:
             return  # importlib.reload: registered once
         viewers = self
 
-        class InlineViewer(image_show.Viewer):  # type: ignore[name-defined, misc]
+        class InlineViewer(image_show.Viewer):  # type: ignore[name-defined]
             """First of Pillow's viewers: shows every image, as PNG, in the cell's output."""
 
             tci_inline = True
@@ -108,7 +108,7 @@ class Viewers:
 
         open_inline.tci_inline = True  # type: ignore[attr-defined]
         # open_new and open_new_tab call the module's `open`, so they are covered too.
-        webbrowser.open = open_inline
+        webbrowser.open = open_inline  # type: ignore[attr-defined]  # a ModuleType, patched
 
     def _show_local_file(self, url: str) -> bool:
         import mimetypes  # here: the worker does not import it at start
@@ -147,7 +147,7 @@ class Viewers:
             viewers.display({"image/png": encoded.tobytes(), "text/plain": str(winname)})
 
         imshow.tci_inline = True  # type: ignore[attr-defined]
-        cv2.imshow = imshow
+        cv2.imshow = imshow  # type: ignore[attr-defined]  # a ModuleType, patched
         # The desktop idiom around imshow (wait for a key, close the windows) then runs through
         # as it would with no key pressed, instead of raising "not implemented".
         for name in ("waitKey", "waitKeyEx", "pollKey"):
