@@ -81,7 +81,7 @@ class FigureCollector:
         def show(*args: Any, **kwargs: Any) -> None:
             collector.publish_open_figures()
 
-        pyplot.show = show
+        pyplot.show = show  # type: ignore[attr-defined]  # a ModuleType, patched
         self._patched_pyplot = pyplot
 
     def before_cell(self) -> None:
