@@ -144,7 +144,7 @@ class ForkLauncher(SandboxLauncher):
 
     async def _spawn(self, name: str, uid: int, niceness: int, workspace: Path, home: Path,
                      cgroup: SessionCgroup | None, channels: Channels, network: Egress | None
-                     ) -> tuple[SandboxProcess, ProcessHandle | None, int]:
+                     ) -> tuple[SandboxProcess, ProcessHandle | None, ProcessHandle]:
         request = {
             "uid": uid,
             # (index of the hierarchy's parent in the template's list, the session's name)
@@ -200,7 +200,8 @@ class ForkLauncher(SandboxLauncher):
         """The init's pid and a pidfd on it, sent by the setup process (None if it failed)."""
         loop = asyncio.get_running_loop()
         readable = loop.create_future()
-        loop.add_reader(status, lambda: readable.done() or readable.set_result(None))
+        # Its value is dropped (mypy objects to it): `or` only skips a second set_result.
+        loop.add_reader(status, lambda: readable.done() or readable.set_result(None))  # type: ignore[func-returns-value]
         try:
             await asyncio.wait_for(readable, timeout=10)
         except TimeoutError:
