@@ -106,7 +106,8 @@ def _elements(networks: Iterable[Network]) -> dict[int, list[str]]:
     by_version: dict[int, list[str]] = {4: [], 6: []}
     for version in by_version:
         chosen = [network for network in every if network.version == version]
-        by_version[version] = [str(n) for n in ipaddress.collapse_addresses(chosen)]
+        # One IP version only, as collapse_addresses needs; mypy sees the list's mixed type.
+        by_version[version] = [str(n) for n in ipaddress.collapse_addresses(chosen)]  # type: ignore[type-var]
     return by_version
 
 
