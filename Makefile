@@ -20,11 +20,13 @@ BWRAP_TESTS := tests/security tests/integration/test_sandbox.py tests/integratio
 
 test: setup browser node-e2e
 	.venv/bin/ruff check src tests bench
+	.venv/bin/mypy src/tci
 	.venv/bin/pytest $(PYTEST_ARGS)
 	TCI_SANDBOX_START=bwrap .venv/bin/pytest $(PYTEST_ARGS) $(BWRAP_TESTS)
 
 lint: venv
 	.venv/bin/ruff check src tests bench
+	.venv/bin/mypy src/tci
 
 # Benchmarks of tci and its peers, side by side: prints a table, rewrites docs/benchmarks.md.
 bench: setup
@@ -93,4 +95,4 @@ lock: uv
 	$(UV) pip compile -q runtime/requirements.in --python $(RUNTIME_PYTHON) -o runtime/requirements.lock
 
 clean:
-	rm -rf .venv .runtime .runtime.new .pytest_cache .ruff_cache tests/e2e/ts/node_modules
+	rm -rf .venv .runtime .runtime.new .pytest_cache .ruff_cache .mypy_cache tests/e2e/ts/node_modules
