@@ -169,7 +169,11 @@ class LocalSession(HostedSession):
         used = await self.cpu_seconds()  # before the sandbox (and its cgroup) is destroyed
         self._worker.on_death = None
         self._worker.close()
-        await self._host.launcher.destroy(self._sandbox)
+        # Killed now: nothing of the session runs once the caller hears it ended. Its
+        # teardown (cgroup, network, volume, uid) follows in the background, off the
+        # client's DELETE and the next creation's path; the host waits for it at stop.
+        self._sandbox.kill()
+        self._host.tear_down(self._sandbox)
         return used
 
 
@@ -180,6 +184,7 @@ class LocalHost(SessionHost):
         self.capacity = settings.max_sessions or 0  # resolved at start
         self.pool = WarmPool(self.launcher, settings)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._teardowns: set[asyncio.Task[None]] = set()
 
     def spawn(self, work: Coroutine[None, None, None], name: str) -> None:
         """Run `work` in the background, held until done (the loop keeps weak references)."""
@@ -196,8 +201,15 @@ class LocalHost(SessionHost):
         enforce(await self.self_check(), self.settings.unsafe_allow_missing_protections)
         self.pool.start()
 
+    def tear_down(self, sandbox: Sandbox) -> None:
+        task = asyncio.create_task(self.launcher.destroy(sandbox),
+                                   name=f"tci-destroy-{sandbox.name}")
+        self._teardowns.add(task)
+        task.add_done_callback(self._teardowns.discard)
+
     async def stop(self) -> None:
         await self.pool.close()
+        await asyncio.gather(*self._teardowns, return_exceptions=True)
         await self.launcher.close()
         for task in list(self._tasks):
             task.cancel()
