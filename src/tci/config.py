@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     sandbox_start: Literal["fork", "bwrap"] = "fork"
     # Fork path with egress: networks (namespace, filter, slirp4netns) made ahead of demand.
     network_pool_size: int = 4
+    # Warm sessions the pool starts at once when it refills: a fork costs milliseconds, so
+    # several keep up with clients; a bubblewrap start costs a second of CPU, so one does.
+    pool_refill_concurrency: int = 4
     # Egress: destinations refused besides the built-in ones (addresses or CIDR networks,
     # JSON list), e.g. neighbours on public addresses that trust the host's network.
     egress_refuse: list[str] = []
@@ -150,6 +153,21 @@ class Settings(BaseSettings):
     # Seconds a call waits for the database (PostgreSQL: to connect; SQLite: for another
     # writer's lock) before it gives up and the request gets 503.
     database_timeout_seconds: float = 5.0
+
+    # Ray cluster (tci/cluster, docs/deploy.md). On a gateway: the Ray head's HEAD:PORT; the
+    # gateway then places sessions on the cluster's tci_host nodes instead of this machine.
+    # Unset: a single machine, and Ray is never imported.
+    ray_address: str = ""
+    ray_namespace: str = "tci"  # where host actors are named (tci-host-<node id>)
+    # How often a gateway looks for tci_host nodes that joined (and starts their host actor).
+    ray_discover_seconds: float = Field(default=5.0, gt=0)
+    # A host actor answers a gateway's "which sessions ended?" call at least this often, with
+    # its free capacity: placement uses numbers at most this old.
+    ray_feed_seconds: float = Field(default=1.0, gt=0)
+    # Ended sessions a host actor remembers for gateways that ask late (oldest dropped).
+    ray_ended_feed_entries: int = Field(default=10_000, ge=1)
+    # Seconds a gateway waits for a new host actor to start (its self-check and warm pool).
+    ray_host_start_timeout: float = Field(default=120.0, gt=0)
 
     @field_validator("max_sessions", "max_sessions_per_key", mode="before")
     @classmethod

@@ -78,6 +78,7 @@ class WarmPool:
         self.refill_delay = settings.pool_refill_delay_seconds
         self.refill_niceness = settings.pool_refill_niceness
         self.retry_delay = settings.pool_retry_seconds
+        self.concurrency = max(1, settings.pool_refill_concurrency)
         self.ready: list[ReadyWorker] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -113,17 +114,20 @@ class WarmPool:
             await asyncio.sleep(self.refill_delay)
             self._wake.clear()
             while len(self.ready) < self.size:
-                try:
-                    item = await start_worker(
-                        self.launcher, self.limits, self.start_timeout, self.preload,
-                        self.refill_niceness,
-                    )
-                except SandboxUnavailable as exc:
+                starts = min(self.concurrency, self.size - len(self.ready))
+                results = await asyncio.gather(*(
+                    start_worker(self.launcher, self.limits, self.start_timeout, self.preload,
+                                 self.refill_niceness) for _ in range(starts)
+                ), return_exceptions=True)
+                failed = [r for r in results if isinstance(r, BaseException)]
+                self.ready.extend(r for r in results if isinstance(r, ReadyWorker))
+                for exc in failed:
+                    if not isinstance(exc, SandboxUnavailable):
+                        raise exc
                     self.starts_failed += 1
                     log.warning("warm pool could not start a worker: %s", exc.message)
+                if failed:
                     await asyncio.sleep(self.retry_delay)
-                    continue
-                self.ready.append(item)
 
     async def close(self) -> None:
         if self._task is not None:
