@@ -50,8 +50,9 @@ def _parent(pid: int) -> int | None:
 
 
 RANDOM_FACTS = (
-    "import json, os, random, uuid, numpy, tempfile\n"
+    "import json, multiprocessing, os, random, uuid, numpy, tempfile\n"
     "print(json.dumps({'random': random.random(), 'numpy': float(numpy.random.rand()),\n"
+    "                  'authkey': multiprocessing.current_process().authkey.hex(),\n"
     "                  'urandom': os.urandom(8).hex(), 'uuid': str(uuid.uuid4()),\n"
     "                  'tempname': next(tempfile._get_candidate_names())}))"
 )
@@ -59,7 +60,7 @@ RANDOM_FACTS = (
 
 def test_forked_sessions_have_their_own_random_streams(forked):
     facts = [run_json(forked, RANDOM_FACTS)[1] for _ in range(3)]
-    for key in ("random", "numpy", "urandom", "uuid", "tempname"):
+    for key in ("random", "numpy", "authkey", "urandom", "uuid", "tempname"):
         values = [fact[key] for fact in facts]
         assert len(set(values)) == len(values), (key, values)
 

@@ -276,6 +276,10 @@ def _fresh_process_state() -> None:
     numpy_random = sys.modules.get("numpy.random")
     if numpy_random is not None:
         numpy_random.seed()
+    # multiprocessing's authentication key is drawn once, when it is first imported.
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None:
+        process.current_process().authkey = os.urandom(32)
     # The user site (pip install --user) exists only in the session's home: put it where a
     # normal start would have, ahead of the runtime, with no stale "absent" cache entry.
     import importlib
