@@ -51,6 +51,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings.host = args.host
     if args.port is not None:
         settings.port = args.port
+    if args.ray_address:
+        settings.ray_address = args.ray_address
     from tci.server.logging import configure
 
     configure(settings.log_format)
@@ -72,6 +74,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 access_log=args.access_log, timeout_graceful_shutdown=10)
     data_dir_lock.close()
     return 0
+
+
+def cmd_hosts(args: argparse.Namespace, settings: Settings) -> int:
+    from tci.cluster.listing import list_hosts
+
+    settings.ray_address = args.ray_address or settings.ray_address
+    if not settings.ray_address:
+        print("tci: a Ray cluster is needed: --ray-address HEAD:PORT or TCI_RAY_ADDRESS",
+              file=sys.stderr)
+        return 2
+    return list_hosts(settings)
 
 
 def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
@@ -137,7 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--ray-address", default=None,
+                       help="run as a gateway to this Ray cluster's tci hosts (HEAD:PORT; "
+                            "default $TCI_RAY_ADDRESS, unset: sessions on this machine)")
     serve.set_defaults(handler=cmd_serve)
+
+    hosts = commands.add_parser("hosts", help="start the host actor of every tci_host node of "
+                                "a Ray cluster (gateways also do it) and list them")
+    hosts.add_argument("--ray-address", default=None, help="HEAD:PORT (default $TCI_RAY_ADDRESS)")
+    hosts.set_defaults(handler=cmd_hosts)
 
     keys = commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)

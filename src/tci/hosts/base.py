@@ -13,6 +13,7 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from tci.workspace import DecodedFile, FileListing
@@ -98,6 +99,7 @@ class HostedSession(ABC):
     lock), except `interrupt` and `cpu_seconds`, which must work while a call runs."""
 
     id: str  # unguessable; the session id clients see
+    host: str | None = None  # the host's name in the store when other servers may route to it
 
     @abstractmethod
     async def execute(self, code: str, files: list[DecodedFile], timeout: float, grace: float,
@@ -136,8 +138,27 @@ class HostedSession(ABC):
         (read before its accounting is gone). Idempotent."""
 
 
+@dataclass
+class AdoptedSession:
+    """A live session another server started, with what the manager must know of it."""
+
+    session: HostedSession
+    key_id: int
+    started_at: datetime
+    expires_at: datetime
+    execute_count: int
+
+
 class SessionHost(ABC):
     """Where sessions run: starts them (ahead of demand when it can) and reports on itself."""
+
+    # True when sessions outlive this server (hosts on a Ray cluster): stopping the server
+    # then leaves them running, for the other gateways and for this one when it comes back.
+    keeps_sessions: bool = False
+
+    async def adopt(self, session_id: str) -> AdoptedSession | None:
+        """A live session started by another server on the same hosts, or None."""
+        return None
 
     @abstractmethod
     async def start(self) -> None:

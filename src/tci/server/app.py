@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from tci.config import Settings
+from tci.hosts.base import SessionHost
 from tci.hosts.local import LocalHost
 from tci.server import console, errors, mcp
 from tci.server.auth import ApiKeyAuth, Authenticator
@@ -21,10 +22,20 @@ from tci.sessions.manager import SessionManager
 from tci.storage.store import AsyncStore, Store
 
 
+def session_host(settings: Settings, store: Store) -> SessionHost:
+    """Sandboxes on this machine, or, with TCI_RAY_ADDRESS, on a Ray cluster's tci hosts (a
+    gateway). Ray is imported only then."""
+    if not settings.ray_address:
+        return LocalHost(settings)
+    from tci.cluster.ray_host import RayHost
+
+    return RayHost(settings, store)
+
+
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
-    async_store = AsyncStore(store or Store(settings.database_url,
-                                            settings.database_timeout_seconds))
-    manager = SessionManager(settings, async_store, LocalHost(settings))
+    store = store or Store(settings.database_url, settings.database_timeout_seconds)
+    async_store = AsyncStore(store)
+    manager = SessionManager(settings, async_store, session_host(settings, store))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -97,10 +97,11 @@ class SessionManager:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        await asyncio.gather(
-            *(self.end(s, EndReason(EndKind.SHUTDOWN)) for s in list(self.sessions.values())),
-            return_exceptions=True,
-        )
+        if not self.host.keeps_sessions:  # a Ray gateway's sessions go on without it
+            await asyncio.gather(
+                *(self.end(s, EndReason(EndKind.SHUTDOWN)) for s in list(self.sessions.values())),
+                return_exceptions=True,
+            )
         await self.host.stop()
         await self.executions.close()
         await self.store.drain()
@@ -150,13 +151,16 @@ class SessionManager:
         self.sessions[session_id] = session
         hosted.on_end(lambda reason: self._ended_on_its_own(session, reason))
         self.metrics.session_created()
-        # Queued, not awaited: the store's single thread keeps it ahead of later writes.
-        self.store.add_session_later(session_id, key.id, started, expires)
+        if hosted.host is None:
+            # Queued, not awaited: the store's single thread keeps it ahead of later writes.
+            self.store.add_session_later(session_id, key.id, started, expires)
+        else:  # recorded before any answer, so that every gateway can route to it at once
+            await self.store.add_session(session_id, key.id, started, expires, hosted.host)
         log.info("session started", extra={"session": session_id, "key": key.name})
         return session
 
     async def get(self, key: KeyInfo, session_id: str) -> LiveSession:
-        session = self.sessions.get(session_id)
+        session = self.sessions.get(session_id) or await self._adopt(session_id)
         if session is not None and session.key_id == key.id:
             if session.expires_at <= utcnow():
                 await self.end(session, EndReason(EndKind.EXPIRED))
@@ -172,6 +176,21 @@ class SessionManager:
                 raise SessionEnded(f"session {session_id} has ended: {reason}")
         # Another key's session and an unknown id look the same: no leak that it exists.
         raise NotFound(f"session {session_id} not found")
+
+    async def _adopt(self, session_id: str) -> LiveSession | None:
+        """A session another gateway started on the same hosts (None on a single machine)."""
+        if session_id in self._ended:
+            return None
+        found = await self.host.adopt(session_id)
+        if found is None:
+            return None
+        session = self.sessions.get(session_id)  # adopted meanwhile by a concurrent call
+        if session is None:
+            session = LiveSession(session_id, found.key_id, found.started_at, found.expires_at,
+                                  found.session, found.execute_count)
+            self.sessions[session_id] = session
+            found.session.on_end(lambda reason: self._ended_on_its_own(session, reason))
+        return session
 
     async def end(self, session: LiveSession, reason: EndReason) -> None:
         if session.ended is not None:

@@ -1,0 +1,248 @@
+"""HostActor: a LocalHost on one Ray node, for the gateways (tci.cluster.ray_host) to use.
+
+One per node that offers the `tci_host` resource: detached (it outlives the gateway that
+made it), named after its node, pinned to it, and run by that node's raylet, so as root and
+with the node's own TCI_ settings (pool, limits, sandbox directory), like `tci serve` on a
+single machine. Several gateways call it at once: calls to one session are serialized here
+too, not only by each gateway's lock.
+
+Every method answers with plain data (a Reply). Exceptions are not sent through Ray: its
+wrappers would lose SessionGone's reason and the HTTP status of a TCIError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from tci.config import Settings
+from tci.errors import TCIError
+from tci.hosts.base import CallResult, EndKind, EndReason, HostedSession, SessionGone
+from tci.hosts.local import LocalHost
+from tci.workspace import DecodedFile
+
+log = logging.getLogger(__name__)
+
+# A session id this host does not know: it ran on this node before the host was restarted
+# clean (the gateway routes by the host's name, which changes when a node comes back).
+_UNKNOWN = EndReason(EndKind.HOST_LOST, "host lost: the host restarted")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a call returns: its value, or how the session ended, or the error to raise."""
+
+    value: Any = None
+    gone: EndReason | None = None
+    error: TCIError | None = None
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    name: str
+    free: int  # sessions it can still open (its capacity less those live)
+    live: int
+    pool_ready: int
+    pool_size: int
+    starts_failed: int
+    capacity: int  # sessions it holds at once (TCI_MAX_SESSIONS, or what its machine holds)
+    seq: int  # its feed's last end (a gateway that joins reads on from there)
+
+
+@dataclass(frozen=True)
+class Ended:
+    """One session that ended on this host, for gateways that did not end it themselves."""
+
+    seq: int
+    session_id: str
+    reason: EndReason
+    cpu_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Feed:
+    """The answer to `ended_since`: ends after the asked-for sequence number, and capacity."""
+
+    ended: list[Ended]
+    last: int
+    info: HostInfo
+
+
+class HostActor:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.settings = Settings()
+        self.host = LocalHost(self.settings)
+        self.sessions: dict[str, HostedSession] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.feed: collections.deque[Ended] = collections.deque(
+            maxlen=self.settings.ray_ended_feed_entries)
+        self.seq = 0
+        self._changed: asyncio.Event | None = None
+        self._start: asyncio.Task[None] | None = None
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+
+    # -- the host ----------------------------------------------------------------------------
+
+    async def start(self) -> Reply:
+        """Start the LocalHost and check a probe session (once, whoever asks first); an
+        error, such as a protection missing, is answered to every caller."""
+        if self._start is None:
+            self._start = asyncio.ensure_future(self._start_host())
+        try:
+            await asyncio.shield(self._start)
+        except TCIError as exc:
+            return Reply(error=exc)
+        return Reply(self.info())
+
+    async def _start_host(self) -> None:
+        self._changed = asyncio.Event()
+        await self.host.start()  # refuses (SandboxUnavailable) if its self-check fails
+        log.info("tci host %s ready", self.name)
+
+    def info(self) -> HostInfo:
+        stats = self.host.stats()
+        free = max(0, stats.capacity - len(self.sessions))
+        return HostInfo(self.name, free, len(self.sessions), stats.pool_ready, stats.pool_size,
+                        stats.starts_failed, stats.capacity, self.seq)
+
+    async def ended_since(self, seq: int, wait: float) -> Feed:
+        """Sessions ended after `seq`; waits up to `wait` seconds for one if there are none.
+        A gateway keeps one such call pending per host: its failure is how it learns, from
+        Ray, that the host is lost."""
+        assert self._changed is not None, "start() first"
+        if self.seq <= seq:
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), wait)
+        return Feed([e for e in self.feed if e.seq > seq], self.seq, self.info())
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def open_session(self, lifetime: float) -> Reply:
+        """A new session that ends itself after `lifetime` seconds if no gateway ended it
+        (its gateway may be gone)."""
+        if self.info().free <= 0:
+            return Reply(error=_full(self.host.stats().capacity))
+        try:
+            hosted = await self.host.open_session()
+        except TCIError as exc:
+            return Reply(error=exc)
+        sid = hosted.id
+        self.sessions[sid] = hosted
+        self.locks[sid] = asyncio.Lock()
+        hosted.on_end(lambda reason: self._spawn_end(sid, reason))
+        self._expiry[sid] = asyncio.get_running_loop().call_later(
+            lifetime, self._spawn_end, sid, EndReason(EndKind.EXPIRED))
+        return Reply(sid)
+
+    def _spawn_end(self, sid: str, reason: EndReason) -> None:
+        self.host.spawn(self._end_locked(sid, reason), f"tci-end-{sid}")
+
+    async def _end_locked(self, sid: str, reason: EndReason) -> None:
+        lock = self.locks.get(sid)
+        if lock is None:
+            return
+        async with lock:  # after a call that is running has finished
+            await self.end(sid, reason)
+
+    async def end(self, sid: str, reason: EndReason) -> Reply:
+        """End the session, free what it held, tell the feed; answers its CPU seconds."""
+        hosted = self.sessions.pop(sid, None)
+        if hosted is None:
+            return Reply(None)
+        self.locks.pop(sid, None)
+        timer = self._expiry.pop(sid, None)
+        if timer is not None:
+            timer.cancel()
+        used = await hosted.end(reason)
+        self.seq += 1
+        self.feed.append(Ended(self.seq, sid, reason, used))
+        if self._changed is not None:
+            self._changed.set()
+        return Reply(used)
+
+    def _gone(self, sid: str) -> Reply:
+        for entry in reversed(self.feed):
+            if entry.session_id == sid:
+                return Reply(gone=entry.reason)
+        return Reply(gone=_UNKNOWN)
+
+    async def execute(self, sid: str, code: str, files: list[DecodedFile], timeout: float,
+                      grace: float) -> Reply:
+        return await self._execute(sid, code, files, timeout, grace, None, None)
+
+    async def _execute(self, sid: str, code: str, files: list[DecodedFile], timeout: float,
+                       grace: float, listener: Any, on_start: Any) -> Reply:
+        hosted, lock = self.sessions.get(sid), self.locks.get(sid)
+        if hosted is None or lock is None:
+            return self._gone(sid)
+        async with lock:
+            try:
+                result: CallResult = await hosted.execute(code, files, timeout, grace,
+                                                          listener, on_start)
+            except SessionGone as gone:
+                return Reply(gone=gone.reason)
+        return Reply(result)
+
+    async def execute_stream(self, sid: str, code: str, files: list[DecodedFile],
+                             timeout: float, grace: float) -> AsyncIterator[tuple[str, Any]]:
+        """("start", None) when the code starts, ("output", output) as each is produced,
+        then ("reply", Reply): a Ray streaming generator, so outputs reach the gateway as
+        they come."""
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        call = asyncio.ensure_future(self._execute(
+            sid, code, files, timeout, grace,
+            lambda output: queue.put_nowait(("output", output)),
+            lambda: queue.put_nowait(("start", None))))
+        call.add_done_callback(lambda _: queue.put_nowait(("done", None)))
+        try:
+            while True:
+                kind, item = await queue.get()
+                if kind == "done":
+                    yield ("reply", call.result())
+                    return
+                yield (kind, item)
+        finally:
+            if not call.done():  # the gateway went away: stop the cell (the driver does)
+                call.cancel()
+
+    async def interrupt(self, sid: str) -> Reply:
+        hosted = self.sessions.get(sid)
+        return Reply(False) if hosted is None else Reply(await hosted.interrupt())
+
+    async def list_files(self, sid: str) -> Reply:
+        return await self._files(sid, "list_files")
+
+    async def read_file(self, sid: str, path: str) -> Reply:
+        return await self._files(sid, "read_file", path)
+
+    async def write_files(self, sid: str, files: list[DecodedFile]) -> Reply:
+        # Not under the session's lock, as on a single machine: a running cell may be
+        # waiting for the very file being written.
+        return await self._files(sid, "write_files", files)
+
+    async def _files(self, sid: str, method: str, *args: Any) -> Reply:
+        hosted = self.sessions.get(sid)
+        if hosted is None:
+            return self._gone(sid)
+        try:
+            return Reply(await getattr(hosted, method)(*args))
+        except TCIError as exc:
+            return Reply(error=exc)
+
+    async def cpu_seconds(self, sid: str) -> float | None:
+        hosted = self.sessions.get(sid)
+        return None if hosted is None else await hosted.cpu_seconds()
+
+
+def _full(limit: int) -> TCIError:
+    from tci.errors import TooManySessions
+
+    return TooManySessions(f"this host runs its maximum of {limit} sessions (TCI_MAX_SESSIONS "
+                           "of its node)")

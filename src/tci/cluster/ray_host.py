@@ -1,0 +1,339 @@
+"""RayHost: the SessionHost of a gateway, whose sessions run on the cluster's host actors.
+
+Placement: a new session goes to the host with the most free capacity, as each host last
+said (every reply of its feed carries it, at least every TCI_RAY_FEED_SECONDS). Routing: a
+session's host is its `host` in the store, so any gateway can reach any session (the one
+that did not start it adopts it on first use). Failures: each gateway keeps one call
+pending on each host (its feed of ended sessions); when Ray reports the host's actor dead
+(its node lost), the host's sessions end with "host lost" and new ones go to the others.
+Nothing here probes hosts: Ray's own health checks decide that a node is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from tci.cluster import actors
+from tci.cluster.host_actor import Feed, HostInfo, Reply
+from tci.config import Settings
+from tci.errors import SandboxUnavailable, SessionEnded, TCIError
+from tci.hosts.base import (
+    AdoptedSession,
+    CallResult,
+    EndKind,
+    EndListener,
+    EndReason,
+    HostedSession,
+    HostStats,
+    OutputListener,
+    SessionGone,
+    SessionHost,
+)
+from tci.storage.store import Store
+from tci.workspace import DecodedFile, FileListing
+
+log = logging.getLogger(__name__)
+HOST_LOST = EndReason(EndKind.HOST_LOST)
+
+
+def _unwrap(reply: Reply) -> Any:
+    if reply.gone is not None:
+        raise SessionGone(reply.gone)
+    if reply.error is not None:
+        raise reply.error
+    return reply.value
+
+
+@dataclass
+class _Host:
+    """What a gateway knows of one host actor."""
+
+    name: str
+    actor: Any
+    info: HostInfo
+    seq: int = 0  # the last end of its feed this gateway has seen
+    sessions: dict[str, RaySession] = field(default_factory=dict)  # those this gateway holds
+    watcher: asyncio.Task[None] | None = None
+
+
+class RaySession(HostedSession):
+    def __init__(self, entry: _Host, session_id: str) -> None:
+        self.id = session_id
+        self.host = entry.name
+        self._entry = entry
+        self._listener: EndListener | None = None
+        self._gone: EndReason | None = None
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        if self._gone is not None:
+            raise SessionGone(self._gone)
+        try:
+            reply = await getattr(self._entry.actor, method).remote(self.id, *args)
+        except RayActorError:
+            raise SessionGone(HOST_LOST) from None
+        return _unwrap(reply)
+
+    async def execute(self, code: str, files: list[DecodedFile], timeout: float, grace: float,
+                      listener: OutputListener | None = None,
+                      on_start: Callable[[], None] | None = None) -> CallResult:
+        if listener is None:  # one round trip
+            if on_start is not None:
+                on_start()
+            call = self._call("execute", code, files, timeout, grace)
+            return await _cancelled_with(call)
+        if self._gone is not None:
+            raise SessionGone(self._gone)
+        stream = self._entry.actor.execute_stream.options(num_returns="streaming").remote(
+            self.id, code, files, timeout, grace)
+        try:
+            async for ref in stream:
+                kind, item = await ref
+                if kind == "start" and on_start is not None:
+                    on_start()
+                elif kind == "output":
+                    listener(item)
+                elif kind == "reply":
+                    return _unwrap(item)
+        except RayActorError:
+            raise SessionGone(HOST_LOST) from None
+        except asyncio.CancelledError:
+            ray.cancel(stream)  # the host's generator stops the cell (its driver interrupts)
+            raise
+        raise SessionGone(HOST_LOST)  # the stream ended without its reply
+
+    async def interrupt(self) -> bool:
+        try:
+            return bool(await self._call("interrupt"))
+        except SessionGone:
+            return False
+
+    async def _files(self, method: str, *args: Any) -> Any:
+        try:
+            return await self._call(method, *args)
+        except SessionGone as gone:
+            raise SessionEnded(f"session {self.id} has ended: {gone.reason}") from None
+
+    async def list_files(self) -> FileListing:
+        return await self._files("list_files")
+
+    async def read_file(self, path: str) -> bytes:
+        return await self._files("read_file", path)
+
+    async def write_files(self, files: list[DecodedFile]) -> None:
+        await self._files("write_files", files)
+
+    async def cpu_seconds(self) -> float | None:
+        try:
+            return await self._entry.actor.cpu_seconds.remote(self.id)
+        except RayActorError:
+            return None
+
+    def on_end(self, listener: EndListener) -> None:
+        self._listener = listener
+        if self._gone is not None:
+            asyncio.get_running_loop().call_soon(self._tell, self._gone)
+
+    def _tell(self, reason: EndReason) -> None:
+        """Its host says it ended (or Ray says the host is gone): tell the manager once."""
+        self._gone = self._gone or reason
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener(self._gone)
+
+    async def end(self, reason: EndReason) -> float | None:
+        self._entry.sessions.pop(self.id, None)
+        self._listener = None
+        if self._gone is not None and self._gone.kind is EndKind.HOST_LOST:
+            return None
+        try:
+            reply = await self._entry.actor.end.remote(self.id, reason)
+        except RayActorError:
+            return None
+        return reply.value
+
+
+async def _cancelled_with(call: Any) -> Any:
+    """Await an actor call; if the caller is cancelled (its client went away), cancel the
+    call on the host too, where the cell is then interrupted as on a single machine."""
+    task = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+
+
+class RayHost(SessionHost):
+    keeps_sessions = True  # they live on the hosts, for every gateway
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.hosts: dict[str, _Host] = {}
+        self._starting: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._discovery: asyncio.Task[None] | None = None
+        self.lost: dict[str, float] = {}  # host name -> when Ray reported it lost (monotonic)
+
+    # -- the cluster -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if not ray.is_initialized():
+            ray.init(address=self.settings.ray_address, namespace=self.settings.ray_namespace,
+                     logging_level=logging.WARNING, log_to_driver=False)
+        await self.discover()
+        if not self.hosts:
+            log.warning("no tci host is up yet (no node offers %s); new sessions wait for one",
+                        actors.RESOURCE)
+        # Sessions of hosts that went while no gateway watched them: they are lost. Those of
+        # live hosts stay live (a restarting gateway never ends them).
+        recorded = await asyncio.to_thread(self.store.live_hosts)
+        for name in recorded - {None} - set(self.hosts):
+            assert name is not None
+            await self._record_lost(name)
+        self._discovery = asyncio.create_task(self._discover_forever(), name="tci-ray-discovery")
+
+    async def stop(self) -> None:
+        """The gateway stops: its watchers and discovery end; the hosts and their sessions
+        go on for the other gateways (and for this one when it comes back)."""
+        tasks = [t for t in (self._discovery, *self._tasks) if t is not None]
+        tasks += [h.watcher for h in self.hosts.values() if h.watcher is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _discover_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.ray_discover_seconds)
+            try:
+                await self.discover()
+            except Exception:  # a GCS hiccup must not stop discovery for good
+                log.exception("looking for tci hosts failed; trying again")
+
+    async def discover(self) -> None:
+        """Start (or find) the host actor of every tci_host node not yet known, and wait
+        for them to be ready."""
+        nodes = await asyncio.to_thread(actors.host_nodes)
+        new = {name: node for name, node in nodes.items()
+               if name not in self.hosts and name not in self._starting}
+        await asyncio.gather(*(self._add(name, node) for name, node in new.items()))
+
+    async def _add(self, name: str, node_id: str) -> None:
+        self._starting.add(name)
+        try:
+            actor = actors.host_actor(node_id, self.settings.ray_namespace)
+            reply = await asyncio.wait_for(actor.start.remote(),
+                                           self.settings.ray_host_start_timeout)
+            info: HostInfo = _unwrap(reply)
+        except (RayActorError, TimeoutError, TCIError) as exc:
+            log.error("tci host %s did not start: %s", name, getattr(exc, "message", exc))
+            return
+        finally:
+            self._starting.discard(name)
+        entry = _Host(name, actor, info, info.seq)
+        self.hosts[name] = entry
+        entry.watcher = asyncio.create_task(self._watch(entry), name=f"tci-watch-{name}")
+        log.info("tci host %s joined (%d free)", name, info.free)
+
+    async def _watch(self, entry: _Host) -> None:
+        while True:
+            try:
+                feed: Feed = await entry.actor.ended_since.remote(
+                    entry.seq, self.settings.ray_feed_seconds)
+            except RayActorError as exc:
+                await self._lose(entry, exc)
+                return
+            entry.info, entry.seq = feed.info, feed.last
+            for ended in feed.ended:
+                session = entry.sessions.pop(ended.session_id, None)
+                if session is not None:
+                    session._tell(ended.reason)
+                else:  # ended on the host (expired, its worker died) or through another
+                    # gateway; the first write wins, so this is a no-op when it is recorded
+                    self._spawn(asyncio.to_thread(
+                        self.store.end_session, ended.session_id, str(ended.reason),
+                        ended.cpu_seconds))
+
+    async def _lose(self, entry: _Host, exc: Exception) -> None:
+        log.error("tci host %s lost: %s", entry.name, str(exc).splitlines()[0] if str(exc)
+                  else type(exc).__name__)
+        self.lost[entry.name] = time.monotonic()
+        self.hosts.pop(entry.name, None)
+        for session in list(entry.sessions.values()):
+            session._tell(HOST_LOST)
+        await self._record_lost(entry.name)
+
+    async def _record_lost(self, name: str) -> None:
+        with contextlib.suppress(TCIError):  # the database down: the next gateway does it
+            ended = await asyncio.to_thread(self.store.end_live, str(HOST_LOST), name)
+            if ended:
+                log.info("%d sessions of lost host %s marked ended", ended, name)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def open_session(self) -> RaySession:
+        """On the host with the most free capacity; the next one if it refuses."""
+        refusals: list[str] = []
+        for entry in sorted(self.hosts.values(), key=lambda h: -h.info.free):
+            if entry.info.free <= 0:
+                refusals.append(f"{entry.name} is full")
+                continue
+            try:
+                reply = await entry.actor.open_session.remote(
+                    self.settings.session_lifetime_seconds)
+            except RayActorError as exc:
+                await self._lose(entry, exc)
+                continue
+            if reply.error is not None:
+                refusals.append(f"{entry.name}: {reply.error.message}")
+                continue
+            entry.info = _taken(entry.info)  # until its feed says again
+            session = RaySession(entry, reply.value)
+            entry.sessions[session.id] = session
+            return session
+        raise SandboxUnavailable("no tci host can take a new session now"
+                                 + (f" ({'; '.join(refusals)})" if refusals else
+                                    " (none is up)"))
+
+    async def adopt(self, session_id: str) -> AdoptedSession | None:
+        """A live session that another gateway started, from its record in the store."""
+        row = await asyncio.to_thread(self.store.session_row, session_id)
+        if row is None or row["ended_at"] is not None or row["host"] is None:
+            return None
+        entry = self.hosts.get(row["host"])
+        if entry is None:  # its host is gone: say so, as its other sessions do
+            await self._record_lost(row["host"])
+            return None
+        session = entry.sessions.get(session_id) or RaySession(entry, session_id)
+        entry.sessions[session_id] = session
+        return AdoptedSession(session, row["key_id"], row["started_at"], row["expires_at"],
+                              row["execute_count"])
+
+    def stats(self) -> HostStats:
+        infos = [h.info for h in self.hosts.values()]
+        return HostStats(sum(i.pool_ready for i in infos), sum(i.pool_size for i in infos),
+                         sum(i.starts_failed for i in infos), sum(i.capacity for i in infos))
+
+    async def self_check(self) -> list[str]:
+        """Each host checks itself when it starts; one whose check fails is not used."""
+        return []
+
+
+def _taken(info: HostInfo) -> HostInfo:
+    from dataclasses import replace
+
+    return replace(info, free=max(0, info.free - 1), live=info.live + 1)

@@ -1,0 +1,129 @@
+"""tci on a real Ray cluster (conftest.py): two host nodes, two gateways, one PostgreSQL.
+Sessions spread over both hosts; any gateway serves any session; a gateway that dies loses
+nothing; a host node that dies ends its own sessions, with "host lost", and only those."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+from tests.cluster.netns import interfaces
+from tests.conftest import stdout_of, wait_for
+from together import Together
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def test_everything_runs_in_a_namespace_with_only_loopback(cluster):
+    assert interfaces() == ["lo"]
+    listed = cluster.hosts_listing
+    assert len(cluster.host_names()) == 2 and listed.count(" ready") == 2, listed
+
+
+def test_sessions_land_on_both_hosts(cluster):
+    gateway = cluster.gateways[0]
+    sessions = [gateway.run("print('hi')")["session_id"] for _ in range(4)]
+    assert {cluster.host_of(s) for s in sessions} == cluster.host_names()
+
+
+def test_a_session_made_through_one_gateway_runs_through_the_other(cluster):
+    a, b = cluster.gateways
+    session = a.run("x = 41")["session_id"]
+    assert stdout_of(b.run("x += 1\nprint(x)", session)) == "42\n"
+    assert stdout_of(a.run("print(x)", session)) == "42\n"
+    with b.client() as client:
+        listed = client.get(f"/v1/tci/sessions/{session}/files")
+    assert listed.status_code == 200, listed.text
+
+
+def test_streaming_through_a_gateway_sends_output_while_the_cell_runs(cluster):
+    a, b = cluster.gateways
+    session = a.run("import os, time")["session_id"]
+    code = ("print('first', flush=True)\n"
+            "while not os.path.exists('go'):\n    time.sleep(0.05)\nprint('second')")
+    body = {"language": "python", "code": code, "stream": True, "session_id": session}
+    with b.client() as client, client.stream("POST", "/v1/tci/execute", json=body) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        assert next(lines) == "event: output"
+        assert json.loads(next(lines).removeprefix("data: ")) == {"type": "stdout",
+                                                                  "data": "first\n"}
+        # Only with 'first' in hand does the test let the cell finish, through the other
+        # gateway (a file written while the cell runs).
+        with a.client() as other:
+            assert other.put(f"/v1/tci/sessions/{session}/files/go",
+                             content=b"").status_code < 300
+        rest = [line for line in lines if line]
+    assert rest[-2] == "event: result"
+    assert stdout_of(json.loads(rest[-1].removeprefix("data: "))["data"]) == "first\nsecond\n"
+
+
+def test_the_official_together_sdk_works_through_a_gateway(cluster):
+    gateway = cluster.gateways[1]
+    with Together(base_url=gateway.base_url, api_key=cluster.key) as sdk:
+        first = sdk.code_interpreter.execute(code="y = 6 * 7", language="python")
+        again = sdk.code_interpreter.execute(code="print(y)", language="python",
+                                             session_id=first.data.session_id)
+    assert again.errors is None
+    assert [(o.type, o.data) for o in again.data.outputs] == [("stdout", "42\n")]
+
+
+def test_usage_sums_sessions_executions_and_cpu_across_hosts(cluster):
+    a, b = cluster.gateways
+    key = a.new_key("usage-across-hosts")
+    sessions = []
+    for gateway in (a, b, a, b):
+        sessions.append(gateway.run("sum(range(3_000_000))", key=key)["session_id"])
+    assert len({cluster.host_of(s) for s in sessions}) == 2
+    for session in sessions:
+        b.run("print(1)", session, key=key)
+    with a.client(key) as client:
+        used = client.get("/v1/tci/usage").json()["data"]
+    assert (used["sessions"], used["executions"]) == (4, 8)
+    assert used["cpu_seconds"] > 0
+
+
+def test_killing_a_gateway_loses_no_session(cluster):
+    a, b = cluster.gateways
+    session = a.run("kept = 'still here'")["session_id"]
+    a.stop(signal.SIGKILL)
+    assert stdout_of(b.run("print(kept)", session)) == "still here\n"
+    a.start()  # the same gateway comes back: a new process, nothing in memory
+    assert stdout_of(a.run("print(kept)", session)) == "still here\n"
+    a.stop(signal.SIGTERM)  # a graceful stop leaves the sessions to the hosts too
+    a.start()
+    assert stdout_of(a.run("print(kept)", session)) == "still here\n"
+    assert cluster.sql("SELECT ended_at FROM sessions WHERE id = %s", session) == [(None,)]
+
+
+def test_a_lost_host_ends_its_sessions_only_and_new_sessions_go_to_the_other(cluster):
+    """Last: it kills a host node."""
+    a, b = cluster.gateways
+    by_host: dict[str, str] = {}
+    while len(by_host) < 2:
+        session = a.run("z = 1")["session_id"]
+        by_host.setdefault(cluster.host_of(session), session)
+    doomed_host = cluster.host_of(by_host[min(by_host)])
+    doomed, survivor = by_host[doomed_host], next(s for h, s in by_host.items()
+                                                  if h != doomed_host)
+    victim = next(node for node in cluster.hosts.values()
+                  if doomed_host == f"tci-host-{node.node_id()[:16]}")
+    killed_at = time.monotonic()
+    victim.kill()
+
+    def lost() -> bool:
+        response = b.execute("print(z)", doomed)
+        return response.status_code == 410
+    wait_for(lost, "the lost host's session to answer 410", timeout=120)
+    reported = time.monotonic() - killed_at
+    response = a.execute("print(z)", doomed)
+    assert response.status_code == 410 and "host lost" in response.text, response.text
+    assert stdout_of(b.run("z += 1\nprint(z)", survivor)) == "2\n"
+    fresh = [a.run("print('new')")["session_id"] for _ in range(3)]
+    assert {cluster.host_of(s) for s in fresh} == {cluster.host_of(survivor)}
+    assert cluster.sql("SELECT end_reason FROM sessions WHERE id = %s", doomed) == [
+        ("host lost",)]
+    print(f"host loss reported {reported:.1f} s after the node was killed")
+
