@@ -8,7 +8,7 @@ UV := $(PYTHON) -m uv
 RUNTIME_PYTHON := /usr/bin/python3.11
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint bench setup system browser uv venv runtime node-e2e screenshot lock clean
+.PHONY: serve test lint bench setup system browser uv venv ray runtime node-e2e screenshot lock clean
 
 serve: setup
 	.venv/bin/tci serve
@@ -18,7 +18,7 @@ serve: setup
 BWRAP_TESTS := tests/security tests/integration/test_sandbox.py tests/integration/test_seccomp.py \
 	tests/integration/test_cgroups.py tests/integration/test_lifecycle.py
 
-test: setup browser node-e2e
+test: setup ray browser node-e2e
 	.venv/bin/ruff check src tests bench
 	.venv/bin/mypy src/tci
 	.venv/bin/pytest $(PYTEST_ARGS)
@@ -29,7 +29,7 @@ lint: venv
 	.venv/bin/mypy src/tci
 
 # Benchmarks of tci and its peers, side by side: prints a table, rewrites docs/benchmarks.md.
-bench: setup
+bench: setup ray
 	.venv/bin/python -m bench
 
 setup: system venv runtime
@@ -88,6 +88,13 @@ runtime: .runtime/.stamp
 node-e2e: tests/e2e/ts/node_modules/.stamp
 tests/e2e/ts/node_modules/.stamp: tests/e2e/ts/package-lock.json
 	cd tests/e2e/ts && npm ci --no-audit --no-fund --prefer-offline
+	touch $@
+
+# Ray, for the multi-node tests and gateways (tci serve --ray-address, tci/cluster): an optional
+# extra, kept out of requirements.lock so a single-machine install never has it; uv caches it.
+ray: .venv/.ray-stamp
+.venv/.ray-stamp: .venv/.stamp
+	$(UV) pip install -q --python .venv/bin/python -e '.[ray]'
 	touch $@
 
 lock: uv
