@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any, TypeVar
 
 from . import footprint, steps, tci_runs
 from .http import AsyncConnection, HttpError
-from .server import BenchError, TciServer, check_data
+from .server import BenchError, TciServer, _cpu_seconds, check_data, machine_cpu
 from .stats import Series
 from .tci_runs import BurstResult
 
@@ -90,6 +92,16 @@ class SustainedResult:
     seconds: float
     cycles: list[Cycle]
     errors: list[str] = field(default_factory=list)
+    # CPU seconds used during the window: "server" (its process, all threads), "template"
+    # (its long-lived helpers: with fork, the template and its fork server), "sessions"
+    # (their cgroups: every process of every sandbox, pooled ones included), "client" (this
+    # bench), "machine" (all cores busy, whoever used them: also slirp4netns, kernel work
+    # outside those processes, and other work on the machine)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    def cpu_per_creation(self, part: str) -> float | None:
+        done = sum(1 for c in self.cycles if c.finished < self.seconds)
+        return self.cpu[part] / done if done and part in self.cpu else None
 
     def rate(self, since: float = 0.0, until: float | None = None) -> float:
         """Cycles (create, call, end) finished in [since, until), per second."""
@@ -123,6 +135,9 @@ async def _sustained(server: TciServer, clients: int, seconds: float) -> Sustain
     conns = [await AsyncConnection(server.port).open() for _ in range(clients)]
     create = server.execute_request("print(1)")
     result = SustainedResult(clients, seconds, [])
+    helpers = await asyncio.to_thread(_long_lived, server)
+    sessions = await asyncio.to_thread(_sessions_cpu_file, server)
+    before = _cpu_now(server, helpers, sessions)
     origin = perf_counter()
     stop_at = origin + seconds
 
@@ -141,12 +156,70 @@ async def _sustained(server: TciServer, clients: int, seconds: float) -> Sustain
                 continue
             result.cycles.append(Cycle(start - origin, created - start, perf_counter() - created))
 
+    async def window_cpu() -> None:
+        await asyncio.sleep(stop_at - perf_counter())
+        after = _cpu_now(server, helpers, sessions)
+        result.cpu = {part: after[part] - before[part] for part in before}
+
     try:
-        await asyncio.gather(*(loop(conn) for conn in conns))
+        await asyncio.gather(window_cpu(), *(loop(conn) for conn in conns))
     finally:
         for conn in conns:
             await conn.close()
     return result
+
+
+def _long_lived(server: TciServer) -> list[int]:
+    """The server's descendants that belong to no session (with fork: the template)."""
+    helpers = set(footprint.slirp_helpers().values())
+    return [pid for pid in server.processes()[1:]
+            if pid not in helpers and footprint.session_of(pid) is None]
+
+
+def _sessions_cpu_file(server: TciServer) -> tuple[Path, float] | None:
+    """The CPU counter of the cgroup parent of the server's sessions (it keeps counting the
+    CPU of sessions whose own cgroups are gone): (file, its unit in seconds)."""
+    for pid in server.processes()[1:]:
+        try:
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            _, controllers, path = line.split(":", 2)
+            parent, _, name = path.rstrip("/").rpartition("/")
+            if not name.startswith("ses_"):
+                continue
+            if not controllers:  # v2: one hierarchy
+                return Path("/sys/fs/cgroup" + parent) / "cpu.stat", 1e-6
+            if "cpuacct" in controllers.split(","):
+                return Path("/sys/fs/cgroup", controllers + parent) / "cpuacct.usage", 1e-9
+    return None
+
+
+def _read_cpu_file(found: tuple[Path, float] | None) -> float | None:
+    if found is None:
+        return None
+    path, unit = found
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    if path.name == "cpu.stat":
+        text = next((line.split()[1] for line in text.splitlines()
+                     if line.startswith("usage_usec")), "0")
+    return int(text) * unit
+
+
+def _cpu_now(server: TciServer, helpers: list[int], sessions: tuple[Path, float] | None
+             ) -> dict[str, float]:
+    assert server.process is not None
+    busy, _ = machine_cpu()
+    now = {"server": _cpu_seconds(server.process.pid),
+           "template": sum(map(_cpu_seconds, helpers)),
+           "client": time.process_time(), "machine": busy / os.sysconf("SC_CLK_TCK")}
+    if (used := _read_cpu_file(sessions)) is not None:
+        now["sessions"] = used
+    return now
 
 
 def sustained(server: TciServer, clients: int, seconds: float) -> SustainedResult:

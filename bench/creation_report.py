@@ -3,6 +3,7 @@ profile, and the peers' published figures (quoted, not measured here)."""
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Callable
 
@@ -120,7 +121,7 @@ def sustained_table(run: CreationRun) -> str:
                 f"{_rate(s.rate(0, s.first))}, p50 {fmt_seconds(_p50(first))}",
                 f"{_rate(s.rate(s.steady))}, p50 {fmt_seconds(_p50(steady))}, "
                 f"p99 {fmt_seconds(steady.p99 if steady.samples else None)}",
-                fmt_seconds(s.end_p50), str(len(s.errors)),
+                fmt_seconds(s.end_p50), _cpu_cell(s), str(len(s.errors)),
             ])
     if not rows:
         return ""
@@ -128,7 +129,18 @@ def sustained_table(run: CreationRun) -> str:
     first, steady = seconds * 2 / 15, seconds / 3
     return _table(["configuration", "clients", f"creations/s ({seconds:g} s)", "p50", "p99",
                    f"first {first:g} s (pool full)",
-                   f"steady state ({steady:g}-{seconds:g} s)", "DELETE p50", "failed"], rows)
+                   f"steady state ({steady:g}-{seconds:g} s)", "DELETE p50",
+                   "CPU ms per creation: server / template / sessions / bench / whole "
+                   "machine",
+                   "failed"], rows)
+
+
+def _cpu_cell(s: SustainedResult) -> str:
+    values = [s.cpu_per_creation(part)
+              for part in ("server", "template", "sessions", "client", "machine")]
+    if None in values:
+        return "n/a"
+    return " / ".join(f"{value * 1e3:.0f}" for value in values)  # type: ignore[operator]
 
 
 def burst_table(run: CreationRun) -> str:
@@ -261,7 +273,12 @@ default warm pool, the pool full before each figure; the configurations run one 
   the figure: a new session and its first call), then `DELETE /v1/tci/sessions/{{id}}`.
   Creations/s = cycles finished inside the window / its length; "first" and "steady state"
   are the same counts and latencies over the window's start (the pool still full) and its
-  last two thirds (the pool drained, if the start path cannot keep it filled).
+  last two thirds (the pool drained, if the start path cannot keep it filled). CPU per
+  creation = CPU seconds used during the window / cycles finished in it, for the server's
+  process, the template's (fork), the sessions' (their cgroups' CPU counter, pooled
+  sessions' starts included), the bench's clients and the whole machine (every busy core:
+  also slirp4netns, kernel work, and whatever else runs on this shared machine); on
+  {cores} cores, {cores} s / the whole machine's figure is the rate's ceiling.
 - Burst: {burst} requests without `session_id` (`print(1)`) sent at once, each on its own
   connection opened beforehand; the time until the last answer, every answer checked.
 - Memory: idle sessions made by `{imports}`, then 2 s idle; each session's processes are
@@ -311,6 +328,7 @@ def section(run: CreationRun) -> str:
         "### Peers' published figures (quoted, not measured here)",
         _table(["peer", "figure", "source"], [list(p) for p in PEERS]),
         METHOD.format(clients=" and ".join(str(c) for c in o.clients), seconds=o.seconds,
-                      burst=o.burst, imports="import numpy, pandas, matplotlib.pyplot"),
+                      burst=o.burst, cores=os.cpu_count(),
+                      imports="import numpy, pandas, matplotlib.pyplot"),
     ]
     return "\n\n".join(part for part in parts if part)

@@ -291,7 +291,7 @@ RERUN = """## How to rerun
 
 ```
 make bench                        # full run, rewrites this file and bench_latency.png
-.venv/bin/python -m bench --quick # smoke run of about a minute; writes to a temp dir
+.venv/bin/python -m bench --quick # smoke run of a few minutes; writes to a temp dir
 .venv/bin/python -m bench --help  # sample counts, durations, --skip, --out
 ```
 

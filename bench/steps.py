@@ -73,7 +73,7 @@ async def _profile(start: str, network: str, samples: int, data_dir: Path) -> Ti
     from tci.config import Settings
     from tci.kernel.driver import WorkerConnection
     from tci.sandbox import launcher as launcher_module
-    from tci.sandbox import network
+    from tci.sandbox import network as network_module
     from tci.sandbox.factory import make_launcher
 
     settings = Settings(data_dir=data_dir, network=network, sandbox_start=start)
@@ -92,7 +92,8 @@ async def _profile(start: str, network: str, samples: int, data_dir: Path) -> Ti
     launcher._remove_dirs = timer.wrap("destroy: directories and volume", launcher._remove_dirs)
     launcher_module._remove_cgroup = timer.wrap("destroy: cgroup emptied and removed",
                                                 launcher_module._remove_cgroup)
-    network.Egress.stop = timer.wrap("destroy: slirp4netns stopped", network.Egress.stop)
+    network_module.Egress.stop = timer.wrap("destroy: slirp4netns stopped",
+                                            network_module.Egress.stop)
     launcher.prepare()
     await launcher.warm_up()
     preload = list(settings.pool_preload)
