@@ -116,7 +116,6 @@ def make_server(tmp_path: Path, **settings: str) -> Server:
     data_dir = tmp_path / f"data-{free_port()}"
     data_dir.mkdir(parents=True)
     env = {f"TCI_{name.upper()}": str(value) for name, value in settings.items()}
-    env.setdefault("TCI_MAX_SESSIONS", "200")
     # Warm workers import numpy, pandas and matplotlib: on two cores, every test server
     # filling a pool would slow the whole suite. Only the shared server keeps one.
     env.setdefault("TCI_POOL_SIZE", "0")

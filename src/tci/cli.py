@@ -70,8 +70,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     print(f"web console: http://{settings.host}:{settings.port}/ (sign in with an API key)",
           flush=True)
     app = create_app(settings, store)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", log_config=None,
-                access_log=args.access_log, timeout_graceful_shutdown=10)
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
+                    log_config=None, access_log=args.access_log, timeout_graceful_shutdown=10)
+    except SystemExit:
+        # A start-up refusal (no sandbox can start here, a protection is missing, settings
+        # the machine cannot honour): said plainly, exit status 1, as for any other error.
+        failure = getattr(app.state, "startup_error", None)
+        if failure is None:
+            raise
+        raise failure from None
     data_dir_lock.close()
     return 0
 

@@ -232,6 +232,10 @@ class LocalHost(SessionHost):
         self._check_disk()
         ready = self.pool.take()
         if ready is None:  # pool empty or disabled: a cold start, without preloading
+            if not self.launcher.uids.available() and self._teardowns:
+                # Every uid is held, some by sessions still being torn down: they free
+                # theirs in milliseconds, so wait for those rather than refuse.
+                await asyncio.wait(set(self._teardowns), return_when=asyncio.FIRST_COMPLETED)
             ready = await start_worker(
                 self.launcher, self.settings.output_limits(), self.settings.worker_start_timeout,
             )

@@ -90,6 +90,9 @@ class UidPool:
         self._used: set[int] = set()
         self.quarantined: dict[int, str] = {}  # uid -> why it is never handed out again
 
+    def available(self) -> int:
+        return len(self._free)
+
     def acquire(self) -> int:
         if not self._free:
             raise SandboxUnavailable(

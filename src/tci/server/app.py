@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from tci.config import Settings
+from tci.errors import TCIError
 from tci.hosts.base import SessionHost
 from tci.hosts.local import LocalHost
 from tci.server import console, errors, mcp
@@ -39,7 +40,11 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await manager.start()
+        try:
+            await manager.start()
+        except TCIError as exc:  # the host cannot serve: `tci serve` says why (cli.py)
+            app.state.startup_error = exc
+            raise
         try:
             async with mcp_running():  # MCP's streamable HTTP sessions (server/mcp.py)
                 yield
