@@ -72,6 +72,7 @@ class RaySession(HostedSession):
         self._entry = entry
         self._listener: EndListener | None = None
         self._gone: EndReason | None = None
+        self._cpu_at_end: float | None = None  # as its host measured it, if it ended there
 
     async def _call(self, method: str, *args: Any) -> Any:
         if self._gone is not None:
@@ -86,10 +87,18 @@ class RaySession(HostedSession):
                       listener: OutputListener | None = None,
                       on_start: Callable[[], None] | None = None) -> CallResult:
         if listener is None:  # one round trip
+            if self._gone is not None:
+                raise SessionGone(self._gone)
             if on_start is not None:
                 on_start()
-            call = self._call("execute", code, files, timeout, grace)
-            return await _cancelled_with(call)
+            call = self._entry.actor.execute.remote(self.id, code, files, timeout, grace)
+            try:
+                return _unwrap(await call)
+            except RayActorError:
+                raise SessionGone(HOST_LOST) from None
+            except asyncio.CancelledError:  # the client went away: the host interrupts the
+                ray.cancel(call)  # cell, as a single machine does (kernel/driver.py)
+                raise
         if self._gone is not None:
             raise SessionGone(self._gone)
         stream = self._entry.actor.execute_stream.options(num_returns="streaming").remote(
@@ -142,9 +151,10 @@ class RaySession(HostedSession):
         if self._gone is not None:
             asyncio.get_running_loop().call_soon(self._tell, self._gone)
 
-    def _tell(self, reason: EndReason) -> None:
+    def _tell(self, reason: EndReason, cpu_seconds: float | None = None) -> None:
         """Its host says it ended (or Ray says the host is gone): tell the manager once."""
         self._gone = self._gone or reason
+        self._cpu_at_end = cpu_seconds if cpu_seconds is not None else self._cpu_at_end
         listener, self._listener = self._listener, None
         if listener is not None:
             listener(self._gone)
@@ -158,18 +168,7 @@ class RaySession(HostedSession):
             reply = await self._entry.actor.end.remote(self.id, reason)
         except RayActorError:
             return None
-        return reply.value
-
-
-async def _cancelled_with(call: Any) -> Any:
-    """Await an actor call; if the caller is cancelled (its client went away), cancel the
-    call on the host too, where the cell is then interrupted as on a single machine."""
-    task = asyncio.ensure_future(call)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
+        return reply.value if reply.value is not None else self._cpu_at_end
 
 
 class RayHost(SessionHost):
@@ -256,7 +255,7 @@ class RayHost(SessionHost):
             for ended in feed.ended:
                 session = entry.sessions.pop(ended.session_id, None)
                 if session is not None:
-                    session._tell(ended.reason)
+                    session._tell(ended.reason, ended.cpu_seconds)
                 else:  # ended on the host (expired, its worker died) or through another
                     # gateway; the first write wins, so this is a no-op when it is recorded
                     self._spawn(asyncio.to_thread(
