@@ -26,6 +26,13 @@ def test_sessions_land_on_both_hosts(cluster):
     gateway = cluster.gateways[0]
     sessions = [gateway.run("print('hi')")["session_id"] for _ in range(4)]
     assert {cluster.host_of(s) for s in sessions} == cluster.host_names()
+    # Hosts equally free take turns, also when each session ends before the next starts.
+    brief = []
+    with gateway.client() as client:
+        for _ in range(4):
+            brief.append(gateway.run("1")["session_id"])
+            assert client.delete(f"/v1/tci/sessions/{brief[-1]}").status_code == 200
+    assert {cluster.host_of(s) for s in brief} == cluster.host_names()
 
 
 def test_a_session_made_through_one_gateway_runs_through_the_other(cluster):

@@ -61,6 +61,7 @@ class _Host:
     actor: Any
     info: HostInfo
     seq: int = 0  # the last end of its feed this gateway has seen
+    placed: int = 0  # sessions this gateway placed there: breaks ties between equal hosts
     sessions: dict[str, RaySession] = field(default_factory=dict)  # those this gateway holds
     watcher: asyncio.Task[None] | None = None
 
@@ -287,7 +288,7 @@ class RayHost(SessionHost):
     async def open_session(self) -> RaySession:
         """On the host with the most free capacity; the next one if it refuses."""
         refusals: list[str] = []
-        for entry in sorted(self.hosts.values(), key=lambda h: -h.info.free):
+        for entry in sorted(self.hosts.values(), key=lambda h: (-h.info.free, h.placed)):
             if entry.info.free <= 0:
                 refusals.append(f"{entry.name} is full")
                 continue
@@ -301,6 +302,7 @@ class RayHost(SessionHost):
                 refusals.append(f"{entry.name}: {reply.error.message}")
                 continue
             entry.info = _taken(entry.info)  # until its feed says again
+            entry.placed += 1
             session = RaySession(entry, reply.value)
             entry.sessions[session.id] = session
             return session
