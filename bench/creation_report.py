@@ -255,8 +255,8 @@ def largest_steps(run: CreationRun, label: str = "fork, egress", count: int = 4)
     if not profile:
         return ""
     inner = {name.strip(): statistics.median(v) for name, v in profile.items()
-             if name.startswith("  fork:") or name.startswith("network:")
-             or name.startswith(("uid's", "cgroup", "nosymfollow", "first cell", "worker"))}
+             if v and name.startswith(("  fork:", "network:", "uid's", "cgroup", "nosymfollow",
+                                       "first cell", "worker"))}
     top = sorted(inner.items(), key=lambda item: -item[1])[:count]
     if not top:
         return ""

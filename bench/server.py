@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from . import footprint
 from .http import HOST, Connection, encode_json, encode_request
 
 # Enough room for the 50-creation burst on top of the warm pool and any other live session;
@@ -185,8 +186,17 @@ class TciServer:
         return [self.process.pid, *self._descendants()]
 
     def session_processes(self) -> dict[int, tuple[int | None, bool]]:
-        """Every descendant of the server: pid -> (PSS in bytes or None, is a worker)."""
-        return {pid: (_pss(pid), _is_worker(pid)) for pid in self._descendants()}
+        """Every descendant of the server: pid -> (PSS in bytes or None, is a worker). A
+        session's worker is the largest process in its cgroup (bwrap or fork alike)."""
+        pss = {pid: _pss(pid) for pid in self._descendants()}
+        largest: dict[str, int] = {}
+        for pid, value in pss.items():
+            session = footprint.session_of(pid)
+            if session is not None and (session not in largest
+                                        or (value or 0) > (pss[largest[session]] or 0)):
+                largest[session] = pid
+        workers = set(largest.values())
+        return {pid: (value, pid in workers) for pid, value in pss.items()}
 
     def _descendants(self) -> list[int]:
         assert self.process is not None
@@ -233,11 +243,3 @@ def _pss(pid: int) -> int | None:
         return None
     return None
 
-
-def _is_worker(pid: int) -> bool:
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    # bwrap's own argv ends with the worker's command line too: look at what runs.
-    return argv[:3] == [argv[0], b"-m", b"tci_worker"] and b"python" in argv[0]

@@ -89,6 +89,8 @@ async def _profile(start: str, network: str, samples: int, data_dir: Path) -> Ti
     if launcher.egress_filter is not None:
         launcher.egress_filter.attach = timer.wrap("network: egress filter loaded",
                                                    launcher.egress_filter.attach)
+        if start == "fork":  # networks made ahead, off the creation's path, then taken
+            _wrap_network_pool(timer, launcher)
     launcher._remove_dirs = timer.wrap("destroy: directories and volume", launcher._remove_dirs)
     launcher_module._remove_cgroup = timer.wrap("destroy: cgroup emptied and removed",
                                                 launcher_module._remove_cgroup)
@@ -101,11 +103,12 @@ async def _profile(start: str, network: str, samples: int, data_dir: Path) -> Ti
         for index in range(samples):
             began = time.perf_counter()
             sandbox = await launcher.start(f"ses_steps{index}")
-            timer.add(START, time.perf_counter() - began)
+            started = time.perf_counter() - began
             marks = getattr(launcher, "last_steps", {})
             names = list(marks)
             for first, then in itertools.pairwise(names):
                 timer.add(f"  fork: {first} -> {then}", marks[then] - marks[first])
+            timer.add(START, started)
             worker = WorkerConnection(sandbox, settings.output_limits())
             await _timed(timer, "worker ready", worker.wait_ready(60))
             await _timed(timer, f"pool's preload ({', '.join(preload)})", worker.request(
@@ -119,6 +122,22 @@ async def _profile(start: str, network: str, samples: int, data_dir: Path) -> Ti
     finally:
         launcher.cleanup()
     return timer
+
+
+def _wrap_network_pool(timer: Timer, launcher: Any) -> None:
+    from tci.sandbox import netns_pool
+
+    ahead = "network made ahead (off the path)"
+    timer.samples[f"{ahead}: total"] = []  # its row before its parts'
+    netns_pool.NetworkPool.make = timer.wrap(f"{ahead}: total", netns_pool.NetworkPool.make)
+    netns_pool.new_network_namespace = timer.wrap(f"  {ahead}: namespace",
+                                                  netns_pool.new_network_namespace)
+    launcher.egress_filter.attach_fd = timer.wrap(f"  {ahead}: egress filter loaded",
+                                                  launcher.egress_filter.attach_fd)
+    netns_pool.start_egress = timer.wrap(f"  {ahead}: slirp4netns started",
+                                         netns_pool.start_egress)
+    launcher._network_ahead = timer.wrap("network: taken from those made ahead",
+                                         launcher._network_ahead)
 
 
 async def _timed(timer: Timer, name: str, awaitable: Any) -> Any:
