@@ -286,7 +286,8 @@ def measure(options: Options, progress: Any = print) -> ClusterResult:
                 hosts.append(ray.add_host("host-b", {
                     **SESSION_ENV, "TCI_DATA_DIR": str(root / "host-b"),
                     "TCI_SANDBOX_UID_BASE": "320000"}))
-                _wait_for_hosts(gateway, database_url, ray.address, 2)
+                _wait_for_new_host(gateway, database_url, ray.address,
+                                   f"tci-host-{hosts[1].node_id()[:16]}")
             progress(f"creations/s and executions/s with {count} host node(s)")
             result.rates.setdefault("creations", {})[count] = creations_per_second(
                 gateway, options.clients, options.seconds)
@@ -316,25 +317,27 @@ def measure(options: Options, progress: Any = print) -> ClusterResult:
     return result
 
 
-def _wait_for_hosts(gateway: Server, database_url: str, address: str, count: int) -> None:
-    """Until the gateway places sessions on `count` hosts (it looks for new ones every
+def _wait_for_new_host(gateway: Server, database_url: str, address: str, new: str) -> None:
+    """Until the gateway places a session on host `new` (it looks for hosts every
     TCI_RAY_DISCOVER_SECONDS; `tci hosts` has started the new host's actor already)."""
     listed = subprocess.run([TCI, "hosts", "--ray-address", address],
                             env={**os.environ, **ray_env()}, capture_output=True, text=True,
                             timeout=600)
     if listed.returncode != 0:
         raise RuntimeError(f"tci hosts failed: {listed.stdout}{listed.stderr}")
-    seen: set[str] = set()
     deadline = time.monotonic() + 120
     with Connection(gateway.port) as conn:
-        while len(seen) < count:
+        while True:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the gateway placed sessions on {seen} only")
+                raise RuntimeError(f"the gateway placed no session on {new}")
             session = _data(*conn.roundtrip(_execute_request(
                 gateway.port, gateway.key, "1", None)))["session_id"]
-            seen.add(_host_of(database_url, session))
+            placed = _host_of(database_url, session)
             conn.roundtrip(encode_json("DELETE", f"/v1/tci/sessions/{session}", gateway.port,
                                        {"Authorization": f"Bearer {gateway.key}"}, None))
+            if placed == new:
+                return
+            time.sleep(0.2)
 
 
 def table(result: ClusterResult) -> str:

@@ -86,10 +86,14 @@ def test_usage_sums_sessions_executions_and_cpu_across_hosts(cluster):
     assert len({cluster.host_of(s) for s in sessions}) == 2
     for session in sessions:
         b.run("print(1)", session, key=key)
-    with a.client(key) as client:
-        used = client.get("/v1/tci/usage").json()["data"]
-    assert (used["sessions"], used["executions"]) == (4, 8)
-    assert used["cpu_seconds"] > 0
+    # Each gateway writes its executions within TCI_STORE_FLUSH_SECONDS (0.5 s): asked
+    # through either gateway, the totals hold every host's and every gateway's soon after.
+    def used() -> dict:
+        with a.client(key) as client:
+            return client.get("/v1/tci/usage").json()["data"]
+    wait_for(lambda: (used()["sessions"], used()["executions"]) == (4, 8),
+             "usage to count 4 sessions and 8 executions", timeout=10)
+    assert used()["cpu_seconds"] > 0
 
 
 def test_killing_a_gateway_loses_no_session(cluster):

@@ -300,6 +300,8 @@ class RayHost(SessionHost):
                 continue
             if reply.error is not None:
                 refusals.append(f"{entry.name}: {reply.error.message}")
+                log.warning("tci host %s refused a session: %s", entry.name,
+                            reply.error.message)
                 continue
             entry.info = _taken(entry.info)  # until its feed says again
             entry.placed += 1
