@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,7 @@ from typing import Any
 
 import httpx
 from tests.cluster.netns import private_network
-from tests.cluster.raycluster import RayCluster, ray_env
+from tests.cluster.raycluster import RayCluster, ray_env, release_host
 from tests.conftest import TCI, Server, cli, free_port
 
 from bench.http import Connection, encode_json
@@ -233,12 +234,16 @@ def measure(options: Options, progress: Any = print) -> ClusterResult:
     result = ClusterResult()
     root = Path(tempfile.mkdtemp(prefix="tci-bench-cluster-"))
     with private_network(), contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, root, True)
         postgres = Postgres()
         cleanup.callback(postgres.destroy)
         postgres.init()
         postgres.start()
         database_url = postgres.create_database()
         ray = RayCluster(root)
+        for name, uid_base in (("host-a", "300000"), ("host-b", "320000")):
+            cleanup.callback(release_host, {"TCI_DATA_DIR": str(root / name),
+                                            "TCI_SANDBOX_UID_BASE": uid_base})
         cleanup.callback(ray.stop)
         progress("starting the Ray head and one host node")
         ray.start_head()

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from tests.cluster.netns import private_network
-from tests.cluster.raycluster import Node, RayCluster, ray_env
+from tests.cluster.raycluster import Node, RayCluster, ray_env, release_host
 from tests.conftest import TCI, Server, cli, free_port
 
 HOSTS = ("host-a", "host-b")
@@ -100,3 +100,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 gateway.stop()
             ray.stop()
             postgres.destroy()
+            for index in range(len(HOSTS)):
+                release_host(host_env(root, index))
+

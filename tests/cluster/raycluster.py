@@ -182,3 +182,18 @@ class RayCluster:
         for node in reversed(self.nodes):
             node.kill()
         shutil.rmtree(self.short_root, ignore_errors=True)
+
+
+def release_host(env: dict[str, str]) -> None:
+    """What a host killed with its node left behind (its sandbox directory's mounts, its
+    cgroup parent), removed the way its next start would, then released. `env`: the host
+    node's TCI_ settings."""
+    from tci.config import Settings
+    from tci.sandbox.factory import make_launcher
+
+    launcher = make_launcher(Settings(
+        data_dir=Path(env["TCI_DATA_DIR"]), sandbox_uid_base=int(env["TCI_SANDBOX_UID_BASE"]),
+        network="none", pool_size=0))
+    with contextlib.suppress(Exception):  # best effort: never hide the run's own outcome
+        launcher.prepare()
+        launcher.cleanup()
