@@ -10,6 +10,7 @@ from collections.abc import Callable
 from .creation import FIT_IN, ConfigResult, CreationRun, SustainedResult
 from .footprint import HELPER, SANDBOX, WORKER
 from .stats import Series, fmt_ratio, fmt_seconds
+from .steps import START
 
 MiB = 1024 * 1024
 TARGET_RATE = {"egress": 100.0, "none": 200.0}
@@ -229,11 +230,8 @@ def profile_table(run: CreationRun) -> str:
             samples = run.profiles[label].get(name)
             cells.append(f"{statistics.median(samples) * 1e3:.2f}" if samples else "")
         rows.append([name.replace("->", "→"), *cells])
-    counts = []
-    for label in labels:
-        lengths = [len(v) for v in run.profiles[label].values()]
-        counts.append(str(max(lengths)) if lengths else "0")
-    rows.append(["samples", *counts])
+    rows.append(["creations profiled", *(str(len(run.profiles[label].get(START, [])))
+                                          for label in labels)])
     one_client = []
     for label in labels:
         start, network = label.split(", ")
