@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+
 from tests.cluster.netns import private_network
 from tests.cluster.raycluster import Node, RayCluster, ray_env, release_host
 from tests.conftest import TCI, Server, cli, free_port
@@ -64,7 +65,7 @@ class Cluster:
                 if line.startswith("tci-host-")}
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")  # the netns ends with test_cluster.py, not the session
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     if os.geteuid() != 0:
         pytest.skip("the cluster tests make a network namespace and run hosts as root")

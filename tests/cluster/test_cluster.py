@@ -9,9 +9,10 @@ import signal
 import time
 
 import pytest
+from together import Together
+
 from tests.cluster.netns import interfaces
 from tests.conftest import stdout_of, wait_for
-from together import Together
 
 pytestmark = pytest.mark.timeout(900)
 

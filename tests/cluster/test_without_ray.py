@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,9 @@ def test_tci_hosts_needs_a_cluster_address(tmp_path):
                           env={"PATH": "/usr/bin:/bin", "TCI_DATA_DIR": str(tmp_path)})
     assert done.returncode == 2
     assert "--ray-address" in done.stderr
+
+
+def test_the_cluster_namespace_does_not_outlive_its_tests():
+    """Runs after test_cluster.py: the test process is back in the host's network namespace,
+    so servers started before the cluster tests (the shared one) are still reachable."""
+    assert os.readlink("/proc/thread-self/ns/net") == os.readlink("/proc/1/ns/net")
