@@ -66,6 +66,12 @@ def test_requests_answer_503_while_the_database_is_down(tmp_path, own_postgres):
 
         with server.client() as client:
             down = client.get("/v1/tci/usage")  # a known key: the usage query fails
+            # A new session cannot be recorded: refused, and none is left running unrecorded.
+            created = client.post("/v1/tci/execute", json={"language": "python",
+                                                            "code": "print('unrecorded')"})
+            listed_while_down = client.get("/v1/tci/sessions").json()["data"]["sessions"]
+        assert created.status_code == 503, created.text
+        assert [s["id"] for s in listed_while_down] == [session]
         with server.client("tci_" + "B" * 43) as client:
             unknown = client.get("/v1/tci/sessions")  # a key to look up: the look-up fails
         for response in (down, unknown):

@@ -147,15 +147,17 @@ class SessionManager:
         session_id = hosted.id
         started = utcnow()
         expires = started + timedelta(seconds=self.settings.session_lifetime_seconds)
+        # Recorded before anything else sees it: every gateway can then route to it, and with
+        # the database down the client gets 503 and no session runs unrecorded.
+        try:
+            await self.store.add_session(session_id, key.id, started, expires, hosted.host)
+        except BaseException:
+            await hosted.end(EndReason(EndKind.SHUTDOWN, "its record could not be written"))
+            raise
         session = LiveSession(session_id, key.id, started, expires, hosted)
         self.sessions[session_id] = session
         hosted.on_end(lambda reason: self._ended_on_its_own(session, reason))
         self.metrics.session_created()
-        if hosted.host is None:
-            # Queued, not awaited: the store's single thread keeps it ahead of later writes.
-            self.store.add_session_later(session_id, key.id, started, expires)
-        else:  # recorded before any answer, so that every gateway can route to it at once
-            await self.store.add_session(session_id, key.id, started, expires, hosted.host)
         log.info("session started", extra={"session": session_id, "key": key.name})
         return session
 
