@@ -24,7 +24,8 @@ from . import creation, peers, report, tci_runs
 from .server import TciServer
 
 T = TypeVar("T")
-PARTS = ("warm", "start", "memory", "throughput", "burst", "creation", "ipykernel", "gateway")
+PARTS = ("warm", "start", "memory", "throughput", "burst", "creation", "cluster", "ipykernel",
+         "gateway")
 PLOT_NAME = "bench_latency.png"
 
 # name: (full run, --quick)
@@ -177,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
             run.creation = creation.measure(
                 work, _creation_options(args),
                 lambda label, action: part("creation", label, action), progress)
+
+        if "cluster" not in args.skip:  # issue 13: a Ray cluster in a private netns
+            from . import cluster
+
+            run.cluster = part("cluster", "tci on a Ray cluster (gateways, two hosts)",
+                               lambda: cluster.measure(cluster.Options(), progress))
 
         run.ipykernel = part("ipykernel", f"ipykernel round trip ({args.peer_samples} samples)",
                              lambda: peers.ipykernel_round_trip(args.peer_samples, args.warmup,

@@ -44,6 +44,7 @@ class Run:
     gateway_quickack: Series | None = None
     gateway_start: Series | None = None
     creation: CreationRun | None = None  # issue 11's figures, fork vs bubblewrap
+    cluster: Any = None  # issue 13's figures (bench/cluster.py's ClusterResult)
     errors: dict[str, str] = field(default_factory=dict)
     duration: float = 0.0
     load_after: str = ""
@@ -252,12 +253,24 @@ def details(run: Run) -> str:
     return "\n".join(lines)
 
 
+def cluster_section(run: Run) -> str:
+    if run.cluster is None:
+        return ""
+    from . import cluster
+
+    return ("## tci on a Ray cluster (issue 13)\n\nGateways and two host nodes on this one "
+            "machine, in a network namespace holding only `lo` (bench/cluster.py; "
+            "docs/deploy.md explains the figures). One vs two hosts shows overhead, not "
+            "capacity: both share the same two cores.\n\n" + cluster.table(run.cluster))
+
+
 def summary(run: Run) -> str:
     """The tables as printed to the terminal."""
     parts = ["## Against the issue's targets", targets_table(run),
              "## Round trip of `x += 1`", round_trip_table(run), where_the_time_goes(run),
              "## Session start", start_table(run), details(run),
-             creation_report.section(run.creation) if run.creation else ""]
+             creation_report.section(run.creation) if run.creation else "",
+             cluster_section(run)]
     if run.errors:
         parts.append("## Parts that failed\n" + "\n".join(
             f"- {name}: {error}" for name, error in run.errors.items()))
