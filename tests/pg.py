@@ -131,8 +131,9 @@ class Postgres:
         return self.url_for(name)
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
+@contextlib.contextmanager
+def running_postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL, initialised, started, and destroyed afterwards."""
     server = Postgres()
     try:
         server.init()
@@ -140,6 +141,12 @@ def postgres() -> Iterator[Postgres]:
         yield server
     finally:
         server.destroy()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    with running_postgres() as server:
+        yield server
 
 
 @pytest.fixture
@@ -149,10 +156,5 @@ def postgres_url(postgres: Postgres) -> str:
 
 @pytest.fixture
 def own_postgres() -> Iterator[Postgres]:
-    server = Postgres()
-    try:
-        server.init()
-        server.start()
+    with running_postgres() as server:
         yield server
-    finally:
-        server.destroy()
