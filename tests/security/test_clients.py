@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import glob
 import json
-import os
 import secrets
 import shutil
 import socket
@@ -39,7 +38,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tci.sandbox.cgroups import CgroupDriver, CgroupLimits, SessionCgroupV1, SessionCgroupV2
+from tci.sandbox.cgroups import (
+    CgroupDriver,
+    CgroupLimits,
+    CgroupV1Driver,
+    CgroupV2Driver,
+    SessionCgroupV1,
+    SessionCgroupV2,
+)
 from tests.conftest import Server, cli, free_port, make_server, wait_for
 from tests.security.conftest import LIMITS, MiB, start_hardened
 
@@ -434,25 +440,41 @@ def io_weight_files(session_id: str) -> list[Path]:
     return [Path(p) for pattern in patterns for p in glob.glob(pattern)]
 
 
+def io_weight_takes_effect(files: list[Path]) -> bool:
+    """What the kernel offers, read here independently of the server: a weight file in the
+    session's cgroup and a device it acts on (bfq in use, or io.cost enabled on cgroup v2)."""
+    bfq = any("[bfq]" in path.read_text().split()
+              for path in Path("/sys/block").glob("*/queue/scheduler"))
+    qos = Path("/sys/fs/cgroup/io.cost.qos")
+    io_cost = qos.exists() and "enable=1" in qos.read_text().split()
+    return bool(files) and (bfq or io_cost)
+
+
 def test_sessions_io_weight(hardened):
-    """TCI_IO_WEIGHT=250: the session's own blkio (v1) or io (v2) cgroup holds its processes
-    and carries the weight. (The weight acts on devices scheduled by bfq; see the README.)"""
-    has_v1 = os.path.exists("/sys/fs/cgroup/blkio/cgroup.procs")
-    has_v2_io = "io" in Path("/sys/fs/cgroup/cgroup.controllers").read_text().split() \
-        if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else False
-    if not (has_v1 or has_v2_io):
-        pytest.skip("this kernel has no blkio (v1) or io (v2) cgroup controller")
+    """TCI_IO_WEIGHT=250: where the kernel has a weight file, the session's own blkio (v1) or
+    io (v2) cgroup holds its processes and carries the weight; whether the weight can act here
+    (a bfq device, or io.cost) is said at start, in the log and in /health's details, and a
+    host that cannot apply it still starts sessions. (Fake cgroupfs cases: the test below.)"""
     key = hardened.new_key(f"io-{uuid.uuid4().hex[:8]}")
     response = new_session(hardened, key)
     assert response.status_code == 200, response.text
     session_id = response.json()["data"]["id"]
     files = io_weight_files(session_id)
-    assert files, f"no I/O weight file for the session's cgroup ({session_id})"
     for path in files:
         value = path.read_text().split()[-1]
         assert value == "250", f"{path}: {path.read_text()!r}"
         assert (path.parent / "cgroup.procs").read_text().split(), f"{path.parent} is empty"
     end_session(hardened, key, session_id)
+
+    status = httpx.get(f"{hardened.url}/health", timeout=30).json()["details"]["io_weight"]
+    if io_weight_takes_effect(files):
+        assert status == {"setting": 250, "applied": True}
+        assert "TCI_IO_WEIGHT=250 is applied by the kernel" in hardened.log()
+    else:
+        assert status["setting"] == 250 and status["applied"] is False, status
+        assert status["reason"], status
+        assert f"TCI_IO_WEIGHT=250 is not applied on this host: {status['reason']}" \
+            in hardened.log()
 
 
 def test_io_weight_knobs_on_fake_cgroupfs(tmp_path):
@@ -492,6 +514,41 @@ def test_io_weight_knobs_on_fake_cgroupfs(tmp_path):
         (tmp_path / f"h-{name}").mkdir()
     mountinfo.write_text("\n".join(lines) + "\n")
     assert "blkio" in CgroupDriver.detect("tci-x", mountinfo=mountinfo).mounts
+
+
+def fake_block_devices(root: Path, **schedulers: str) -> Path:
+    for device, line in schedulers.items():
+        (root / device / "queue").mkdir(parents=True)
+        (root / device / "queue" / "scheduler").write_text(line + "\n")
+    return root
+
+
+def test_io_weight_problem_on_fake_cgroupfs(tmp_path):
+    """What the start-up log and /health say about TCI_IO_WEIGHT on hosts this one is not: the
+    weight acts only with a weight file and a device scheduled by bfq (or io.cost on v2)."""
+    no_bfq = fake_block_devices(tmp_path / "plain", vda="[none] mq-deadline kyber")
+    bfq = fake_block_devices(tmp_path / "bfq", vda="none mq-deadline [bfq]",
+                             loop0="[none] bfq")
+    mounts = {name: tmp_path / name for name in ("memory", "pids", "cpu", "cpuacct", "freezer")}
+    without_blkio = CgroupV1Driver(mounts, "tci-x")
+    assert "no writable cgroup v1 blkio" in without_blkio.io_weight_problem(bfq)
+
+    (tmp_path / "blkio").mkdir()
+    v1 = CgroupV1Driver({**mounts, "blkio": tmp_path / "blkio"}, "tci-x")
+    assert "has no blkio.bfq.weight" in v1.io_weight_problem(bfq)
+    (tmp_path / "blkio" / "blkio.bfq.weight").write_text("default 100\n")
+    assert "uses the bfq I/O scheduler" in v1.io_weight_problem(no_bfq)
+    assert v1.io_weight_problem(bfq) is None
+
+    (tmp_path / "unified").mkdir()
+    without_io = CgroupV2Driver(tmp_path / "unified", "tci-x")
+    assert "offers no io controller" in without_io.io_weight_problem(bfq)
+    v2 = CgroupV2Driver(tmp_path / "unified", "tci-x", ("memory", "pids", "cpu", "io"))
+    assert "uses the bfq I/O scheduler" in v2.io_weight_problem(no_bfq)
+    assert v2.io_weight_problem(bfq) is None
+    (tmp_path / "unified" / "io.cost.qos").write_text(
+        "8:0 enable=1 ctrl=auto rpct=0.00 rlat=250000 wpct=0.00 wlat=250000 min=1.00 max=1.00\n")
+    assert v2.io_weight_problem(no_bfq) is None
 
 
 # -- MCP: Host and Origin ----------------------------------------------------------------------

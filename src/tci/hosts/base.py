@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -92,6 +92,8 @@ class HostStats:
     pool_size: int  # how many it keeps warm (TCI_POOL_SIZE)
     starts_failed: int = 0  # warm starts that failed since the host started
     capacity: int = 0  # sessions it holds at once (TCI_MAX_SESSIONS, or what the machine holds)
+    # What the host found at start that a setting cannot do here, e.g. {"io_weight": {...}}.
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 class HostedSession(ABC):

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Callable, Coroutine
+from typing import Any
 
 from tci.config import Settings
 from tci.errors import SandboxUnavailable
@@ -30,6 +31,7 @@ from tci.hosts.base import (
 )
 from tci.hosts.pool import ReadyWorker, WarmPool, start_worker
 from tci.kernel.driver import DeathCause
+from tci.sandbox.cgroups import CPU_WEIGHT_DEFAULT
 from tci.sandbox.factory import make_launcher
 from tci.sandbox.launcher import Sandbox
 from tci.sandbox.limits import Counters, limits_hit
@@ -185,6 +187,7 @@ class LocalHost(SessionHost):
         self.pool = WarmPool(self.launcher, settings)
         self._tasks: set[asyncio.Task[None]] = set()
         self._teardowns: set[asyncio.Task[None]] = set()
+        self.details: dict[str, Any] = {}  # HostStats.details, filled at start
 
     def spawn(self, work: Coroutine[None, None, None], name: str) -> None:
         """Run `work` in the background, held until done (the loop keeps weak references)."""
@@ -199,7 +202,22 @@ class LocalHost(SessionHost):
         self.launcher.prepare()
         await self.launcher.warm_up()
         enforce(await self.self_check(), self.settings.unsafe_allow_missing_protections)
+        self.details["io_weight"] = self._io_weight_status()
         self.pool.start()
+
+    def _io_weight_status(self) -> dict[str, Any]:
+        """Whether TCI_IO_WEIGHT acts here (after the self-check's cgroup set the parent up),
+        said once in the log and kept for /health: elsewhere it is written and ignored."""
+        weight, cgroups = self.settings.io_weight, self.launcher.cgroups
+        problem = ("sessions run without cgroups" if cgroups is None
+                   else cgroups.io_weight_problem())
+        if problem is None:
+            log.info("TCI_IO_WEIGHT=%d is applied by the kernel", weight)
+            return {"setting": weight, "applied": True}
+        # Only worth a warning when someone chose a weight; the default asks for no change.
+        level = logging.INFO if weight == CPU_WEIGHT_DEFAULT else logging.WARNING
+        log.log(level, "TCI_IO_WEIGHT=%d is not applied on this host: %s", weight, problem)
+        return {"setting": weight, "applied": False, "reason": problem}
 
     def tear_down(self, sandbox: Sandbox) -> None:
         task = asyncio.create_task(self.launcher.destroy(sandbox),
@@ -243,7 +261,7 @@ class LocalHost(SessionHost):
 
     def stats(self) -> HostStats:
         return HostStats(len(self.pool.ready), self.pool.size, self.pool.starts_failed,
-                         self.capacity)
+                         self.capacity, self.details)
 
     async def self_check(self) -> list[str]:
         return await selfcheck.probe(self.launcher, self.settings)

@@ -38,6 +38,7 @@ V2_CONTROLLERS = ("memory", "pids", "cpu")
 V1_OPTIONAL = ("blkio",)
 V2_OPTIONAL = ("io",)
 MOUNTINFO = Path("/proc/self/mountinfo")
+SYS_BLOCK = Path("/sys/block")  # each device's queue/scheduler: "[bfq]" marks the one in use
 
 # cpu_weight is in cgroup v2 units: 100 is the default share, 1..10000 the kernel's range.
 # v1 expresses the same ratio in cpu.shares, where 1024 is the default (range 2..262144).
@@ -509,6 +510,28 @@ class CgroupDriver(ABC):
         self.cleanup_stale()
         _rmdir_all(self.parents)
 
+    @abstractmethod
+    def io_weight_problem(self, block: Path = SYS_BLOCK) -> str | None:
+        """Why CgroupLimits.io_weight would have no effect on this host (None: it has an
+        effect on some device). Said once at start, in the log and /health, since the weight
+        is otherwise written where it can be and silently skipped where it cannot."""
+
+
+def _bfq_devices(block: Path) -> list[str]:
+    """Block devices whose I/O scheduler in use is bfq (the one marked [bfq])."""
+    found = []
+    for scheduler in sorted(block.glob("*/queue/scheduler")):
+        with contextlib.suppress(OSError):
+            if "[bfq]" in scheduler.read_text().split():
+                found.append(scheduler.parent.parent.name)
+    return found
+
+
+def _no_bfq_device(block: Path) -> str | None:
+    if _bfq_devices(block):
+        return None
+    return f"no block device in {block} uses the bfq I/O scheduler, the one that applies it"
+
 
 def _check_writable(mount: Path) -> None:
     if not os.access(mount, os.W_OK):
@@ -538,6 +561,15 @@ class CgroupV1Driver(CgroupDriver):
     def _prepare_parent(self) -> None:
         for parent in self.parents:
             parent.mkdir(exist_ok=True)
+
+    def io_weight_problem(self, block: Path = SYS_BLOCK) -> str | None:
+        blkio = self.mounts.get("blkio")
+        if blkio is None:
+            return "there is no writable cgroup v1 blkio hierarchy"
+        if not (blkio / "blkio.bfq.weight").exists():
+            # CFQ's blkio.weight left the kernel in 5.0; bfq's file appears once bfq is loaded.
+            return f"{blkio} has no blkio.bfq.weight (the kernel has no bfq I/O scheduler loaded)"
+        return _no_bfq_device(block)
 
 
 class CgroupV2Driver(CgroupDriver):
@@ -571,6 +603,15 @@ class CgroupV2Driver(CgroupDriver):
                 _enable_controllers(self.parent, [name])
             except CgroupError:  # optional: sessions go on without it
                 self.controllers = tuple(c for c in self.controllers if c != name)
+
+    def io_weight_problem(self, block: Path = SYS_BLOCK) -> str | None:
+        if "io" not in self.controllers:
+            return f"the cgroup v2 hierarchy at {self.mount} offers no io controller"
+        # io.weight acts through io.cost where the root's io.cost.qos enables it on a device.
+        with contextlib.suppress(OSError):
+            if "enable=1" in (self.mount / "io.cost.qos").read_text().split():
+                return None
+        return _no_bfq_device(block)
 
 
 def _enable_controllers(directory: Path, controllers: Iterable[str]) -> None:

@@ -14,4 +14,7 @@ async def health(request: Request) -> dict:
         "status": "ok",
         "sessions": len(manager.sessions),
         "pool": {"ready": stats.pool_ready, "size": stats.pool_size},
+        # Settings this host cannot apply as asked (e.g. TCI_IO_WEIGHT without bfq), said here
+        # as well as in the start-up log.
+        "details": stats.details,
     }
