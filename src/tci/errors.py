@@ -6,10 +6,18 @@ from __future__ import annotations
 
 class TCIError(Exception):
     status_code = 500
+    # What a client is told of a server-side failure (5xx). Its `message` can name the
+    # server's insides (paths, host names, the database's name and address): that goes to
+    # the log only. A client's own error (4xx) is told as it is.
+    public_text = "internal server error"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    @property
+    def client_message(self) -> str:
+        return self.message if self.status_code < 500 else self.public_text
 
 
 class BadRequest(TCIError):
@@ -52,6 +60,17 @@ class SandboxUnavailable(TCIError):
     """The server could not start a sandbox (host problem, not the client's)."""
 
     status_code = 503
+    public_text = "no sandbox can be started now; retry later"
+
+    def __init__(self, message: str, public: bool = False) -> None:
+        super().__init__(message)
+        # True: the message names only a limit (no path, host or system error), so the
+        # client may read it, e.g. the disk-space refusal naming TCI_MIN_FREE_DISK_BYTES.
+        self.public = public
+
+    @property
+    def client_message(self) -> str:
+        return self.message if self.public else self.public_text
 
 
 class ServerBusy(TCIError):
@@ -64,12 +83,30 @@ class ServerBusy(TCIError):
         super().__init__(message)
         self.retry_after = retry_after
 
+    @property
+    def client_message(self) -> str:  # says only which limit, for the client to wait out
+        return self.message
+
 
 class StoreUnavailable(TCIError):
     """The database cannot be reached or used now (down, restarting, unreachable, locked):
     the request changed nothing there; the client should retry after `retry_after` seconds."""
 
     status_code = 503
+    public_text = "the service is temporarily unavailable; nothing was changed, retry later"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class HostUnreachable(TCIError):
+    """The host running the session cannot be reached now (on Ray: its actor is unavailable
+    or a call to it timed out, but Ray has not said it died): the session is kept, and the
+    client should retry after `retry_after` seconds."""
+
+    status_code = 503
+    public_text = "the session's host cannot be reached now; the session is kept, retry later"
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)

@@ -243,7 +243,8 @@ class LocalHost(SessionHost):
             raise SandboxUnavailable(
                 f"new sessions are refused while the sandbox disk is nearly full: "
                 f"{free / 2**20:.1f} MiB free, less than TCI_MIN_FREE_DISK_BYTES "
-                f"({self.settings.min_free_disk_bytes / 2**20:.1f} MiB); running sessions go on"
+                f"({self.settings.min_free_disk_bytes / 2**20:.1f} MiB); running sessions go on",
+                public=True,
             )
 
     async def open_session(self) -> LocalSession:

@@ -9,7 +9,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from tci.errors import ServerBusy, StoreUnavailable, TCIError, TooManySessions, Unauthorized
+from tci.errors import (
+    HostUnreachable,
+    ServerBusy,
+    StoreUnavailable,
+    TCIError,
+    TooManySessions,
+    Unauthorized,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +33,23 @@ def _describe(error: dict) -> str:
     return f"{where}: {error.get('msg', 'invalid value')}"
 
 
+def client_message(exc: TCIError) -> str:
+    """What the client is told of `exc`, for every way out (JSON, SSE, MCP). A server-side
+    failure is logged here with its full message, which can name paths, hosts or the
+    database's address; the client gets only its class's plain words."""
+    if exc.status_code >= 500 and not isinstance(exc, ServerBusy):  # busy is load, not a fault
+        log.error("request failed: %s", exc.message)
+    return exc.client_message
+
+
 def tci_error_response(exc: TCIError) -> JSONResponse:
     """The answer to a TCIError, also for middleware that refuses before any route runs."""
     headers = None
-    if isinstance(exc, TooManySessions | ServerBusy | StoreUnavailable):
+    if isinstance(exc, TooManySessions | ServerBusy | StoreUnavailable | HostUnreachable):
         headers = {"Retry-After": str(exc.retry_after)}
     elif isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
-    if exc.status_code >= 500 and not isinstance(exc, ServerBusy):  # busy is load, not a fault
-        log.error("request failed: %s", exc.message)
-    return error_response(exc.status_code, [exc.message], headers)
+    return error_response(exc.status_code, [client_message(exc)], headers)
 
 
 async def _tci_error(request: Request, exc: TCIError) -> JSONResponse:

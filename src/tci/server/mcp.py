@@ -18,6 +18,7 @@ from tci.errors import TCIError
 from tci.mcp.tools import Backend, build_server, file_json, sessions_json
 from tci.schemas import ExecuteRequest
 from tci.server.auth import ApiKeyAuth
+from tci.server.errors import client_message
 
 
 class ManagerBackend:
@@ -31,7 +32,7 @@ class ManagerBackend:
         try:
             return await coro
         except TCIError as exc:
-            raise ToolError(exc.message) from exc
+            raise ToolError(client_message(exc)) from exc
 
     async def execute(self, code: str, session_id: str | None) -> dict[str, Any]:
         request = ExecuteRequest(language="python", code=code, session_id=session_id)

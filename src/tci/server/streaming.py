@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from tci.errors import TCIError
 from tci.schemas import ExecuteRequest
+from tci.server.errors import client_message
 from tci.sessions.manager import SessionManager
 from tci.storage.store import KeyInfo
 
@@ -69,7 +70,7 @@ async def stream_execute(
             try:
                 yield sse("result", {"data": task.result(), "errors": None})
             except TCIError as exc:
-                yield sse("error", {"data": None, "errors": [exc.message]})
+                yield sse("error", {"data": None, "errors": [client_message(exc)]})
         finally:
             if not task.done():  # the client went away mid-cell
                 task.cancel()
