@@ -176,6 +176,8 @@ class ForkLauncher(SandboxLauncher):
         os.close(pidfd)  # the setup process's: it exits once the init runs
         try:
             lines = (await _read_to_eof(info_r)).decode(errors="replace").splitlines()
+        except SandboxUnavailable as exc:  # the init (if one came) is killed below
+            lines = [json.dumps({"error": exc.message})]
         finally:
             os.close(info_r)
         init = await self._receive_init(status_r)
@@ -193,7 +195,7 @@ class ForkLauncher(SandboxLauncher):
                 init.close()
             os.close(status_r)
             raise SandboxUnavailable(facts.get("error") or "the forked sandbox did not start")
-        return ForkedProcess(init.pid, status_r), None, init
+        return ForkedProcess(init, status_r), None, init
 
     @staticmethod
     async def _receive_init(status: int) -> ProcessHandle | None:

@@ -4,9 +4,10 @@ restart it when it dies.
 The template is one root process per server, in its own mount namespace, that has imported
 the runtime once. Requests and answers are datagrams on a SOCK_SEQPACKET socket pair, the
 child's channel fds travelling with the request (SCM_RIGHTS) and the child's pidfd with the
-answer. The server holds the write end of a "lifeline" pipe that every template and sandbox
-holds the read end of: if the server dies, the pipe reports end-of-file to all of them and
-they end, whatever killed the server.
+answer. The template dies with the server by the kernel's hand (PR_SET_PDEATHSIG), and every
+sandbox's init with the template, taking its pid namespace along: whatever killed the server,
+and whatever a session's code does, no session outlives it. (A "lifeline" pipe whose write end
+only the server holds also tells them, by end-of-file: the polite way, not the one relied on.)
 """
 
 from __future__ import annotations
@@ -24,42 +25,64 @@ from pathlib import Path
 from typing import Any
 
 from tci.errors import SandboxUnavailable
+from tci.sandbox.pidfd import ProcessHandle
 
 log = logging.getLogger(__name__)
 
 _MAX_MESSAGE = 1 << 16
+# What an init may say on its status socket: one {"exit": <code>} (a dozen bytes). A fixed
+# protocol maximum, not a setting: no session's output goes this way.
+MAX_STATUS_BYTES = 256
 _KILLED = 128 + signal.SIGKILL  # an outer process that ended without saying how
 
 
 class ForkedProcess:
     """A forked sandbox's init (its pid 1), adopted by the template, never the server's child.
     It sends its worker's exit code on a status socket as it ends; silence then end-of-file
-    means it was killed (by us, or by the OOM killer)."""
+    means it was killed (by us, the OOM killer, or the template's death).
 
-    def __init__(self, pid: int, status_fd: int) -> None:
-        self.pid = pid
+    The socket is read as hostile input (the init runs as the session's uid): at most
+    MAX_STATUS_BYTES in all, whatever the datagrams' sizes. More is a broken protocol: the
+    init is killed, the session ends, and `problem` says why."""
+
+    def __init__(self, init: ProcessHandle, status_fd: int) -> None:
+        self.pid = init.pid
+        self.problem: str | None = None
+        self._init = init
         self._status_fd = status_fd
-        self._said = b""
+        self._said = bytearray()
         self._ended: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         os.set_blocking(status_fd, False)
         asyncio.get_running_loop().add_reader(status_fd, self._on_status)
 
     def _on_status(self) -> None:
         try:
-            chunk = os.read(self._status_fd, 64)
+            # One byte over the maximum: a datagram that long is too long, whole or cut.
+            chunk = os.read(self._status_fd, MAX_STATUS_BYTES + 1 - len(self._said))
         except BlockingIOError:
             return
         except OSError:
             chunk = b""
         if chunk:
             self._said += chunk
+            if len(self._said) > MAX_STATUS_BYTES:
+                self.problem = (f"its init broke the protocol: more than {MAX_STATUS_BYTES} "
+                                "bytes on the status channel")
+                log.warning("sandbox pid %d: %s; killed", self.pid, self.problem)
+                self._init.signal(signal.SIGKILL)  # pid 1: the kernel ends the namespace
+                self._finish(_KILLED)
             return
+        self._finish(self._exit_code())
+
+    def _exit_code(self) -> int:
+        try:
+            return int(json.loads(self._said)["exit"]) if self._said else _KILLED
+        except (ValueError, KeyError, TypeError):
+            return _KILLED
+
+    def _finish(self, code: int) -> None:
         asyncio.get_running_loop().remove_reader(self._status_fd)
         os.close(self._status_fd)
-        try:
-            code = int(json.loads(self._said)["exit"]) if self._said else _KILLED
-        except (ValueError, KeyError, TypeError):
-            code = _KILLED
         if not self._ended.done():
             self._ended.set_result(code)
 
@@ -107,7 +130,8 @@ class ForkServer:
                 return
             if self._template is not None:
                 self.restarts += 1
-                log.warning("the fork template died; starting a new one")
+                log.warning("the fork template died (its sessions ended with it); "
+                            "starting a new one")
             self._template = await self._launch()
 
     async def _launch(self) -> _Template:
@@ -116,7 +140,7 @@ class ForkServer:
         os.write(program, self.seccomp_program)
         os.lseek(program, 0, os.SEEK_SET)
         spec = {**self.spec, "control_fd": theirs.fileno(), "lifeline_fd": self.lifeline_r,
-                "seccomp_fd": program}
+                "seccomp_fd": program, "server_pid": os.getpid()}
         log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
                          0o600)
         try:
@@ -173,6 +197,9 @@ class ForkServer:
             except OSError:
                 message, fds = b"", []
             if not message:
+                if not template.dead:
+                    log.warning("the fork template (pid %d) died; the sessions forked from it "
+                                "end with it", template.process.pid)
                 self._bury(template)
                 return
             answer = json.loads(message)
@@ -187,8 +214,9 @@ class ForkServer:
                 future.set_result((answer["pid"], fds[0]))
 
     def _bury(self, template: _Template) -> None:
-        """The template is gone (or never came up): no new fork from it. Sandboxes it made
-        run on: they are tied to the server's lifeline, not to the template."""
+        """The template is gone (or never came up): no new fork from it. The sandboxes it
+        made end with it (each init's parent-death signal): their sessions see their worker
+        killed. The next start launches a new template."""
         if template.dead:
             return
         template.dead = True

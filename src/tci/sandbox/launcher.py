@@ -41,6 +41,9 @@ from tci.sandbox.volume_images import VolumeImages
 log = logging.getLogger(__name__)
 
 USER_SITE = ".local/lib/python3.11/site-packages"
+# A sandbox's start-up report (bwrap's --info-fd; a fork's setup and init report a few JSON
+# lines of ids and timings, well under 1 KiB). A fixed protocol maximum, not a setting.
+MAX_INFO_BYTES = 1 << 16
 _TOOLS_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -143,7 +146,7 @@ class Sandbox:
                 handle.close()
 
 
-def _write_etc(etc_dir: Path) -> None:
+def _write_etc(etc_dir: Path, nameservers: list[str]) -> None:
     etc_dir.mkdir(parents=True, exist_ok=True)
     files = {
         "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
@@ -151,8 +154,9 @@ def _write_etc(etc_dir: Path) -> None:
         "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
         "group": f"root:x:0:\nuser:x:{SANDBOX_GID}:\nnogroup:x:65534:\n",
         "hosts": "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-        # slirp4netns answers DNS on this address inside the namespace.
-        "resolv.conf": "nameserver 10.0.2.3\n",
+        # TCI_EGRESS_DNS (egress_filter.py): the only resolvers the filter lets sessions ask.
+        "resolv.conf": "".join(f"nameserver {server}\n" for server in nameservers)
+        or "# no resolver: this server gives sessions no DNS\n",
         "hostname": "sandbox\n",
     }
     for name, text in files.items():
@@ -161,23 +165,27 @@ def _write_etc(etc_dir: Path) -> None:
         path.chmod(0o644)
 
 
-async def _read_to_eof(fd: int, limit: int = 65536) -> bytes:
+async def _read_to_eof(fd: int, max_bytes: int = MAX_INFO_BYTES) -> bytes:
+    """A start-up info channel to its end: at most `max_bytes` (SandboxUnavailable beyond)."""
     loop = asyncio.get_running_loop()
     os.set_blocking(fd, False)
-    chunks: list[bytes] = []
+    said = bytearray()
     done: asyncio.Future[None] = loop.create_future()
 
     def on_readable() -> None:
         try:
-            chunk = os.read(fd, limit)
+            chunk = os.read(fd, max_bytes + 1 - len(said))
         except BlockingIOError:
             return
         except OSError as exc:
             chunk = b""
             log.debug("info fd read failed: %s", exc)
-        if chunk:
-            chunks.append(chunk)
-        elif not done.done():
+        said.extend(chunk)
+        if len(said) > max_bytes and not done.done():
+            done.set_exception(SandboxUnavailable(
+                f"the sandbox broke the protocol: more than {max_bytes} bytes on its info "
+                "channel"))
+        elif not chunk and not done.done():
             done.set_result(None)
 
     loop.add_reader(fd, on_readable)
@@ -185,7 +193,7 @@ async def _read_to_eof(fd: int, limit: int = 65536) -> bytes:
         await done
     finally:
         loop.remove_reader(fd)
-    return b"".join(chunks)
+    return bytes(said)
 
 
 def _remove_cgroup(cgroup: SessionCgroup) -> bool:
@@ -225,8 +233,10 @@ class SandboxLauncher:
         self.exposed: RuntimePaths | None = None  # where sandboxes bind them from (prepare)
         self.volumes = VolumeImages(self.root, settings.workspace_max_bytes,
                                     settings.workspace_max_files)
-        self.egress_filter = (EgressFilter(settings.egress_refuse)
-                              if settings.network == "egress" else None)
+        self.egress_filter = (
+            EgressFilter(settings.egress_refuse, allowed=settings.egress_allow,
+                         dns=settings.egress_dns, database_url=settings.database_url)
+            if settings.network == "egress" else None)
         self.cgroups: CgroupDriver | None = None
         self.limits = CgroupLimits(
             memory_bytes=settings.memory_limit_bytes, pids_max=settings.pids_limit,
@@ -242,7 +252,7 @@ class SandboxLauncher:
             shutil.rmtree(stale, ignore_errors=True)
         self._prepare_root()
         self.volumes.prepare()
-        _write_etc(self.root / "etc")
+        _write_etc(self.root / "etc", self.egress_filter.dns if self.egress_filter else [])
         (self.root / "empty").mkdir(mode=0o555, exist_ok=True)
         if not (self.runtime_site / "IPython").is_dir():
             raise SandboxUnavailable(
@@ -427,6 +437,12 @@ class SandboxLauncher:
             os.close(seccomp_fd)
         try:
             info = json.loads(await _read_to_eof(info_r) or b"{}")
+        except SandboxUnavailable:
+            # bwrap's outer process is our child; its sandbox dies with it (--die-with-parent).
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            raise
         finally:
             os.close(info_r)
         # Our own child: its number cannot be reused before we reap it.

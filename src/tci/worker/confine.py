@@ -7,8 +7,11 @@ code can run (the zygote's way: specialise, then verify, then run).
          and exits (the template, a subreaper, adopts the init);
   init   (pid 1 of the new pid namespace) mounts its /proc, drops to the session's uid,
          enters a user namespace mapping it to 1000 (where no further one may be made), clears
-         every capability, sets no_new_privs, loads the seccomp filter, verifies all of that,
-         forks the worker, then reaps until the worker ends (or the server's lifeline closes);
+         every capability, sets no_new_privs, ties its life to the template's (which is tied
+         to the server's) by PR_SET_PDEATHSIG, loads the seccomp filter, makes itself not
+         dumpable (out of reach of the session's code, which runs as its uid), verifies all
+         of that, forks the worker, then reaps until the worker ends (or the server's
+         lifeline closes: a second, voluntary way out);
   worker the template's preloaded worker, on the session's own channels.
 Two processes per session stay (init and worker), as with bubblewrap's init and worker.
 Any failure before the worker runs exits the process: nothing runs half-confined.
@@ -17,6 +20,7 @@ Any failure before the worker runs exits the process: nothing runs half-confined
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import select
@@ -24,6 +28,7 @@ import signal
 import socket
 import sys
 import time
+from typing import NamedTuple
 
 from . import linux
 
@@ -36,6 +41,7 @@ _SESSION_NAMESPACES = (linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWI
                        | linux.CLONE_NEWPID | linux.CLONE_NEWCGROUP | linux.CLONE_NEWNET)
 _MOUNT_FLAGS = linux.MS_NOSUID | linux.MS_NODEV
 _HIGH_FD = 100
+ADOPTION_TIMEOUT = 30.0  # seconds for the setup process to exit once it forked the init
 
 
 def namespace_ids() -> dict[str, str]:
@@ -53,8 +59,9 @@ def _report(fd: int, message: dict) -> None:
 
 
 def become_session(spec: dict, request: dict, fds: list[int], lifeline: int,
-                   template_namespaces: dict[str, str], worker) -> None:
-    """The setup process: root, in the host's pid namespace. Never returns."""
+                   template_namespaces: dict[str, str], worker, template: int) -> None:
+    """The setup process: root, in the host's pid namespace. `template` is a pidfd on the
+    template (our parent). Never returns."""
     command, event, stdout, stderr, info, status, work, home, *network = fds
     steps = {"asked": request["asked"], "fork": time.monotonic()}
     try:
@@ -74,11 +81,12 @@ def become_session(spec: dict, request: dict, fds: list[int], lifeline: int,
         steps["mounts"] = time.monotonic()
         linux.loopback_up()
         steps["loopback"] = time.monotonic()
+        lineage = Lineage(setup=os.pidfd_open(os.getpid()), template=template)
         init = os.fork()
         if init == 0:
             try:
                 _become_init(spec, request, (command, event, stdout, stderr), info, status,
-                             lifeline, template_namespaces, worker)
+                             lifeline, template_namespaces, worker, lineage)
             except BaseException as exc:
                 import traceback
 
@@ -109,6 +117,33 @@ def _join_cgroups(parent_fds: list[int], cgroups: list[tuple[int, str]]) -> None
             os.close(fd)
 
 
+class Lineage(NamedTuple):
+    """pidfds on the init's parent (the setup process) and grandparent (the template)."""
+
+    setup: int
+    template: int
+
+
+def die_with_template(lineage: Lineage) -> None:
+    """The kernel kills the init (and so its whole pid namespace) when the template dies, as
+    the template dies with the server: the session ends with the server by the kernel's hand,
+    whatever its code does. The setup process must be gone first (the signal fires whenever
+    the parent dies, and the setup is the first parent); its pidfd says so only after its
+    children went to the template, the subreaper. If the template is still alive after the
+    signal is set, it was alive at that adoption, so it is the parent the signal watches.
+    Set after the last change of credentials (which clears it); from then on only this
+    process could change it, and nothing else can reach into it (not dumpable)."""
+    readable, _, _ = select.select([lineage.setup], [], [], ADOPTION_TIMEOUT)
+    if not readable:
+        raise OSError(errno.ETIMEDOUT, "the setup process did not exit")
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    gone, _, _ = select.select([lineage.template], [], [], 0)
+    if gone:
+        os._exit(128 + signal.SIGKILL)  # as if the signal had come: the server is going
+    os.close(lineage.setup)
+    os.close(lineage.template)
+
+
 def _drop_to(uid: int) -> None:
     os.setgroups([])
     os.setresgid(uid, uid, uid)
@@ -117,7 +152,7 @@ def _drop_to(uid: int) -> None:
 
 def _become_init(spec: dict, request: dict, channels: tuple[int, int, int, int], info: int,
                  status: int, lifeline: int, template_namespaces: dict[str, str],
-                 worker) -> None:
+                 worker, lineage: Lineage) -> None:
     linux.set_name(INIT_NAME)
     os.setsid()  # no controlling terminal of the server's to reach (bwrap's --new-session)
     steps = {"init": time.monotonic()}
@@ -139,8 +174,14 @@ def _become_init(spec: dict, request: dict, channels: tuple[int, int, int, int],
     linux.clear_capabilities()
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
     steps["identity"] = time.monotonic()
+    die_with_template(lineage)
+    steps["adopted"] = time.monotonic()
     linux.load_seccomp(bytes.fromhex(spec["seccomp"]))
     steps["seccomp"] = time.monotonic()
+    # Out of the session's reach from here on: its code runs as our uid, but our memory was
+    # made in the host's user namespace, where it has no CAP_SYS_PTRACE, so no ptrace, no
+    # /proc/1/mem, environ or fds. (The worker makes itself dumpable again, for its own use.)
+    linux.prctl(linux.PR_SET_DUMPABLE, 0)
     problems = confinement_problems(template_namespaces)
     steps["verified"] = time.monotonic()
     if problems:
@@ -154,6 +195,7 @@ def _become_init(spec: dict, request: dict, channels: tuple[int, int, int, int],
     child = os.fork()
     if child == 0:
         try:
+            linux.prctl(linux.PR_SET_DUMPABLE, 1)  # the user's /proc/self, debuggers, ...
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             linux.set_name(os.path.basename(sys.executable))  # python3.11, as bwrap's worker
@@ -237,6 +279,10 @@ def confinement_problems(template_namespaces: dict[str, str]) -> list[str]:
         problems.append("no seccomp filter")
     if os.getpid() != 1:
         problems.append(f"not pid 1 of its own pid namespace (pid {os.getpid()})")
+    if linux.prctl(linux.PR_GET_DUMPABLE) != 0:
+        problems.append("dumpable (its memory is open to processes of its uid)")
+    if linux.parent_death_signal() != signal.SIGKILL:
+        problems.append("no SIGKILL on the template's death (PR_SET_PDEATHSIG)")
     for name, value in namespace_ids().items():
         if value == template_namespaces[name]:
             problems.append(f"shares the template's {name} namespace")

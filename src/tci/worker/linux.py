@@ -31,6 +31,9 @@ MS_PRIVATE = 0x40000
 MS_SLAVE = 0x80000
 MNT_DETACH = 0x2
 
+PR_SET_PDEATHSIG = 1
+PR_GET_PDEATHSIG = 2
+PR_GET_DUMPABLE = 3
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NAME = 15
 PR_SET_DUMPABLE = 4
@@ -111,6 +114,14 @@ def sethostname(name: str) -> None:
 def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
     return _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
                               ctypes.c_ulong(0), ctypes.c_ulong(0)), f"prctl {option}")
+
+
+def parent_death_signal() -> int:
+    """The signal this process gets when its parent dies (PR_SET_PDEATHSIG; 0: none)."""
+    value = ctypes.c_int(0)
+    _check(_libc.prctl(ctypes.c_int(PR_GET_PDEATHSIG), ctypes.byref(value), ctypes.c_ulong(0),
+                       ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl PR_GET_PDEATHSIG")
+    return value.value
 
 
 def set_name(name: str) -> None:

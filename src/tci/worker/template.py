@@ -11,7 +11,11 @@ with a JSON spec on fd 0 and its channels at the fds the spec names. It then
 3. imports IPython, the worker and TCI_POOL_PRELOAD, builds the worker's shell, runs a silent
    warm-up cell, and freezes its heap (gc.freeze), so children share it page for page;
 4. serves "spawn" requests: each is a fork (confine.py takes it from there) whose pidfd goes
-   back to the server, and reports each child's exit status once it is reaped.
+   back to the server, and reaps each child.
+
+It dies with the server (PR_SET_PDEATHSIG), and every session's init dies with it in turn: a
+template that dies takes its sessions with it (the kernel's doing, so no session's code can
+stop it).
 
 It never runs user code and holds no secret: no key, no token, no server state. It starts no
 thread (threads do not survive fork), and IPython's history is off for the same reason.
@@ -158,6 +162,8 @@ class ForkServer:
         self.confine = confine
         self.log = os.fdopen(spec["log_fd"], "w", buffering=1)  # the template's stderr
         self.own_namespaces = confine.namespace_ids()
+        # Every session's init holds this, to tell that it was adopted by a living template.
+        self.own_pidfd = os.pidfd_open(os.getpid())
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -209,7 +215,7 @@ class ForkServer:
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 self.confine.become_session(self.spec, request, fds, self.lifeline,
-                                            self.own_namespaces, self.worker)
+                                            self.own_namespaces, self.worker, self.own_pidfd)
             except BaseException:
                 import traceback
 
@@ -242,8 +248,20 @@ def _out_of_the_way(fd: int) -> int:
     return high
 
 
+def die_with_server(server_pid: int) -> None:
+    """The kernel kills this process when the server dies (SIGKILL, which nothing can catch),
+    and with it, in turn, every session's init (confine.py ties each to this process). Checked
+    after setting it: a server already gone would never send it."""
+    linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != server_pid:
+        os._exit(1)
+
+
 def main() -> None:
     spec = json.loads(sys.stdin.buffer.read())
+    # Root all along, it never changes credentials or runs a set-uid program: nothing clears
+    # the parent-death signal after this.
+    die_with_server(spec["server_pid"])
     os.close(0)
     os.open("/dev/null", os.O_RDONLY)  # fd 0 again, so no later open lands on it
     control = socket.socket(fileno=_out_of_the_way(spec["control_fd"]))
