@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     # Egress: destinations refused besides the built-in ones (addresses or CIDR networks,
     # JSON list), e.g. neighbours on public addresses that trust the host's network.
     egress_refuse: list[str] = []
+    # Egress: exceptions to the refusals (addresses or CIDR networks, JSON list), e.g. an
+    # internal package mirror or the on-link LAN. Never opens the host itself, cloud metadata,
+    # the Ray cluster's nodes or the database's host.
+    egress_allow: list[str] = []
+    # Egress: the only DNS servers sessions may ask (IPv4 addresses, JSON list; [] for none).
+    # Unset: the host's resolvers, read once at start (a local stub's upstreams) and logged.
+    egress_dns: list[str] | None = None
     sandbox_uid_base: int = 200_000
     sandbox_uid_count: int = 10_000
 
@@ -168,6 +175,9 @@ class Settings(BaseSettings):
     ray_ended_feed_entries: int = Field(default=10_000, ge=1)
     # Seconds a gateway waits for a new host actor to start (its self-check and warm pool).
     ray_host_start_timeout: float = Field(default=120.0, gt=0)
+    # How often a host actor reads the cluster's nodes, whose addresses its egress sandboxes
+    # never reach: a node that joins is refused within this many seconds.
+    ray_nodes_refresh_seconds: float = Field(default=5.0, gt=0)
 
     @field_validator("max_sessions", "max_sessions_per_key", mode="before")
     @classmethod
