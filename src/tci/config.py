@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     # Per-session limits, enforced by the kernel (see docs/security.md).
     memory_limit_bytes: int = 2048 * MiB
     pids_limit: int = 256
+    # Tasks (pids) kept for the host: all sessions together may hold the kernel's pid_max (or
+    # threads-max, if lower) less this, so the server, sshd and the database can still fork
+    # when every session is at its TCI_PIDS_LIMIT. A typical server runs a few hundred tasks.
+    host_pids_reserve: int = Field(default=4096, ge=0)
     cpu_weight: int = 100  # relative CPU share; 100 = an equal share with other sessions
     workspace_max_bytes: int = 1024 * MiB
     workspace_max_files: int = 20_000

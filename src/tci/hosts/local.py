@@ -183,6 +183,8 @@ class LocalHost(SessionHost):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.launcher = make_launcher(settings)
+        # Volumes reserve their quotas on the disk, leaving it this much free (volume_images).
+        self.launcher.volumes.reserve_bytes = settings.min_free_disk_bytes
         self.capacity = settings.max_sessions or 0  # resolved at start
         self.pool = WarmPool(self.launcher, settings)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -198,8 +200,11 @@ class LocalHost(SessionHost):
     async def start(self) -> None:
         """Ready to serve, or SandboxUnavailable: the self-check's probe session starts the
         way sessions will (bubblewrap or fork), before any is handed out."""
-        self.capacity = capacity.max_sessions(self.settings)
+        tasks = capacity.session_tasks(self.settings)
+        self.capacity = capacity.max_sessions(self.settings, tasks=tasks)
         self.launcher.prepare()
+        if self.launcher.cgroups is not None:  # the host's pids reserve, kept by the kernel
+            self.launcher.cgroups.limit_tasks(tasks)
         await self.launcher.warm_up()
         enforce(await self.self_check(), self.settings.unsafe_allow_missing_protections)
         self.details["io_weight"] = self._io_weight_status()

@@ -4,8 +4,9 @@ Layout, in every hierarchy used:  <cgroup mount>/<parent_name>/<session_name>
 - cgroup v1 (a hierarchy per controller, e.g. /sys/fs/cgroup/memory): memory, pids, cpu,
   cpuacct (CPU time) and freezer (to kill a tree that forks while it is being killed);
 - cgroup v2 (one hierarchy, e.g. /sys/fs/cgroup): memory, pids, cpu enabled down to the sessions.
-The parent holds no process: sessions are its leaves. Its own limits stay at the defaults, so
-on CPU all sessions together weigh as much as one ordinary group next to the host's others.
+The parent holds no process: sessions are its leaves. Its CPU weight stays at the default, so
+on CPU all sessions together weigh as much as one ordinary group next to the host's others; its
+pids.max (limit_tasks) keeps the host's reserve of pids out of the sessions' reach.
 
 A process joins its session before it runs anything of the sandbox (see attach_argv), so every
 process the sandbox ever forks is counted and limited from the start, and bwrap's cgroup
@@ -505,6 +506,12 @@ class CgroupDriver(ABC):
             session.remove()
         return names
 
+    @abstractmethod
+    def limit_tasks(self, tasks: int) -> None:
+        """Cap the tasks of all sessions together (the parent's pids.max; the kernel counts a
+        parent's descendants against it, in v1 as in v2), so that sessions at their own limits
+        cannot take the pids the host needs to fork."""
+
     def remove_parent(self) -> None:
         """At shutdown: remove any session left, then the parent itself."""
         self.cleanup_stale()
@@ -553,6 +560,10 @@ class CgroupV1Driver(CgroupDriver):
     def parents(self) -> list[Path]:
         return list(dict.fromkeys(mount / self.parent_name for mount in self.mounts.values()))
 
+    def limit_tasks(self, tasks: int) -> None:
+        self._prepare_parent()
+        _write(self.mounts["pids"] / self.parent_name / "pids.max", tasks)
+
     def _session(self, session_name: str) -> SessionCgroupV1:
         return SessionCgroupV1(session_name, {
             name: mount / self.parent_name / session_name for name, mount in self.mounts.items()
@@ -587,6 +598,11 @@ class CgroupV2Driver(CgroupDriver):
     @property
     def parents(self) -> list[Path]:
         return [self.parent]
+
+    def limit_tasks(self, tasks: int) -> None:
+        self._prepare_parent()
+        if "pids" in self.controllers:  # tests run without it; detect() requires it
+            _write(self.parent / "pids.max", tasks)
 
     def _session(self, session_name: str) -> SessionCgroupV2:
         return SessionCgroupV2(session_name, self.parent / session_name, self.controllers)

@@ -20,6 +20,13 @@ does not grow with the files the untrusted code left behind (nothing is walked).
 
 All sessions' filesystems share the template's UUID; ext4 does not need it to be unique (it
 only seeds checksums), udev's /dev/disk/by-uuid links may point at any of them.
+
+A volume's quota is a promise the host's disk keeps: each image is fallocate()d to its full
+size when it is made (~0.5-1 ms for 1 GiB on ext4: extents, no data written), so its blocks are
+the session's whatever the others write. Sparse images could promise more than the disk has,
+and one session filling its quota would make another, well within its own, fail with I/O
+errors. A volume whose reservation would leave the disk less than the reserve
+(TCI_MIN_FREE_DISK_BYTES) is refused (DiskCommitted, 503 with Retry-After) until sessions end.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import logging
 import os
 import subprocess
@@ -36,7 +44,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from tci.errors import SandboxUnavailable
+from tci.errors import SandboxUnavailable, ServerBusy
 from tci.sandbox import volume
 from tci.sandbox.volume import IMAGE_NAME, MOUNT_NAME, Usage
 from tci.worker import linux
@@ -60,9 +68,33 @@ MOUNT_OPTIONS = "noinit_itable,nobarrier"
 # No journal (the volume dies with its session), no blocks reserved for root, no reserved GDT
 # blocks for online growth (never grown): what is left to copy per session is ~80 KB.
 MKFS_FEATURES = "^has_journal,^resize_inode"
+FALLOC_MODE_ALLOCATE = 0  # fallocate(2) mode 0: allocate the range (unwritten extents)
 ATTACH_ATTEMPTS = 16  # another process may take the free device between our two ioctls
 BLOCK = 4096
+MiB = 1 << 20
 READ_CHUNK = 1 << 20
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+class DiskCommitted(ServerBusy, SandboxUnavailable):
+    """The sandbox disk holds no more session volumes: the live ones reserve their quotas.
+    Load, not a fault (503 with Retry-After, as ServerBusy); a SandboxUnavailable to the warm
+    pool, which tries again later. Its message names only settings: the client may read it."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        ServerBusy.__init__(self, message, retry_after)
+        self.public = True
+
+
+def _fallocate(fd: int, length: int) -> None:
+    """Reserve the file's blocks; OSError (ENOSPC, EOPNOTSUPP) when the kernel cannot. Not
+    os.posix_fallocate: glibc's emulation writes zeros over the whole length instead."""
+    if _libc.fallocate(fd, FALLOC_MODE_ALLOCATE, 0, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 class _LoopInfo64(ctypes.Structure):
@@ -134,9 +166,13 @@ class Template:
 class VolumeImages:
     """Makes and removes session volumes; one per server, made at prepare()."""
 
-    def __init__(self, root: Path, max_bytes: int, max_files: int) -> None:
+    def __init__(self, root: Path, max_bytes: int, max_files: int,
+                 reserve_bytes: int = 0) -> None:
         self.root = root  # the sandbox dir: private to the server (hostdir.make_private_dir)
         self.defaults = (max_bytes, max_files)
+        # Free space the volumes leave to everything else on the disk (TCI_MIN_FREE_DISK_BYTES).
+        self.reserve_bytes = reserve_bytes
+        self._reserving = threading.Lock()  # one free-space check + reservation at a time
         self._templates: dict[tuple[int, int], Template] = {}
         self._lock = threading.Lock()
         self._control: int | None = None
@@ -208,17 +244,45 @@ class VolumeImages:
         except OSError as exc:  # not ours: left as it is
             raise SandboxUnavailable(f"could not prepare the session's disk: {exc}") from exc
         try:
+            self._reserve(fd, max_bytes)
             template.write(fd)
             mount_point.mkdir(mode=0o711)
             self._attach_and_mount(image, mount_point, fd)
-        except OSError as exc:
+        except (OSError, SandboxUnavailable) as exc:
             with contextlib.suppress(OSError):
                 mount_point.rmdir()
             image.unlink(missing_ok=True)
+            if isinstance(exc, SandboxUnavailable):
+                raise
             raise SandboxUnavailable(f"could not prepare the session's disk: {exc}") from exc
         finally:
             os.close(fd)
         return mount_point
+
+    def _reserve(self, fd: int, max_bytes: int) -> None:
+        """Allocate the whole image on the host's disk, or refuse: DiskCommitted when that
+        would leave less than the reserve free (or the disk has no room at all)."""
+        with self._reserving:  # two volumes must not both count the same free space
+            free = os.statvfs(fd)
+            available = free.f_bavail * free.f_frsize
+            if available - max_bytes < self.reserve_bytes:
+                raise self._committed(available, max_bytes)
+            try:
+                _fallocate(fd, max_bytes)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise self._committed(available, max_bytes) from exc
+                if exc.errno != errno.EOPNOTSUPP:
+                    raise
+                _warn_no_fallocate(exc.strerror or str(exc))
+
+    def _committed(self, available: int, max_bytes: int) -> DiskCommitted:
+        return DiskCommitted(
+            "new sessions are refused while the sandbox disk is committed: every session's "
+            f"volume reserves its whole TCI_WORKSPACE_MAX_BYTES ({max_bytes // MiB} MiB) "
+            f"and {available // MiB} MiB is free, which with TCI_MIN_FREE_DISK_BYTES "
+            f"({self.reserve_bytes // MiB} MiB) kept free holds no more; running sessions keep "
+            "theirs, retry when sessions end")
 
     def _attach_and_mount(self, image: Path, mount_point: Path, fd: int | None = None) -> None:
         own_fd = fd is None
@@ -278,6 +342,12 @@ class VolumeImages:
                     with contextlib.suppress(OSError):
                         linux.umount(str(mount_point), UMOUNT_NOFOLLOW | linux.MNT_DETACH)
         (root / IMAGE_NAME).unlink(missing_ok=True)
+
+
+@functools.cache
+def _warn_no_fallocate(why: str) -> None:
+    log.warning("the sandbox disk cannot reserve session volumes (fallocate: %s): their quotas "
+                "are sparse files that together may promise more than the disk holds", why)
 
 
 def _run(*argv: str) -> None:
