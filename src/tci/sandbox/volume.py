@@ -3,8 +3,12 @@
 Each session gets a sparse ext4 image, loop-mounted (nosuid, nodev) on the host: the kernel
 then enforces TCI_WORKSPACE_MAX_BYTES and TCI_WORKSPACE_MAX_FILES exactly, with no quota
 support needed from the host filesystem, and a disk flood in one session cannot fill the
-host's disk or touch another session. Creating and mounting one takes ~40 ms, paid in the
-warm pool ahead of demand. Blocking calls: run them in a thread.
+host's disk past its quota. Creating and mounting one takes ~40 ms, paid in the warm pool ahead
+of demand. Blocking calls: run them in a thread.
+
+Sessions' volumes are made by volume_images.py, which also reserves each image's whole size on
+the host's disk (fallocate) so that quotas never add up to more than the disk has; `create`
+here, used only by bench/volumes.py, makes a sparse image as the baseline it measures.
 
 Once the sandbox has its own copy of the mount, the host's is remounted `nosymfollow`
 (Linux 5.10+): a symlink the session plants is then followed by no host process that walks
