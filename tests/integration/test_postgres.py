@@ -4,12 +4,15 @@ answer 503 without naming it (the log does), and once it is back they work again
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import psycopg
 import pytest
 
-from tests.conftest import Server, cli, make_server, stdout_of
+from tests.conftest import Server, cli, free_port, make_server, stdout_of
 
 pytest_plugins = ("tests.pg",)  # its fixtures: postgres_url, own_postgres
 
@@ -97,3 +100,50 @@ def test_requests_answer_503_while_the_database_is_down(tmp_path, own_postgres):
         assert rows(url, "SELECT name FROM api_keys ORDER BY id") == [("test",), ("after",)]
     finally:
         server.stop()
+
+
+def test_the_per_key_quota_holds_across_servers_sharing_the_database(tmp_path, postgres_url):
+    """Two servers on one database, as two gateways: TCI_MAX_SESSIONS_PER_KEY=2 counts the
+    key's sessions on both. Eight creations at once, half through each, give two sessions in
+    all; ending one through one server frees its place at once for the other."""
+    settings = {"max_sessions_per_key": "2"}
+    first = make_server(tmp_path, database_url=postgres_url, **settings)
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    second = Server(second_dir, free_port(), first.key, first.env)
+    try:
+        second.start()  # after the first: a single-machine server ends the live sessions it
+        # finds at start (its own previous run's), so both start before any session exists
+        servers = [first, second] * 4
+        start = threading.Barrier(len(servers))
+
+        def create(server: Server) -> httpx.Response:
+            with server.client() as client:
+                start.wait()
+                return client.post("/v1/tci/sessions")
+
+        with ThreadPoolExecutor(len(servers)) as pool:
+            answers = list(pool.map(create, servers))
+        made = [(server, r.json()["data"]["id"]) for server, r in zip(servers, answers,
+                                                                       strict=True)
+                if r.status_code == 200]
+        refused = [r for r in answers if r.status_code != 200]
+        assert len(made) == 2, [r.text for r in answers]
+        for response in refused:
+            assert response.status_code == 429, response.text
+            assert "TCI_MAX_SESSIONS_PER_KEY" in response.json()["errors"][0]
+        assert rows(postgres_url, "SELECT count(*) FROM sessions WHERE ended_at IS NULL") == [
+            (2,)]
+        assert rows(postgres_url, "SELECT count(*) FROM session_reservations") == [(0,)]
+
+        owner, session = made[0]
+        other = second if owner is first else first
+        with owner.client() as client:
+            assert client.delete(f"/v1/tci/sessions/{session}").status_code == 200
+        with other.client() as client:
+            again = client.post("/v1/tci/sessions")
+            assert again.status_code == 200, again.text
+            assert client.post("/v1/tci/sessions").status_code == 429
+    finally:
+        second.stop()
+        first.stop()

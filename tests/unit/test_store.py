@@ -3,6 +3,8 @@ PostgreSQL (tests/pg.py). Every test runs on each, against a fresh database."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote
@@ -152,3 +154,55 @@ def test_usage_buckets_follow_utc_boundaries(store):
     totals = store.usage(T - DAY, T + 2 * DAY, key.id)[key.id]
     assert sum(d.sessions for d in days.values()) == totals.sessions == 3
     assert sum(d.executions for d in days.values()) == totals.executions == 3
+
+
+def test_the_per_key_quota_holds_for_servers_reserving_at_once(store):
+    """TCI_MAX_SESSIONS_PER_KEY across gateways: eight servers (one engine each, as eight
+    gateways on one database) take places at the same instant; the key's live session counts,
+    its ended and expired ones and other keys' do not; exactly the rest of the quota is given."""
+    key, _ = store.create_key("k")
+    other, _ = store.create_key("other")
+    now = datetime.now(UTC)
+    store.add_session("live", key.id, now, now + HOUR)
+    store.add_session("ended", key.id, now, now + HOUR)
+    store.end_session("ended", "ended by the client")
+    store.add_session("expired", key.id, now - 2 * HOUR, now - HOUR)  # not yet reaped
+    store.add_session("others", other.id, now, now + HOUR)
+    url = store.engine.url.render_as_string(hide_password=False)
+    servers = [Store(url) for _ in range(8)]
+    start = threading.Barrier(len(servers))
+
+    def take(server: Store) -> str | None:
+        start.wait()
+        return server.reserve_session(key.id, 3, hold_seconds=60)
+
+    try:
+        with ThreadPoolExecutor(len(servers)) as pool:
+            taken = list(pool.map(take, servers))
+    finally:
+        for server in servers:
+            server.engine.dispose()
+    assert sum(place is not None for place in taken) == 2, taken
+    assert store.reserve_session(key.id, 3, hold_seconds=60) is None
+    assert store.reserve_session(other.id, 3, hold_seconds=60) is not None
+
+
+def test_a_reservation_becomes_its_session_or_is_given_back(store):
+    key, _ = store.create_key("k")
+    now = datetime.now(UTC)
+    first = store.reserve_session(key.id, 2, hold_seconds=60)
+    second = store.reserve_session(key.id, 2, hold_seconds=60)
+    assert first and second and first != second
+    assert store.reserve_session(key.id, 2, hold_seconds=60) is None  # starts count
+    store.add_session("s", key.id, now, now + HOUR, reservation=first)  # takes its place
+    assert store.reserve_session(key.id, 2, hold_seconds=60) is None
+    store.release_reservation(second)  # a start that failed
+    assert store.reserve_session(key.id, 2, hold_seconds=60) is not None
+    assert store.reserve_session(key.id, 2, hold_seconds=60) is None
+    store.end_session("s", "ended by the client")
+    assert store.reserve_session(key.id, 2, hold_seconds=60) is not None
+
+    # A gateway that died mid-start: its place stops counting once its hold has run out.
+    lone, _ = store.create_key("lone")
+    assert store.reserve_session(lone.id, 1, hold_seconds=0) is not None
+    assert store.reserve_session(lone.id, 1, hold_seconds=60) is not None

@@ -38,6 +38,9 @@ from tci.storage.store import AsyncStore, KeyInfo
 from tci.workspace import FileListing, decode_files
 
 log = logging.getLogger(__name__)
+# A per-key reservation outlives the longest start (TCI_WORKER_START_TIMEOUT, plus the
+# database's waits) by this much before it stops counting (its gateway died mid-start).
+RESERVATION_SLACK_SECONDS = 60.0
 
 
 def utcnow() -> datetime:
@@ -76,7 +79,6 @@ class SessionManager:
         # Recently ended: id -> (key id, reason), oldest first, TCI_REMEMBER_ENDED_SESSIONS.
         self._ended: dict[str, tuple[int, str]] = {}
         self._starting = 0
-        self._starting_per_key: dict[int, int] = {}  # key id -> starts in progress
         self._ending: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self.metrics = Metrics(self)
@@ -127,32 +129,31 @@ class SessionManager:
                 f"the server is running its maximum of {limit} sessions "
                 "(TCI_MAX_SESSIONS); retry shortly or end a session"
             )
-        per_key = self.settings.max_sessions_per_key
-        if per_key is not None:
-            held = sum(1 for s in self.sessions.values() if s.key_id == key.id)
-            if held + self._starting_per_key.get(key.id, 0) >= per_key:
-                raise TooManySessions(
-                    f"this API key holds its maximum of {per_key} sessions "
-                    "(TCI_MAX_SESSIONS_PER_KEY); end one of them or let one expire"
-                )
+        reservation = await self._reserve(key)
         # Counted while it starts (a warm one is handed out at once, a cold one takes a while).
         self._starting += 1
-        self._starting_per_key[key.id] = self._starting_per_key.get(key.id, 0) + 1
         try:
             hosted = await self.host.open_session()  # SandboxUnavailable if it cannot
+        except BaseException:
+            self._release(reservation)
+            raise
         finally:
             self._starting -= 1
-            if left := self._starting_per_key.pop(key.id) - 1:
-                self._starting_per_key[key.id] = left
         session_id = hosted.id
         started = utcnow()
         expires = started + timedelta(seconds=self.settings.session_lifetime_seconds)
         # Recorded before anything else sees it: every gateway can then route to it, and with
-        # the database down the client gets 503 and no session runs unrecorded.
+        # the database down the client gets 503 and no session runs unrecorded. The record
+        # takes the reservation's place in the key's count.
         try:
-            await self.store.add_session(session_id, key.id, started, expires, hosted.host)
+            await self.store.add_session(session_id, key.id, started, expires, hosted.host,
+                                         reservation)
         except BaseException:
-            await hosted.end(EndReason(EndKind.SHUTDOWN, "its record could not be written"))
+            reason = EndReason(EndKind.SHUTDOWN, "its record could not be written")
+            await hosted.end(reason)
+            self._release(reservation)
+            # A call cancelled while the write ran may have written it: not left live.
+            self.store.end_session_later(session_id, str(reason))
             raise
         session = LiveSession(session_id, key.id, started, expires, hosted)
         self.sessions[session_id] = session
@@ -160,6 +161,38 @@ class SessionManager:
         self.metrics.session_created()
         log.info("session started", extra={"session": session_id, "key": key.name})
         return session
+
+    async def _reserve(self, key: KeyInfo) -> str | None:
+        """A place in the key's TCI_MAX_SESSIONS_PER_KEY (None: no quota), taken in the store,
+        which every gateway shares: the key's sessions and starts on all of them count, so
+        N gateways allow the quota once, not N times. TooManySessions when it is full."""
+        per_key = self.settings.max_sessions_per_key
+        if per_key is None:
+            return None
+        # Held while the sandbox starts and its record is written; a gateway that dies
+        # mid-start frees it when this runs out.
+        hold = (self.settings.worker_start_timeout + 2 * self.settings.database_timeout_seconds
+                + RESERVATION_SLACK_SECONDS)
+        taking = asyncio.ensure_future(self.store.reserve_session(key.id, per_key, hold))
+        try:
+            reservation = await asyncio.shield(taking)
+        except asyncio.CancelledError:  # the client left while the store took the place
+            taking.add_done_callback(self._release_taken)
+            raise
+        if reservation is None:
+            raise TooManySessions(
+                f"this API key holds its maximum of {per_key} sessions "
+                "(TCI_MAX_SESSIONS_PER_KEY); end one of them or let one expire"
+            )
+        return reservation
+
+    def _release(self, reservation: str | None) -> None:
+        if reservation is not None:
+            self.store.release_reservation_later(reservation)
+
+    def _release_taken(self, taking: asyncio.Future[str | None]) -> None:
+        if not taking.cancelled() and taking.exception() is None:
+            self._release(taking.result())
 
     async def get(self, key: KeyInfo, session_id: str) -> LiveSession:
         session = self.sessions.get(session_id) or await self._adopt(session_id)
@@ -223,8 +256,10 @@ class SessionManager:
         task.add_done_callback(self._ending.discard)
 
     async def end_by_client(self, key: KeyInfo, session_id: str) -> None:
-        """DELETE: end now, even mid-call (the running call gets the worker's death)."""
+        """DELETE: end now, even mid-call (the running call gets the worker's death). It
+        answers once the end is recorded: the key's place is then free on every gateway."""
         await self.end(await self.get(key, session_id), EndReason(EndKind.CLIENT))
+        await self.store.settled()
 
     async def create_session(self, key: KeyInfo) -> dict[str, Any]:
         """POST /tci/sessions: a session before any code runs, so a client (the console) can

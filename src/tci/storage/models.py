@@ -65,6 +65,19 @@ class SessionRecord(Base):
     host: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
+class SessionReservation(Base):
+    """A place in a key's TCI_MAX_SESSIONS_PER_KEY held while its session starts, before the
+    session has an id: counted by every server with the key's live sessions, replaced by the
+    session's record in the transaction that writes it, deleted if the start fails, and no
+    longer counted after `expires_at` (its server died mid-start)."""
+
+    __tablename__ = "session_reservations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class ExecutionRecord(Base):
     __tablename__ = "executions"
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -27,6 +27,7 @@ from sqlalchemy import (
     URL,
     CursorResult,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -42,7 +43,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from tci.errors import BadRequest, NotFound, StoreUnavailable
 from tci.metering import Bucket, BucketUsage, bucket_floor
 from tci.storage import schema
-from tci.storage.models import ApiKey, ExecutionRecord, SessionRecord, utcnow
+from tci.storage.models import (
+    ApiKey,
+    ExecutionRecord,
+    SessionRecord,
+    SessionReservation,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -186,10 +193,49 @@ class Store:
     # -- sessions --------------------------------------------------------------------------
 
     def add_session(self, session_id: str, key_id: int, started: datetime, expires: datetime,
-                    host: str | None = None) -> None:
+                    host: str | None = None, reservation: str | None = None) -> None:
+        """The session's record; it takes the place of `reservation` (reserve_session) in
+        the same transaction, so the key's count never holds both or neither."""
         with self._write() as db:
+            if reservation is not None:
+                db.execute(delete(SessionReservation).where(
+                    SessionReservation.id == reservation))
             db.add(SessionRecord(id=session_id, key_id=key_id, started_at=started,
                                  expires_at=expires, execute_count=0, host=host))
+
+    def reserve_session(self, key_id: int, limit: int, hold_seconds: float) -> str | None:
+        """A place among the key's at most `limit` sessions, for every server on this
+        database (TCI_MAX_SESSIONS_PER_KEY on a cluster): its live sessions and its starts in
+        progress are counted and the place is taken in one transaction, which holds the
+        key's row locked, so two gateways cannot both take the last place. The place is held
+        until add_session replaces it or release_reservation frees it, at most
+        `hold_seconds`. Returns its id, or None when the key holds `limit` already."""
+        now = utcnow()
+        with self._write() as db:
+            # The lock, taken by a write before any read: PostgreSQL keeps the key's row
+            # locked to the commit, so the key's reservations queue here, and each counts
+            # after the one before it committed (READ COMMITTED reads afresh per statement).
+            # On SQLite a first write takes the database's write lock (waiting up to the
+            # timeout); a read first would let two count alike and fail the later writer.
+            db.execute(update(ApiKey).where(ApiKey.id == key_id).values(prefix=ApiKey.prefix))
+            db.execute(delete(SessionReservation).where(
+                SessionReservation.key_id == key_id, SessionReservation.expires_at <= now))
+            live = db.scalar(select(func.count()).select_from(SessionRecord).where(
+                SessionRecord.key_id == key_id, SessionRecord.ended_at.is_(None),
+                SessionRecord.expires_at > now)) or 0
+            starting = db.scalar(select(func.count()).select_from(SessionReservation).where(
+                SessionReservation.key_id == key_id)) or 0
+            if live + starting >= limit:
+                return None
+            reservation = secrets.token_hex(16)
+            db.add(SessionReservation(id=reservation, key_id=key_id,
+                                      expires_at=now + timedelta(seconds=hold_seconds)))
+            return reservation
+
+    def release_reservation(self, reservation: str) -> None:
+        """A start that failed gives its place back."""
+        with self._write() as db:
+            db.execute(delete(SessionReservation).where(SessionReservation.id == reservation))
 
     def record_executions(self, rows: list[ExecutionRow]) -> int:
         """Many executions in one transaction; each session's counters set to its latest.
@@ -414,10 +460,27 @@ class AsyncStore:
         return await self._call(self._store.live_hosts)
 
     async def add_session(self, session_id: str, key_id: int, started: datetime,
-                          expires: datetime, host: str | None = None) -> None:
+                          expires: datetime, host: str | None = None,
+                          reservation: str | None = None) -> None:
         """Recorded before the caller goes on (a session other gateways must find, or one
         that must not exist unrecorded when the database is down)."""
-        await self._call(self._store.add_session, session_id, key_id, started, expires, host)
+        await self._call(self._store.add_session, session_id, key_id, started, expires, host,
+                         reservation)
+
+    async def reserve_session(self, key_id: int, limit: int,
+                              hold_seconds: float) -> str | None:
+        return await self._call(self._store.reserve_session, key_id, limit, hold_seconds)
+
+    def release_reservation_later(self, reservation: str) -> None:
+        """Queued, not awaited: a failed start's error goes back at once; the place is
+        freed before any later call of this server counts (one thread, in order), and if
+        the database is down it stops counting once its hold runs out."""
+        self._fire(self._store.release_reservation, reservation)
+
+    async def settled(self) -> None:
+        """Returns once every write queued before it is done (they run in order on one
+        thread), e.g. a session's end, which other servers then see."""
+        await self._call(lambda: None)
 
     async def find_ended(self, session_id: str) -> EndedSession | None:
         return await self._call(self._store.find_ended, session_id)
