@@ -34,6 +34,10 @@ class ExecuteRequest(BaseModel):
     session_id: Text | None = None
     files: list[FileInput] | None = None
     stream: bool = False  # answer text/event-stream: outputs as produced, then the response
+    # Seconds this call may run before it is interrupted (then killed after the grace period),
+    # at most the server's TCI_EXECUTE_TIMEOUT, which applies when it is absent. Not TCI's
+    # field: the together SDK sends it with extra_body={"timeout": 10}.
+    timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False, strict=True)
 
 
 class Output(BaseModel):

@@ -26,7 +26,7 @@ class EndKind(enum.Enum):
     """Why a session ended, as a value code can branch on (metrics, retries, the Ray host)."""
 
     EXPIRED = "expired"
-    CLIENT = "client"  # DELETE, or the MCP tool
+    CLIENT = "client"  # DELETE, the MCP tool, or exit()/quit() in the session's code
     SHUTDOWN = "shutdown"  # the server stopped while the session lived
     RESTARTED = "restarted"  # found live in the store by the next server
     WORKER_DIED = "worker_died"  # the worker exited or was killed (signal, exit code)
@@ -81,7 +81,7 @@ class CallResult:
 
     outputs: list[dict[str, Any]]
     outcome: Outcome
-    ended: EndReason | None = None  # set when the call ended the session (outcome "died")
+    ended: EndReason | None = None  # the call ended the session: outcome "died", or exit()
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,10 @@ _KIND_OF_DEATH: dict[DeathCause | None, EndKind] = {
     "timeout": EndKind.TIMEOUT, "client_gone": EndKind.CLIENT_GONE,
 }
 
+# Like an ipykernel, which exits after replying to the cell that called exit(); a notebook
+# server would then start a fresh kernel, but a new session is the client's to ask for.
+EXITED = EndReason(EndKind.CLIENT, "the session exited (its code called exit() or quit())")
+
 
 def sandbox_cpu_seconds(sandbox: Sandbox) -> float | None:
     """CPU seconds the sandbox's processes used so far; None without cgroups (or if the
@@ -129,6 +133,8 @@ class LocalSession(HostedSession):
                 ended = EndReason(EndKind.OUT_OF_MEMORY, hit[0])
                 if result.outputs and result.outputs[-1]["data"].startswith("WorkerDied"):
                     result.outputs.pop()
+        if result.exit_asked and ended is None:  # exit()/quit(): answered, then ended
+            ended = EXITED
         result.outputs.extend({"type": "error", "data": message} for message in hit)
         outcome: Outcome = "died" if died else (
             "timeout" if result.timed_out else ("ok" if result.ok else "error"))

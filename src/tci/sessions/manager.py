@@ -9,7 +9,7 @@ import builtins
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 # A per-key reservation outlives the longest start (TCI_WORKER_START_TIMEOUT, plus the
 # database's waits) by this much before it stops counting (its gateway died mid-start).
 RESERVATION_SLACK_SECONDS = 60.0
+# A session made by a call whose client left before the answer: no one can ever use its id.
+CLIENT_LEFT = EndReason(EndKind.CLIENT_GONE,
+                        "its client went away before it learned the new session's id")
 
 
 def utcnow() -> datetime:
@@ -247,6 +250,10 @@ class SessionManager:
         """The session's process ended while no call was running: end the session now,
         freeing its slot and what its host held at once; later calls answer 410 with the
         reason."""
+        self._end_soon(session, reason)
+
+    def _end_soon(self, session: LiveSession, reason: EndReason) -> None:
+        """End the session in the background, once no call holds its lock."""
         async def end_with_reason() -> None:
             async with session.lock:  # after any call that is just starting has seen it
                 await self.end(session, reason)
@@ -254,6 +261,25 @@ class SessionManager:
         task = asyncio.create_task(end_with_reason(), name=f"tci-end-{session.id}")
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
+
+    async def end_unanswered(self, session_id: str) -> None:
+        """A call made this session but its answer, the one place its id is told, could not
+        be delivered: end it now rather than leave it idle until it expires."""
+        session = self.sessions.get(session_id)
+        if session is not None:
+            await self.end(session, CLIENT_LEFT)
+
+    @contextlib.asynccontextmanager
+    async def _ended_if_abandoned(self, session: LiveSession,
+                                  created: bool) -> AsyncIterator[None]:
+        """Around a call: if it made `session` and is cancelled (its client left, the cell
+        was interrupted), the session is ended too, as no one has its id."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            if created:
+                self._end_soon(session, CLIENT_LEFT)
+            raise
 
     async def end_by_client(self, key: KeyInfo, session_id: str) -> None:
         """DELETE: end now, even mid-call (the running call gets the worker's death). It
@@ -356,6 +382,7 @@ class SessionManager:
                 f"code is larger than {self.settings.max_code_bytes} bytes (TCI_MAX_CODE_BYTES)"
             )
         files = decode_files(request.files or [], self.settings)
+        timeout = self._call_timeout(request)
         if request.session_id:
             session = await self.get(key, request.session_id)
         else:
@@ -368,12 +395,12 @@ class SessionManager:
             if on_start is not None:
                 on_start(session.id)
 
-        async with session.lock:
+        async with self._ended_if_abandoned(session, not request.session_id), session.lock:
             try:
                 if session.ended is not None:
                     raise SessionGone(session.ended)
                 result = await session.hosted.execute(
-                    request.code, files, self.settings.execute_timeout,
+                    request.code, files, timeout,
                     self.settings.interrupt_grace_seconds, listener, code_starts,
                 )
             except SessionGone as gone:  # ended before the call, or its process had died
@@ -385,8 +412,27 @@ class SessionManager:
             self.executions.add(session.id, started_at, duration, result.outcome,
                                 session.execute_count)
             self.metrics.executed(result.outcome, duration)
+        if request.timeout is not None and result.outcome in ("timeout", "died"):
+            name_call_timeout(result.outputs)
         if result.outcome in ("timeout", "died"):
             log.warning("execution %s", result.outcome, extra={"session": session.id})
         if result.ended is not None:
             await self.end(session, result.ended)
         return {"session_id": session.id, "status": "completed", "outputs": result.outputs}
+
+    def _call_timeout(self, request: ExecuteRequest) -> float:
+        """The call's own `timeout`, at most TCI_EXECUTE_TIMEOUT (the default)."""
+        limit = self.settings.execute_timeout
+        if request.timeout is None:
+            return limit
+        if request.timeout > limit:
+            raise Unprocessable(f"timeout: {request.timeout:g} s is more than this server's "
+                                f"maximum of {limit:g} s (TCI_EXECUTE_TIMEOUT)")
+        return request.timeout
+
+
+def name_call_timeout(outputs: builtins.list[dict[str, Any]]) -> None:
+    """The host's timeout errors name the server's setting; this call set its own."""
+    for output in outputs:
+        if output["type"] == "error" and isinstance(output["data"], str):
+            output["data"] = output["data"].replace("(TCI_EXECUTE_TIMEOUT)", "(the call's timeout)")

@@ -4,7 +4,8 @@ Channels (numbers passed in TCI_WORKER_FDS="commands,events"):
   commands  host -> worker frames: {"op": "execute", "id", "code"} | {"op": "ping"}
             | {"op": "preload", "modules": [...]} | {"op": "shutdown"}
   events    worker -> host frames: {"type": "ready"} then, per request, any number of
-            display_data / execute_result / error events and one {"type": "done"}.
+            display_data / execute_result / error events and one {"type": "done", "ok"}
+            ("exit": true once a cell called exit() or quit()).
   fd 1, 2   stdout and stderr, read by the host directly.
 The worker is single-threaded and starts no event loop, so it stays fork-safe.
 """
@@ -59,8 +60,9 @@ class Worker:
         try:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             self.emit({"type": "started"})
-            ok = bool(self.shell.run_cell(code, store_history=True).success)
+            result = self.shell.run_cell(code, store_history=True)
             signal.signal(signal.SIGINT, _late_sigint)
+            ok = self.shell.succeeded(result)
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, _late_sigint)
             self.emit({"type": "error", "data": "KeyboardInterrupt", "ename": "KeyboardInterrupt"})
@@ -69,7 +71,11 @@ class Worker:
             self.figures.publish_open_figures()
         except Exception as exc:  # a broken figure must not lose the cell's result
             self.emit({"type": "error", "data": f"could not render figure: {exc!r}"})
-        self.emit({"type": "done", "ok": ok})
+        done: dict = {"type": "done", "ok": ok}
+        if self.shell.exit_now:  # exit() or quit(): the host ends the session after answering
+            self.shell.exit_now = False
+            done["exit"] = True
+        self.emit(done)
 
     def preload(self, modules: list[str]) -> None:
         failed = []

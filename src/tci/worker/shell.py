@@ -15,9 +15,11 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from IPython.core.autocall import ExitAutocall
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
-from IPython.core.interactiveshell import InteractiveShell
+from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
+from traitlets import default
 from traitlets.config import Config
 
 Emit = Callable[[dict], None]
@@ -69,12 +71,51 @@ class ChannelDisplayPublisher(DisplayPublisher):
         pass
 
 
+def clean_exit(error: BaseException | None) -> bool:
+    """`sys.exit()`, `sys.exit(0)`, `raise SystemExit(None)`: a program that ends well, which
+    a caller scoring snippets must not count as failed. Any other status is an error."""
+    return isinstance(error, SystemExit) and error.code in (None, 0)
+
+
+class SessionExit(ExitAutocall):
+    """`exit()`/`quit()`, or either alone as a cell (IPython's autocall): as in ipykernel, asks
+    to end the session once the cell has run and been answered; `exit(keep_kernel=True)`
+    keeps it, as there."""
+
+    def __repr__(self) -> str:  # a bare `exit` in a cell of several lines is only a value
+        return "Use exit() or quit() to end the session"
+
+    def __call__(self, keep_kernel: bool = False) -> None:
+        if not keep_kernel and self._ip is not None:
+            self._ip.ask_exit()
+
+
 class WorkerShell(InteractiveShell):
     """InteractiveShell whose tracebacks and shell commands fit a headless worker."""
 
     displayhook_class = ChannelDisplayHook
     display_pub_class = ChannelDisplayPublisher
     emit: Emit
+
+    @default("exiter")
+    def _session_exiter(self) -> SessionExit:
+        return SessionExit(self)
+
+    def ask_exit(self) -> None:
+        """What `exit()` does: only a flag (`exit_now`, IPython's own), read after the cell."""
+        self.exit_now = True
+
+    @staticmethod
+    def succeeded(result: ExecutionResult) -> bool:
+        """A cell ran to its end, or left by a clean `sys.exit()`."""
+        return bool(result.success) or (
+            result.error_before_exec is None and clean_exit(result.error_in_exec))
+
+    def showtraceback(self, exc_tuple=None, *args: Any, **kwargs: Any) -> None:
+        # IPython shows "SystemExit: 0" for a clean exit too; here it is no error at all.
+        if exc_tuple is None and clean_exit(sys.exc_info()[1]):
+            return
+        super().showtraceback(exc_tuple, *args, **kwargs)
 
     def _showtraceback(self, etype, evalue, stb: list[str]) -> None:
         text = strip_ansi(self.InteractiveTB.stb2text(stb)).strip("\n")
@@ -132,4 +173,7 @@ def make_shell(emit: Emit) -> WorkerShell:
     # open figure is returned as a PNG at the end of the cell anyway.
     warnings.filterwarnings("ignore", message=".*non-interactive.*cannot be shown")
     warnings.filterwarnings("ignore", message=".*non-interactive, and thus cannot be shown")
+    # IPython's hint after any SystemExit ("To exit: use 'exit', 'quit', or Ctrl-D.") would be
+    # stderr noise with its own file and line; the error output already says SystemExit.
+    warnings.filterwarnings("ignore", message="To exit: use 'exit', 'quit', or Ctrl-D.")
     return shell

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -22,7 +22,13 @@ async def execute(
     answer is text/event-stream (see server/streaming.py)."""
     if body.stream:
         return await stream_execute(request.app.state.manager, key, body)
-    data = await unless_disconnected(request, request.app.state.manager.execute(key, body))
+    manager = request.app.state.manager
+
+    async def end_if_created(data: dict[str, Any]) -> None:  # the client never saw its id
+        if body.session_id is None:
+            await manager.end_unanswered(data["session_id"])
+
+    data = await unless_disconnected(request, manager.execute(key, body), end_if_created)
     # Already plain JSON types: answered directly, without re-validating the outputs through
     # the response model (which only documents the shape), since this is the hot path.
     return JSONResponse({"data": data, "errors": None})
