@@ -43,6 +43,7 @@ METADATA = {
 OPERATOR_REFUSED = "203.0.113.99"  # refused only because TCI_EGRESS_REFUSE lists it
 ALLOWED_HOST_SIDE, ALLOWED_PEER = "203.0.113.97", "203.0.113.98"
 MARKERS_TO = (ALLOWED_PEER, PORT)
+GATEWAY = "10.214.98.2"
 OUTSIDE = [*METADATA.values(), OPERATOR_REFUSED, ALLOWED_PEER]
 
 
@@ -61,9 +62,13 @@ def outside(server_ns) -> Iterator[ListeningHost]:
         link(server_ns, world, "tea0", "teb0")
         server_ns.run("ip", "addr", "add", f"{ALLOWED_HOST_SIDE}/32", "dev", "tea0")
         world.run("ip", "route", "add", f"{ALLOWED_HOST_SIDE}/32", "dev", "teb0")
+        # The world is reached through a gateway on a private link: an on-link route would
+        # make each address a neighbour, which the filter refuses.
+        server_ns.run("ip", "addr", "add", "10.214.98.1/30", "dev", "tea0")
+        world.run("ip", "addr", "add", f"{GATEWAY}/30", "dev", "teb0")
         for address in OUTSIDE:
             world.run("ip", "addr", "add", f"{address}/32", "dev", "teb0")
-            server_ns.run("ip", "route", "add", f"{address}/32", "dev", "tea0",
+            server_ns.run("ip", "route", "add", f"{address}/32", "via", GATEWAY,
                           "src", ALLOWED_HOST_SIDE)
         host = ListeningHost(world, PORT)
         try:
@@ -86,12 +91,15 @@ def refused_by_filter(session_id: str, address: str) -> bool:
     """Whether the session's nftables set already refuses `address` (read from the host)."""
     worker = HostView(session_id).worker_pid()
     listing = subprocess.run(
-        ["nsenter", f"--net=/proc/{worker}/ns/net", "--", "nft", "-j", "list", "set",
-         "inet", "tci_egress", "refused_v4"], capture_output=True, text=True, timeout=30)
+        ["nsenter", f"--net=/proc/{worker}/ns/net", "--", "nft", "-j", "list", "table",
+         "inet", "tci_egress"], capture_output=True, text=True, timeout=30)
     if listing.returncode != 0:
         return False
     target = ipaddress.ip_address(address)
     for item in json.loads(listing.stdout)["nftables"]:
+        name = item.get("set", {}).get("name", "")
+        if name.startswith("allowed") or not name.endswith("_v4"):
+            continue
         for element in item.get("set", {}).get("elem", []):
             if isinstance(element, str):
                 low = high = ipaddress.ip_address(element)
