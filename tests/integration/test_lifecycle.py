@@ -11,6 +11,7 @@ import os
 import signal
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -132,13 +133,24 @@ def timeout_server(tmp_path_factory):
 # -- expiry --------------------------------------------------------------------------------
 
 
+# Long enough for the creation, the listing and the host-side footprint to finish before the
+# session expires on a loaded 2-core machine (3 s raced the reaper at load 4).
+LIFETIME = 12
+
+
 def test_expired_session_is_reaped(server_factory):
-    server = server_factory(session_lifetime_seconds=3, reap_interval_seconds=0.5)
+    server = server_factory(session_lifetime_seconds=LIFETIME, reap_interval_seconds=0.5)
+    started = time.monotonic()
     session_id = server.run("x = 1")["session_id"]
+    listed = session_ids(server)
     footprint = Footprint(session_id)
-    assert session_ids(server) == [session_id]
+    took = time.monotonic() - started
+    assert took < LIFETIME, f"the setup took {took:.1f} s, past the {LIFETIME} s lifetime"
+    assert listed == [session_id]
 
     # The reaper ends it on its own, without any call: processes and directory go.
+    wait_for(lambda: not footprint.processes(), "the reaper to end the session's processes",
+             timeout=LIFETIME + 30)
     footprint.assert_gone()
     assert session_ids(server) == []
     message = ended_message(server, session_id)
@@ -342,7 +354,7 @@ def test_crash_and_restart_ends_old_sessions(server_factory):
 
         # Nor does its network helper (a root process) outlive the crash. (Only the helper:
         # the old pid namespace inode may already be reused by the new session.)
-        wait_for(lambda: not footprint.helper_processes(), "the sandbox slirp4netns to end", 10)
+        wait_for(lambda: not footprint.helper_processes(), "the sandbox slirp4netns to end")
     finally:
         footprint.kill_leftovers()
 
