@@ -131,7 +131,7 @@ class Launcher:
             if proc.stdin and not proc.stdin.closed:
                 proc.stdin.close()
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -146,8 +146,9 @@ def launch():
 
 
 def waited(proc: subprocess.Popen) -> int:
-    """The exit status; a bounded wait so that a failure to kill fails instead of hanging."""
-    return proc.wait(timeout=10)
+    """The exit status; a bounded wait so that a failure to kill fails instead of hanging
+    (generous: a killed process is reaped in milliseconds, even on a loaded machine)."""
+    return proc.wait(timeout=30)
 
 
 def dead(pid: int) -> bool:
@@ -323,7 +324,9 @@ def v2_driver():
 
 def test_v2_tree_inside_counted_and_killed_by_cgroup_kill(v2_driver, launch):
     cgroup = v2_driver.create("ses_v2", LIMITS)
-    assert (cgroup.path / "cgroup.kill").exists()  # so kill_all takes that path here
+    if not (cgroup.path / "cgroup.kill").exists():
+        pytest.skip("this kernel has no cgroup.kill (before 5.14): kill_all freezes and kills, "
+                    "as test_v2_freeze_and_kill_fallback shows")
     proc, pids = launch.tree(cgroup)
     assert sorted(pids.values()) == cgroup.procs()
     relative = cgroup.path.relative_to(v2_driver.mount)

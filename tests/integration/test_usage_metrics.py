@@ -160,8 +160,9 @@ def assert_series_sums_to_totals(data: dict) -> None:
 def test_usage_series_by_hour(server):
     key = fresh_key(server, "series")
     now = datetime.now(UTC)
-    if hour_start(now) + timedelta(hours=1) - now < timedelta(seconds=30):
-        time.sleep(31)  # so every execution and the question fall in the same UTC hour
+    left = hour_start(now) + timedelta(hours=1) - now
+    if left < timedelta(minutes=3):  # the calls below take seconds, a minute on a busy box
+        time.sleep(left.total_seconds() + 1)  # so they and the question share one UTC hour
     current = hour_start(datetime.now(UTC))
     first = run(server, key, BUSY)["session_id"]
     run(server, key, "1", first)
@@ -280,7 +281,8 @@ def test_old_database_gains_cpu_column(tmp_path):
 
 
 def test_metrics_move_with_executions_and_json_logs(server_factory):
-    server = server_factory(execute_timeout="1", log_format="json")
+    # 3 s: the trivial cells below end well within it on a loaded machine, the sleep does not.
+    server = server_factory(execute_timeout="3", log_format="json")
     before = metrics(server)
     for outcome in ("ok", "error", "timeout", "died"):
         assert before[("tci_executions_total", (("outcome", outcome),))] == 0
