@@ -49,9 +49,26 @@ def sandbox_worker(session_id: str) -> int:
     _, namespaces = session_processes(session_id)
     inits = [pid for pid in all_pids() if pid_ns(pid) in namespaces and _nspid(pid) == "1"]
     assert len(inits) == 1, (session_id, inits)
-    children = Path(f"/proc/{inits[0]}/task/{inits[0]}/children").read_text().split()
+    children = children_of(inits[0])
     assert children, f"no worker found on the host for {session_id}"
-    return min(int(pid) for pid in children)
+    return min(children)
+
+
+def children_of(pid: int) -> list[int]:
+    """The children of `pid`: from /proc's children file where the kernel has it
+    (CONFIG_PROC_CHILDREN), else from every process's parent pid."""
+    try:
+        return [int(child) for child in
+                Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return [child for child in all_pids() if _ppid(child) == pid]
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _nspid(pid: int) -> str | None:

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server, make_server, outputs_of, stdout_of, wait_for
-from tests.host import all_pids, in_session, pid_ns, session_processes
+from tests.host import all_pids, children_of, in_session, pid_ns, session_processes
 
 MiB = 1 << 20
 LIVENESS_SECONDS = 5.0
@@ -286,9 +286,9 @@ class HostView:
                  self.inner_processes()}
         init = [pid for pid, nspid in inner.items() if nspid == ["1"]]
         assert len(init) == 1, inner
-        children = Path(f"/proc/{init[0]}/task/{init[0]}/children").read_text().split()
+        children = children_of(init[0])
         assert children, f"no worker found on the host for {self.session_id}"
-        return min((int(pid) for pid in children), key=lambda pid: int(inner[pid][0]))
+        return min(children, key=lambda pid: int(inner[pid][0]))
 
     def assert_gone(self) -> None:
         wait_for(lambda: not self.processes(), f"processes of {self.session_id} to end")
