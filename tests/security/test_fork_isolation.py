@@ -1,7 +1,7 @@
 """Sessions forked from one template share nothing they should not (TCI_SANDBOX_START=fork):
 not their random streams, not their memory, files or IPC, not a view of the template, not a
-uid. And the template's own life: no secret in it, restarted when it dies, sessions ending
-with the server."""
+uid. And the template's own life: no secret in it, restarted when it dies (its sessions ending
+with it), sessions ending with the server."""
 
 from __future__ import annotations
 
@@ -150,13 +150,20 @@ def test_the_template_holds_no_server_secret(forked):
     assert "HOME" in names and Path(f"/proc/{template}/environ").read_bytes().count(b"/root") == 0
 
 
-def test_a_dead_template_is_restarted_and_live_sessions_go_on(forked):
+def test_a_dead_template_ends_its_sessions_and_a_new_one_is_started(forked):
+    """Every session's init dies with the template (PR_SET_PDEATHSIG, the kernel's way of
+    ending sessions with the server, which no session's code can switch off): a dead
+    template's sessions end, and new sessions start on a new template."""
     live = new_session(forked, "kept = 42")
     (template,) = template_pids(forked)
     os.kill(template, signal.SIGKILL)
     wait_for(lambda: template not in all_pids(), "the template to die")
-    assert stdout_of(forked.run("print(kept)", live)) == "42\n"
-    # New sessions: the pool's leftovers first, then forks of a new template.
+    wait_for(lambda: not [pid for pid in all_pids() if in_session(pid, live)],
+             "the template's sessions to end with it")
+    response = forked.execute("print(kept)", live)
+    assert response.status_code == 410, response.text
+    assert "killed by SIGKILL" in response.text, response.text
+    # New sessions start (the pool's leftovers died too: they are replaced by new forks).
     for _ in range(4):
         assert stdout_of(forked.run("print('new')")) == "new\n"
     wait_for(lambda: len(template_pids(forked)) == 1, "a new template")
