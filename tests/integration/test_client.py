@@ -19,6 +19,7 @@ import pytest
 from tci.client import (
     APIConnectionError,
     APIStatusError,
+    APITimeoutError,
     AsyncClient,
     AuthenticationError,
     BadRequestError,
@@ -32,7 +33,7 @@ from tci.client import (
     SessionEndedError,
     TCIClientError,
 )
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for
 
 # Blocks until the test writes 'go' into the session (or 60 s pass), so that what the test
 # observes while the cell runs does not depend on timing.
@@ -568,24 +569,51 @@ def test_batch_in_given_sessions_keeps_them(client):
     ci.sessions.delete(given)
 
 
-def test_batch_failures_raise_or_take_their_place(server):
+def test_batch_failures_take_their_place_or_raise(server):
     key = server.new_key("client-batch-errors")
     with Client(base_url=server.base_url, api_key=key) as client:
         ci = client.code_interpreter
         ended = ci.execute(code="1").session_id
         ci.sessions.delete(ended)
-        outcomes = ci.run_batch(["print('ok')", "print('never')"], session_ids=[None, ended],
-                                return_exceptions=True)
+        # By default a failure is a value in its snippet's place: nothing else is lost.
+        outcomes = ci.run_batch(["print('ok')", "print('never')", "1/0"],
+                                session_ids=[None, ended, None])
         assert outcomes[0].stdout == "ok\n"
         assert isinstance(outcomes[1], SessionEndedError)
+        assert "ZeroDivisionError" in outcomes[2].errors[0]  # an error output is a result
         with pytest.raises(SessionEndedError):
-            ci.run_batch(["print('ok')", "print('never')"], session_ids=[None, ended])
-        assert ci.sessions.list() == []  # the failing batch still ended what it created
+            ci.run_batch(["print('ok')", "print('never')"], session_ids=[None, ended],
+                         return_exceptions=False)
+        assert ci.sessions.list() == []  # the failing batches still ended what they created
 
     async def body(aclient):
-        return await aclient.code_interpreter.run_batch(
-            ["1", "2"], session_ids=[ended, None], return_exceptions=True)
+        return await aclient.code_interpreter.run_batch(["1", "2"], session_ids=[ended, None])
 
     outcomes = run_async(server, body, key=key)
     assert isinstance(outcomes[0], SessionEndedError)
     assert outcomes[1].outputs == [Output("execute_result", {"text/plain": "2"})]
+
+
+def test_batch_snippet_that_times_out_loses_nothing_else_and_no_session_is_left(server):
+    key = server.new_key("client-batch-timeout")
+    with Client(base_url=server.base_url, api_key=key) as client:
+        ci = client.code_interpreter
+        outcomes = ci.run_batch(["import time\ntime.sleep(60)", "print(2)", "print(3)"],
+                                concurrency=3, timeout=5)
+        assert isinstance(outcomes[0], APITimeoutError)
+        assert [o.stdout for o in outcomes[1:]] == ["2\n", "3\n"]
+        # The snippet's session id never reached the client; the server ended it.
+        wait_for(lambda: ci.sessions.list() == [], "the timed-out snippet's session to end")
+
+
+def test_execute_timeout_is_the_servers_limit_for_that_call(server):
+    with Client(base_url=server.base_url, api_key=server.key) as client:
+        ci = client.code_interpreter
+        result = ci.execute(code="import time\ntime.sleep(60)", execute_timeout=1)
+        assert result.errors[0].startswith(
+            "TimeoutError: execution timed out after 1 s (the call's timeout)")
+        [outcome] = ci.run_batch(["import time\ntime.sleep(60)"], execute_timeout=1)
+        assert outcome.errors[0].startswith("TimeoutError: execution timed out after 1 s")
+        with pytest.raises(BadRequestError, match="more than this server's maximum"):
+            ci.execute(code="1", execute_timeout=100_000)
+        ci.sessions.delete(result.session_id)

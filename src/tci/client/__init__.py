@@ -7,6 +7,7 @@
         for event in client.code_interpreter.execute(code="...", stream=True):
             ...                          # OutputEvent(s) as produced, then a ResultEvent
         results = client.code_interpreter.run_batch(["print(1)", "print(2)"], concurrency=8)
+        # one ExecuteResult per snippet, in order; a failed one's TCIClientError in its place
 
 AsyncClient has the same surface with ``await``. Only httpx is imported: not the server's
 dependencies.

@@ -153,20 +153,24 @@ class AsyncCodeInterpreter(Resource["AsyncClient"]):
     @overload
     async def execute(self, *, code: str, language: str = ..., session_id: str | None = ...,
                       files: FilesArg = ..., stream: Literal[False] = ...,
-                      timeout: Timeout | None = ...) -> ExecuteResult: ...
+                      timeout: Timeout | None = ...,
+                      execute_timeout: float | None = ...) -> ExecuteResult: ...
 
     @overload
     async def execute(self, *, code: str, language: str = ..., session_id: str | None = ...,
                       files: FilesArg = ..., stream: Literal[True],
-                      timeout: Timeout | None = ...) -> AsyncExecuteStream: ...
+                      timeout: Timeout | None = ...,
+                      execute_timeout: float | None = ...) -> AsyncExecuteStream: ...
 
     async def execute(
         self, *, code: str, language: str = "python", session_id: str | None = None,
         files: FilesArg = None, stream: bool = False, timeout: Timeout | None = None,
+        execute_timeout: float | None = None,
     ) -> ExecuteResult | AsyncExecuteStream:
         """As Client.code_interpreter.execute; with ``stream=True``,
         ``async for event in await ci.execute(code=..., stream=True)``."""
-        call = calls.execute(code, language, session_id, files, stream, timeout)
+        call = calls.execute(code, language, session_id, files, stream, timeout,
+                             execute_timeout)
         if stream:
             return AsyncExecuteStream(await self._client._open_stream(call.request))
         return await self._client._call(call)
@@ -174,12 +178,13 @@ class AsyncCodeInterpreter(Resource["AsyncClient"]):
     async def run_batch(
         self, snippets: list[str], concurrency: int = 8, timeout: Timeout | None = None, *,
         session_ids: list[str | None] | None = None, language: str = "python",
-        return_exceptions: bool = False,
+        return_exceptions: bool = True, execute_timeout: float | None = None,
     ) -> list[Any]:
         """As Client.code_interpreter.run_batch, on this event loop: one task per snippet,
         an asyncio.Semaphore(concurrency) bounding how many run (and hold a created
         session) at once."""
-        flows = calls.batch_flows(snippets, concurrency, session_ids, language, timeout)
+        flows = calls.batch_flows(snippets, concurrency, session_ids, language, timeout,
+                                  execute_timeout)
         slots = asyncio.Semaphore(concurrency)
 
         async def run(flow: Flow[ExecuteResult | TCIClientError]) -> ExecuteResult | TCIClientError:

@@ -44,12 +44,16 @@ def _file(session_id: str, path: str) -> str:
 
 def execute(
     code: str, language: str, session_id: str | None, files: FilesArg, stream: bool,
-    timeout: Timeout | None,
+    timeout: Timeout | None, execute_timeout: float | None = None,
 ) -> Call[ExecuteResult]:
-    """With ``stream``, only the request is used: the answer is an event stream."""
+    """With ``stream``, only the request is used: the answer is an event stream.
+    ``timeout`` is the HTTP request's; ``execute_timeout`` the server's limit for this call
+    (the body's ``timeout``, at most the server's TCI_EXECUTE_TIMEOUT)."""
     body: dict[str, Any] = {"language": language, "code": code}
     if session_id is not None:
         body["session_id"] = session_id
+    if execute_timeout is not None:
+        body["timeout"] = execute_timeout
     encoded = encode_files(files)
     if encoded is not None:
         body["files"] = encoded
@@ -116,7 +120,7 @@ def _content(response: httpx.Response) -> bytes:
 
 def batch_flows(
     snippets: list[str], concurrency: int, session_ids: list[str | None] | None,
-    language: str, timeout: Timeout | None,
+    language: str, timeout: Timeout | None, execute_timeout: float | None = None,
 ) -> list[Flow[ExecuteResult | TCIClientError]]:
     """One snippet_flow per snippet, in input order, after checking the arguments."""
     if concurrency < 1:
@@ -125,16 +129,19 @@ def batch_flows(
         session_ids = [None] * len(snippets)
     elif len(session_ids) != len(snippets):
         raise ValueError("session_ids must have one entry (a session id or None) per snippet")
-    return [snippet_flow(code, language, session_id, timeout)
+    return [snippet_flow(code, language, session_id, timeout, execute_timeout)
             for code, session_id in zip(snippets, session_ids, strict=True)]
 
 
 def snippet_flow(
     code: str, language: str, session_id: str | None, timeout: Timeout | None,
+    execute_timeout: float | None = None,
 ) -> Flow[ExecuteResult | TCIClientError]:
     """One snippet of a batch: its result, or the client error that took its place; a
-    session it created is ended before it returns (so within its concurrency slot)."""
-    call = execute(code, language, session_id, None, False, timeout)
+    session it created is ended before it returns (so within its concurrency slot). One
+    whose answer never came (a client timeout) is ended by the server, as its id was never
+    told."""
+    call = execute(code, language, session_id, None, False, timeout, execute_timeout)
     result: ExecuteResult | TCIClientError = yield call
     if session_id is None and isinstance(result, ExecuteResult):
         yield delete_session(result.session_id)  # an error ending it is not the snippet's
@@ -142,8 +149,9 @@ def snippet_flow(
 
 
 def batch_outcome(outcomes: list[Any], return_exceptions: bool) -> list[Any]:
-    """Results in input order; without return_exceptions, the first failure (by input order)
-    is raised once every snippet has finished and its session was ended."""
+    """Results in input order, a failed snippet's TCIClientError in its place; with
+    ``return_exceptions=False``, the first failure (by input order) is raised instead, once
+    every snippet has finished and its session was ended."""
     if not return_exceptions:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):

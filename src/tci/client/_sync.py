@@ -159,22 +159,29 @@ class CodeInterpreter(Resource["Client"]):
     @overload
     def execute(self, *, code: str, language: str = ..., session_id: str | None = ...,
                 files: FilesArg = ..., stream: Literal[False] = ...,
-                timeout: Timeout | None = ...) -> ExecuteResult: ...
+                timeout: Timeout | None = ...,
+                execute_timeout: float | None = ...) -> ExecuteResult: ...
 
     @overload
     def execute(self, *, code: str, language: str = ..., session_id: str | None = ...,
                 files: FilesArg = ..., stream: Literal[True],
-                timeout: Timeout | None = ...) -> ExecuteStream: ...
+                timeout: Timeout | None = ...,
+                execute_timeout: float | None = ...) -> ExecuteStream: ...
 
     def execute(
         self, *, code: str, language: str = "python", session_id: str | None = None,
         files: FilesArg = None, stream: bool = False, timeout: Timeout | None = None,
+        execute_timeout: float | None = None,
     ) -> ExecuteResult | ExecuteStream:
         """Run ``code`` in a new session, or in ``session_id``'s. ``files`` (a list of
         {"name", "encoding", "content"} or a {name: str | bytes} mapping) are written to the
         working directory first. With ``stream=True`` returns an ExecuteStream; errors found
-        before the code starts (bad key, unknown session, ...) are raised here."""
-        call = calls.execute(code, language, session_id, files, stream, timeout)
+        before the code starts (bad key, unknown session, ...) are raised here.
+        ``timeout`` is the HTTP request's; ``execute_timeout`` (seconds, at most the server's
+        TCI_EXECUTE_TIMEOUT) is how long the server lets this call run before interrupting
+        it: the call then answers with a TimeoutError output."""
+        call = calls.execute(code, language, session_id, files, stream, timeout,
+                             execute_timeout)
         if stream:
             return ExecuteStream(self._client._open_stream(call.request))
         return self._client._call(call)
@@ -182,22 +189,26 @@ class CodeInterpreter(Resource["Client"]):
     def run_batch(
         self, snippets: list[str], concurrency: int = 8, timeout: Timeout | None = None, *,
         session_ids: list[str | None] | None = None, language: str = "python",
-        return_exceptions: bool = False,
+        return_exceptions: bool = True, execute_timeout: float | None = None,
     ) -> list[Any]:
         """Run many snippets at once, at most ``concurrency`` at a time, each in a new session
-        (or in ``session_ids[i]`` when given), and return their ExecuteResults in input order.
+        (or in ``session_ids[i]`` when given), and return one outcome per snippet, in input
+        order: its ExecuteResult, or the TCIClientError that took its place (APITimeoutError,
+        SessionEndedError, ...). One failure loses nothing else. With
+        ``return_exceptions=False`` the first failure in input order is raised instead, once
+        all have finished and their sessions were ended.
 
         Runs on a thread pool of ``concurrency`` threads sharing this client. Sessions the
-        batch created are ended as soon as their snippet finishes (inside its slot, so at
-        most ``concurrency`` of them are alive at once); given sessions are left alive.
-        ``timeout`` is each snippet's request timeout in seconds (the server's own
-        TCI_EXECUTE_TIMEOUT still applies). If a snippet fails (APITimeoutError,
-        SessionEndedError, ...), the first failure in input order is raised after all have
-        finished, or with ``return_exceptions=True`` it takes that snippet's place. A snippet
-        whose request timed out on the client leaves its session to the server's expiry,
-        since its id was never received.
+        batch created are ended (DELETE) as soon as their snippet finishes, failed or not
+        (inside its slot, so at most ``concurrency`` of them are alive at once); one whose
+        answer never came (the request timed out) is ended by the server, which knows its
+        client left. Given sessions are left alive, with their state. ``timeout`` is each
+        snippet's HTTP request timeout in seconds; ``execute_timeout`` the server's limit
+        for each snippet (at most its TCI_EXECUTE_TIMEOUT), which makes a slow snippet an
+        ExecuteResult with a TimeoutError output rather than an APITimeoutError.
         """
-        flows = calls.batch_flows(snippets, concurrency, session_ids, language, timeout)
+        flows = calls.batch_flows(snippets, concurrency, session_ids, language, timeout,
+                                  execute_timeout)
         if not flows:
             return []
         with ThreadPoolExecutor(max_workers=min(concurrency, len(flows)),
