@@ -43,7 +43,8 @@ SUBNETS = {
     "fc00::/7 (ULA)": ("fd00:213:97::1", "fd00:213:97::2", 64),
 }
 # TEST-NET-3 is no site's private range, so the filter treats it as the internet: one address
-# on each side, as /32 host routes only. The server side is also "the host's own address".
+# on each side, the peer's reached through a gateway. The server side is also "the host's own
+# address".
 ALLOWED_HOST_SIDE, ALLOWED_PEER = "203.0.113.97", "203.0.113.98"
 MARKERS_TO = (ALLOWED_PEER, PORT)
 
@@ -67,7 +68,9 @@ def test_host(server_ns) -> Iterator[ListeningHost]:
             neighbour.run("ip", "addr", "add", f"{peer_side}/{prefix}", "dev", "tsb0", *extra)
         server_ns.run("ip", "addr", "add", f"{ALLOWED_HOST_SIDE}/32", "dev", "tsa0")
         neighbour.run("ip", "addr", "add", f"{ALLOWED_PEER}/32", "dev", "tsb0")
-        server_ns.run("ip", "route", "add", f"{ALLOWED_PEER}/32", "dev", "tsa0",
+        # Through a gateway (the peer's private address): an on-link route would make the
+        # peer a neighbour, which the filter refuses.
+        server_ns.run("ip", "route", "add", f"{ALLOWED_PEER}/32", "via", SUBNETS["10/8"][1],
                       "src", ALLOWED_HOST_SIDE)
         neighbour.run("ip", "route", "add", f"{ALLOWED_HOST_SIDE}/32", "dev", "tsb0")
         host = ListeningHost(neighbour, PORT)

@@ -24,6 +24,7 @@ from tci.config import Settings
 from tci.errors import TCIError
 from tci.hosts.base import CallResult, EndKind, EndReason, HostedSession, SessionGone
 from tci.hosts.local import LocalHost
+from tci.sandbox.egress_filter import ClusterFeed
 from tci.workspace import DecodedFile
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class HostActor:
         self._changed: asyncio.Event | None = None
         self._start: asyncio.Task[None] | None = None
         self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._cluster: ClusterFeed | None = None
 
     # -- the host ----------------------------------------------------------------------------
 
@@ -102,8 +104,21 @@ class HostActor:
 
     async def _start_host(self) -> None:
         self._changed = asyncio.Event()
+        await self._refuse_cluster()
         await self.host.start()  # refuses (SandboxUnavailable) if its self-check fails
         log.info("tci host %s ready", self.name)
+
+    async def _refuse_cluster(self) -> None:
+        """Egress sandboxes never reach a node of the cluster (its Ray ports, its servers):
+        every node's address is refused before the first sandbox starts, and kept current."""
+        egress_filter = self.host.launcher.egress_filter
+        if egress_filter is None:
+            return
+        import ray  # a host actor runs in Ray: the import is there already
+
+        self._cluster = ClusterFeed(egress_filter, ray.nodes,
+                                    self.settings.ray_nodes_refresh_seconds)
+        await self._cluster.start()
 
     def info(self) -> HostInfo:
         stats = self.host.stats()

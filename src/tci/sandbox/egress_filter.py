@@ -9,16 +9,28 @@ rejects those destinations before slirp4netns sees them. The namespace is owned 
 host's user namespace and the sandbox holds no capability over it, so its code cannot
 change these rules.
 
-What is refused:
-- ranges that are by definition local to a host or its site (REFUSED_V4, REFUSED_V6);
+What is refused, in two tiers. Never, whatever the operator allows:
+- the host itself: whatever it delivers to itself, by route (host_routes.py), followed live:
+  a route added while sessions run reaches every live sandbox's filter (`nft add element`),
+  and a sandbox started later has it before its network exists; and loopback, link-local,
+  multicast and the IPv6 prefixes that embed IPv4 addresses (NEVER_V4, NEVER_V6);
 - the cloud metadata endpoints, some of which sit in public ranges (METADATA_ENDPOINTS);
-- whatever the host delivers to itself, by route (host_routes.py), followed live: a route
-  added while sessions run reaches every live sandbox's filter (`nft add element`), and a
-  sandbox started later has it before its network exists;
-- the operator's own additions (TCI_EGRESS_REFUSE), e.g. neighbours with public addresses.
+- the cluster's own machines, in whatever range: every node of the Ray cluster (fed by the
+  host actor as nodes join, `refuse_cluster`) and the database's host (TCI_DATABASE_URL).
+Refused unless TCI_EGRESS_ALLOW names them (accepted before these rules):
+- ranges that are by definition local to a site (REFUSED_V4, REFUSED_V6);
+- the host's neighbours: every prefix it reaches on-link (an address's subnet, a route
+  without gateway), followed live like its own routes: on a LAN of public addresses they
+  are the other hosts, their databases and servers;
+- the operator's own additions (TCI_EGRESS_REFUSE).
 Everything else counts as the internet, including ranges reserved for documentation: no
 host or site holds them as a private network, and some networks route them to ordinary
 services (package indexes, proxies) that sessions must reach.
+
+DNS goes only to the resolvers TCI_EGRESS_DNS names (unset: the host's own, read once at
+start and stated in the log), and only to their port 53, whatever tier they are in:
+slirp4netns's built-in forwarder (10.0.2.3, which asks whatever the host's resolv.conf says
+at the time) is turned off, and the sandbox's resolv.conf names them.
 
 Why a filter in each sandbox, refreshed, rather than a check at the host: the only place
 that sees the host's routes at connect time is the host's own network namespace, and a rule
@@ -38,37 +50,46 @@ import ipaddress
 import logging
 import os
 import shutil
+import socket
 from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from tci.errors import SandboxUnavailable
 from tci.sandbox import host_routes
-from tci.sandbox.host_routes import LostTrack, Network, RouteFollower
+from tci.sandbox.host_routes import HostNetworks, LostTrack, Network, RouteFollower
 
 log = logging.getLogger(__name__)
 
-# slirp4netns answers DNS here; it is inside 10.0.0.0/8, so it is allowed first.
-SLIRP_DNS = "10.0.2.3"
-
-# Ranges that are local to a host or its site by definition (RFC 6890 and friends).
-REFUSED_V4 = (
+# Ranges that are the host itself, or no destination at all: never allowed.
+NEVER_V4 = (
     "0.0.0.0/8",  # "this network"
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",  # private (RFC 1918)
-    "100.64.0.0/10",  # shared address space: carrier-grade NAT, VPN overlays, cloud services
     "127.0.0.0/8",  # loopback
     "169.254.0.0/16",  # link-local, where most clouds serve instance metadata
-    "192.0.0.0/24",  # IETF protocol assignments
-    "198.18.0.0/15",  # benchmarking of network devices
     "224.0.0.0/4",  # multicast
     "240.0.0.0/4",  # reserved, and the limited broadcast address
 )
-REFUSED_V6 = (
+NEVER_V6 = (
     "::/128", "::1/128",  # unspecified, loopback
     "::ffff:0:0/96",  # IPv4-mapped: would carry any IPv4 destination past the IPv4 rules
     "64:ff9b::/96",  # NAT64, which embeds IPv4 addresses likewise
-    "100::/64",  # discard-only
-    "fc00::/7",  # unique local (the IPv6 private range)
     "fe80::/10",  # link-local
     "ff00::/8",  # multicast
+)
+# Ranges that are local to a site by definition (RFC 6890 and friends): refused unless the
+# operator allows them (an internal package mirror, say).
+REFUSED_V4 = (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",  # private (RFC 1918)
+    "100.64.0.0/10",  # shared address space: carrier-grade NAT, VPN overlays, cloud services
+    "192.0.0.0/24",  # IETF protocol assignments
+    "198.18.0.0/15",  # benchmarking of network devices
+)
+REFUSED_V6 = (
+    "100::/64",  # discard-only
+    "fc00::/7",  # unique local (the IPv6 private range)
 )
 
 # Instance metadata services hand out the host's cloud credentials to whoever asks. Most live
@@ -89,15 +110,103 @@ METADATA_ENDPOINTS = (
     "fd00:42::42",  # Scaleway, IPv6
 )
 
+_T = TypeVar("_T")
 _TABLE = "inet tci_egress"
-_SETS = {4: "refused_v4", 6: "refused_v6"}
+# The three sets, by tier: never (checked first), allowed (accepted next), refused.
+NEVER, ALLOWED, REFUSED = "never", "allowed", "refused"
+_SYSTEM_RESOLV_CONF = Path("/etc/resolv.conf")
+# systemd-resolved's list of the upstream servers behind its stub on 127.0.0.53.
+_RESOLVED_UPSTREAM = Path("/run/systemd/resolve/resolv.conf")
+_POSTGRES_PORT = 5432
+
+
+def networks(entries: Iterable[str]) -> set[Network]:
+    """Raises ValueError for an entry that is not an address or a network."""
+    return {ipaddress.ip_network(entry.strip(), strict=False) for entry in entries}
+
+
+def fixed_never() -> set[Network]:
+    """What is never allowed and does not depend on the host: its loopback, link-local and
+    such ranges, and the metadata endpoints."""
+    return networks([*NEVER_V4, *NEVER_V6, *METADATA_ENDPOINTS])
 
 
 def fixed_refusals(extra: Iterable[str] = ()) -> set[Network]:
-    """The refusals that do not depend on the host: ranges, metadata endpoints, the operator's
-    list. Raises ValueError for an entry that is not an address or a network."""
-    entries = [*REFUSED_V4, *REFUSED_V6, *METADATA_ENDPOINTS, *extra]
-    return {ipaddress.ip_network(entry.strip(), strict=False) for entry in entries}
+    """Everything refused that does not depend on the host: both tiers' ranges, metadata
+    endpoints, the operator's list. Raises ValueError for a bad entry."""
+    return fixed_never() | networks([*REFUSED_V4, *REFUSED_V6, *extra])
+
+
+def _nameservers(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [words[1] for words in map(str.split, lines)
+            if len(words) >= 2 and words[0] == "nameserver"]
+
+
+def host_resolvers() -> list[str]:
+    """The host's resolvers, as the sandbox can reach them: IPv4 (slirp4netns gives sessions
+    no IPv6) and not on the host's loopback, where a sandbox has its own. A local stub
+    (systemd-resolved) is replaced by the upstream servers it lists."""
+    found = _nameservers(_SYSTEM_RESOLV_CONF)
+    if any(ipaddress.ip_address(entry.split("%")[0]).is_loopback
+           for entry in found if _is_address(entry)):
+        found += _nameservers(_RESOLVED_UPSTREAM)
+    usable = []
+    for entry in found:
+        if _is_address(entry):
+            address = ipaddress.ip_address(entry)
+            if address.version == 4 and not address.is_loopback and entry not in usable:
+                usable.append(entry)
+    return usable
+
+
+def _is_address(entry: str) -> bool:
+    try:
+        ipaddress.ip_address(entry)
+    except ValueError:
+        return False
+    return True
+
+
+def resolvers(named: list[str] | None) -> list[str]:
+    """The sessions' DNS servers: the ones named, else (None) the host's. Raises ValueError
+    for a name that is not an IPv4 address outside loopback."""
+    if named is None:
+        return host_resolvers()
+    chosen = []
+    for entry in named:
+        address = ipaddress.ip_address(entry.strip())
+        if address.version != 4 or address.is_loopback or address.is_unspecified:
+            raise ValueError(f"{entry!r}: a session reaches only IPv4 resolvers off the "
+                             "host's loopback")
+        chosen.append(str(address))
+    return chosen
+
+
+def database_networks(url: str) -> set[Network]:
+    """The addresses of the database's host, for a database reached over the network
+    (PostgreSQL by TCP; SQLite and UNIX sockets have none). Raises ValueError if the URL
+    is malformed and OSError if its host does not resolve."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ValueError(f"not a database URL: {exc}") from exc
+    if not parsed.get_backend_name().startswith("postgresql"):
+        return set()
+    hosts = [parsed.host] if parsed.host else []
+    extra = parsed.query.get("host")  # libpq's ?host=..., possibly a list of hosts
+    for entry in (extra,) if isinstance(extra, str) else (extra or ()):
+        hosts += entry.split(",")
+    found: set[Network] = set()
+    for host in hosts:
+        if host and not host.startswith("/"):  # a directory: a UNIX socket
+            for *_, address in socket.getaddrinfo(host, parsed.port or _POSTGRES_PORT,
+                                                  type=socket.SOCK_STREAM):
+                found.add(ipaddress.ip_network(str(address[0]).split("%")[0]))
+    return found
 
 
 def _elements(networks: Iterable[Network]) -> dict[int, list[str]]:
@@ -116,35 +225,59 @@ def _covered(network: Network, refused: set[Network]) -> bool:
                for r in refused)
 
 
-def ruleset(refused: Iterable[Network]) -> str:
-    elements = _elements(refused)
+def _set_name(tier: str, version: int) -> str:
+    return f"{tier}_v{version}"
 
-    def refused_set(version: int) -> str:
+
+def ruleset(never: Iterable[Network], refused: Iterable[Network],
+            allowed: Iterable[Network] = (), dns: Iterable[str] = ()) -> str:
+    tiers = {NEVER: _elements(never), ALLOWED: _elements(allowed), REFUSED: _elements(refused)}
+
+    def declare(tier: str, version: int) -> str:
         kind = "ipv4_addr" if version == 4 else "ipv6_addr"
-        listed = f"elements = {{ {', '.join(elements[version])} }}" if elements[version] else ""
-        return f"set {_SETS[version]} {{ type {kind}; flags interval; auto-merge; {listed} }}"
+        elements = tiers[tier][version]
+        listed = f"elements = {{ {', '.join(elements)} }}" if elements else ""
+        return (f"set {_set_name(tier, version)} {{ type {kind}; flags interval; auto-merge; "
+                f"{listed} }}")
 
+    def match(tier: str, verdict: str) -> str:
+        return (f"ip daddr @{_set_name(tier, 4)} {verdict}\n"
+                f"    ip6 daddr @{_set_name(tier, 6)} {verdict}")
+
+    servers = ", ".join(dns)
+    # Port 53 of the named resolvers only, before everything: they may sit in a refused range.
+    dns_rule = (f"ip daddr {{ {servers} }} meta l4proto {{ tcp, udp }} th dport 53 accept"
+                if servers else "")
+    sets = "\n  ".join(declare(tier, version) for tier in tiers for version in (4, 6))
+    reject = "reject with icmpx type admin-prohibited"
     return f"""
 table {_TABLE} {{
-  {refused_set(4)}
-  {refused_set(6)}
+  {sets}
   chain output {{
     type filter hook output priority 0; policy accept;
     oifname "lo" accept
-    ip daddr {SLIRP_DNS} meta l4proto {{ tcp, udp }} th dport 53 accept
-    ip daddr @{_SETS[4]} reject with icmpx type admin-prohibited
-    ip6 daddr @{_SETS[6]} reject with icmpx type admin-prohibited
+    {dns_rule}
+    {match(NEVER, reject)}
+    {match(ALLOWED, "accept")}
+    {match(REFUSED, reject)}
   }}
 }}
 """
 
 
-def additions(networks: Iterable[Network]) -> str:
+def additions(networks: Iterable[Network], tier: str = NEVER) -> str:
     elements = _elements(networks)
     return "".join(
-        f"add element {_TABLE} {_SETS[version]} {{ {', '.join(listed)} }}\n"
+        f"add element {_TABLE} {_set_name(tier, version)} {{ {', '.join(listed)} }}\n"
         for version, listed in elements.items() if listed
     )
+
+
+def _setting(name: str, parse: Callable[[], _T]) -> _T:
+    try:
+        return parse()
+    except ValueError as exc:
+        raise SandboxUnavailable(f"{name}: {exc}") from exc
 
 
 class FilteredNamespace:
@@ -176,14 +309,19 @@ class EgressFilter:
     """One per server: the refusals, the live sandboxes' namespaces, and the route follower
     that keeps them current. The follower runs only while some sandbox has a network."""
 
-    def __init__(self, extra_refused: Iterable[str] = ()) -> None:
+    def __init__(self, extra_refused: Iterable[str] = (), *, allowed: Iterable[str] = (),
+                 dns: list[str] | None = None, database_url: str = "") -> None:
         self.nft = shutil.which("nft")
         self.nsenter = shutil.which("nsenter")
-        try:
-            self.fixed = fixed_refusals(extra_refused)
-        except ValueError as exc:
-            raise SandboxUnavailable(f"TCI_EGRESS_REFUSE: {exc}") from exc
-        self.host: set[Network] = set()  # what the host delivers to itself (routes)
+        self.fixed_never = fixed_never()
+        self.fixed = _setting("TCI_EGRESS_REFUSE",
+                              lambda: networks([*REFUSED_V4, *REFUSED_V6, *extra_refused]))
+        self.allowed = _setting("TCI_EGRESS_ALLOW", lambda: networks(allowed))
+        self.dns = _setting("TCI_EGRESS_DNS", lambda: resolvers(dns))
+        self.database_url = database_url
+        self.host = HostNetworks()  # what the host delivers to itself, and its neighbours
+        # The cluster's machines: the database's host (at check()), the Ray nodes (fed).
+        self.cluster: set[Network] = set()
         self.live: set[FilteredNamespace] = set()
         self.follower: RouteFollower | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -197,7 +335,8 @@ class EgressFilter:
             )
 
     def check(self) -> None:
-        """At server start: the tools are there and the host's routes can be read."""
+        """At server start: the tools are there, the host's routes can be read, the
+        database's host is known."""
         self._require_tools()
         try:
             host_routes.dump()
@@ -205,9 +344,44 @@ class EgressFilter:
             raise SandboxUnavailable(
                 f"TCI_NETWORK=egress needs to read the host's routes (rtnetlink): {exc}"
             ) from exc
+        try:
+            self.cluster |= database_networks(self.database_url)
+        except (OSError, ValueError) as exc:
+            raise SandboxUnavailable(
+                f"TCI_NETWORK=egress refuses the database's host, which could not be found "
+                f"(TCI_DATABASE_URL): {exc}") from exc
+        log.info("sessions' DNS goes to %s (TCI_EGRESS_DNS)",
+                 ", ".join(self.dns) or "no resolver: sessions cannot resolve names")
+        if self.cluster:
+            log.info("sessions never reach the database's host: %s",
+                     ", ".join(sorted(map(str, self.cluster))))
+
+    def never(self) -> set[Network]:
+        return self.fixed_never | self.host.local | self.cluster
 
     def refused(self) -> set[Network]:
-        return self.fixed | self.host
+        """Everything refused, whichever tier (what `_covered` checks a new route against)."""
+        return self.never() | self.fixed | self.host.onlink
+
+    def ruleset(self) -> str:
+        return ruleset(self.never(), self.fixed | self.host.onlink, self.allowed, self.dns)
+
+    def refuse_cluster(self, addresses: Iterable[str]) -> None:
+        """The cluster's machines, as they become known (the Ray nodes): never reached, by
+        live sandboxes from now on (an nft run each) and by every later one."""
+        found: set[Network] = set()
+        for address in addresses:
+            try:
+                found.add(ipaddress.ip_network(address.strip()))
+            except ValueError:
+                log.warning("not refusing a cluster node of unknown address %r", address)
+        new = {network for network in found if not _covered(network, self.never())}
+        if not new:
+            return
+        self.cluster |= new
+        log.info("refusing the cluster's machines in sandboxes: %s",
+                 ", ".join(sorted(map(str, new))))
+        self._extend_live(additions(new, NEVER))
 
     async def attach(self, pid: int) -> FilteredNamespace:
         """Load the rules into the network namespace of `pid`, before any traffic can flow
@@ -231,7 +405,7 @@ class EgressFilter:
             self._read_announcements()
             self.live.add(namespace)
             async with namespace.lock:
-                await self._nft(namespace, ruleset(self.refused()))
+                await self._nft(namespace, self.ruleset())
         except BaseException:
             namespace.close()
             raise
@@ -268,24 +442,28 @@ class EgressFilter:
         except OSError as exc:
             log.error("could not read route announcements: %s", exc)
             return
-        refused = self.refused()
-        new = {network for network in announced if not _covered(network, refused)}
-        if not new:
+        never, refused = self.never(), self.refused()
+        local = {network for network in announced.local if not _covered(network, never)}
+        onlink = {network for network in announced.onlink if not _covered(network, refused)}
+        if not local and not onlink:
             return
-        self.host |= new
-        log.info("refusing newly local destinations in live sandboxes: %s",
-                 ", ".join(sorted(map(str, new))))
+        self.host.update(HostNetworks(local, onlink))
+        log.info("refusing newly local or on-link destinations in live sandboxes: %s",
+                 ", ".join(sorted(map(str, local | onlink))))
+        self._extend_live(additions(local, NEVER) + additions(onlink, REFUSED))
+
+    def _extend_live(self, script: str) -> None:
         for namespace in list(self.live):
-            task = asyncio.ensure_future(self._extend(namespace, new))
+            task = asyncio.ensure_future(self._extend(namespace, script))
             self.updates.add(task)
             task.add_done_callback(self.updates.discard)
 
-    async def _extend(self, namespace: FilteredNamespace, new: set[Network]) -> None:
+    async def _extend(self, namespace: FilteredNamespace, script: str) -> None:
         async with namespace.lock:
             if namespace.closed:
                 return
             try:
-                await self._nft(namespace, additions(new))
+                await self._nft(namespace, script)
             except SandboxUnavailable as exc:
                 if namespace.closed:
                     return
@@ -307,3 +485,45 @@ class EgressFilter:
             raise SandboxUnavailable(
                 f"could not install the sandbox's egress filter: {stderr.decode().strip()}"
             )
+
+
+class ClusterFeed:
+    """Keeps the filter refusing every machine of the cluster: reads the node addresses
+    (`read_nodes`, blocking, e.g. Ray's `ray.nodes`: dicts with NodeManagerAddress) every
+    `period` seconds, so that a node that joins is refused within a period. A node once seen
+    stays refused (a dead node may come back, under the same address)."""
+
+    def __init__(self, egress_filter: EgressFilter,
+                 read_nodes: Callable[[], list[dict[str, object]]], period: float) -> None:
+        self.egress_filter = egress_filter
+        self.read_nodes = read_nodes
+        self.period = period
+        self.task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        nodes = await asyncio.to_thread(self.read_nodes)
+        self.egress_filter.refuse_cluster(
+            str(node["NodeManagerAddress"]) for node in nodes if node.get("NodeManagerAddress"))
+
+    async def start(self) -> None:
+        """The first read now (a failure raises: no sandbox may start unaware of the cluster),
+        then one every period."""
+        try:
+            await self.refresh()
+        except Exception as exc:
+            raise SandboxUnavailable(f"could not read the cluster's nodes: {exc}") from exc
+        self.task = asyncio.create_task(self._refresh_forever(), name="tci-cluster-feed")
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.period)
+            try:
+                await self.refresh()
+            except Exception as exc:  # Ray busy or restarting: the next period tries again
+                log.warning("could not read the cluster's nodes: %s", exc)
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task

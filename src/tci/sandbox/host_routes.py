@@ -6,6 +6,11 @@ operator can make a whole prefix local (`ip route add local 198.51.100.0/24 dev 
 any address at all. So the egress filter refuses every destination these routes cover,
 whatever the interfaces say, and follows the kernel's announcements (rtnetlink) so that a
 route added while sessions run is refused too.
+
+The host's neighbours are found the same way: every prefix reached directly on an interface
+(an address's subnet, a route with no gateway) is on-link, and whoever holds an address
+there (another node, the database, a router's admin page) trusts the host's network, whatever
+range it is in. Only the default route is left out: that is the internet.
 """
 
 from __future__ import annotations
@@ -15,21 +20,31 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _NETLINK_ROUTE = 0
+_RTM_NEWADDR, _RTM_GETADDR = 20, 22
 _RTM_NEWROUTE, _RTM_GETROUTE = 24, 26
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
-_RTMGRP_IPV4_ROUTE, _RTMGRP_IPV6_ROUTE = 0x40, 0x400
-_RTA_DST = 1
+_RTMGRP_IPV4_IFADDR, _RTMGRP_IPV4_ROUTE = 0x10, 0x40
+_RTMGRP_IPV6_IFADDR, _RTMGRP_IPV6_ROUTE = 0x100, 0x400
+_RTA_DST, _RTA_GATEWAY, _RTA_MULTIPATH, _RTA_VIA, _RTA_NH_ID = 1, 5, 9, 18, 30
+_IFA_ADDRESS = 1
+_RTN_UNICAST = 1
 # Route types whose packets the kernel keeps for this host instead of forwarding them:
 # local, broadcast, anycast, multicast.
 _DELIVERED_HERE = {2, 3, 4, 5}
+# A unicast route with any of these goes through a router; without them it is on-link.
+# A nexthop object (RTA_NH_ID) may or may not name a gateway: counted as on-link, so that
+# an unknown case refuses rather than allows.
+_ROUTED = {_RTA_GATEWAY, _RTA_MULTIPATH, _RTA_VIA}
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, proto, scope, type
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, interface index
 _ATTR = struct.Struct("=HH")  # rtattr: length, type
 _RECEIVE_BYTES = 1 << 16
 _BUFFER_BYTES = 1 << 20
@@ -39,13 +54,63 @@ class LostTrack(Exception):
     """The kernel dropped announcements (our socket's buffer overflowed): read them all again."""
 
 
+@dataclass
+class HostNetworks:
+    """Destinations the host delivers to itself (`local`), and those it reaches directly on
+    an interface, its neighbours (`onlink`)."""
+
+    local: set[Network] = field(default_factory=set)
+    onlink: set[Network] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.local or self.onlink)
+
+    def update(self, other: HostNetworks) -> None:
+        self.local |= other.local
+        self.onlink |= other.onlink
+
+
 def _align(length: int) -> int:
     return (length + 3) & ~3
 
 
-def _routes(data: bytes) -> Iterator[tuple[int, Network | None]]:
-    """(message type, destination) of each message; destination None for routes that are
-    not delivered here. NLMSG_ERROR with an error raises OSError."""
+def _attributes(body: bytes, start: int) -> Iterator[tuple[int, bytes]]:
+    position = start
+    while position + _ATTR.size <= len(body):
+        length, kind = _ATTR.unpack_from(body, position)
+        if length < _ATTR.size:
+            return
+        yield kind, body[position + _ATTR.size: position + length]
+        position += _align(length)
+
+
+def _network(family: int, raw: bytes, prefix: int) -> Network:
+    address = ipaddress.ip_address(raw[: 4 if family == socket.AF_INET else 16])
+    return ipaddress.ip_network(f"{address}/{prefix}", strict=False)
+
+
+def _route(body: bytes, found: HostNetworks) -> None:
+    family, dst_len, *_, route_type, _ = _RTMSG.unpack_from(body)
+    attributes = dict(_attributes(body, _RTMSG.size))
+    # No RTA_DST: the default route, i.e. everything.
+    destination = _network(family, attributes.get(_RTA_DST, bytes(16)), dst_len)
+    if route_type in _DELIVERED_HERE:
+        found.local.add(destination)
+    elif route_type == _RTN_UNICAST and dst_len > 0 and not _ROUTED & attributes.keys():
+        found.onlink.add(destination)
+
+
+def _address(body: bytes, found: HostNetworks) -> None:
+    family, prefix, *_ = _IFADDRMSG.unpack_from(body)
+    # IFA_ADDRESS is the address, or on a point-to-point link the peer's: its subnet either way.
+    raw = dict(_attributes(body, _IFADDRMSG.size)).get(_IFA_ADDRESS)
+    if raw is not None and prefix > 0:
+        found.onlink.add(_network(family, raw, prefix))
+
+
+def _parse(data: bytes, found: HostNetworks) -> Iterator[int]:
+    """Adds what each message says to `found`; yields the message types. NLMSG_ERROR with an
+    error raises OSError."""
     offset = 0
     while offset + _HEADER.size <= len(data):
         length, kind, _, _, _ = _HEADER.unpack_from(data, offset)
@@ -57,45 +122,37 @@ def _routes(data: bytes) -> Iterator[tuple[int, Network | None]]:
             (code,) = struct.unpack_from("=i", body)
             if code:
                 raise OSError(-code, f"rtnetlink: {os.strerror(-code)}")
-            continue
-        if kind != _RTM_NEWROUTE or len(body) < _RTMSG.size:
-            yield kind, None
-            continue
-        family, dst_len, *_, route_type, _ = _RTMSG.unpack_from(body)
-        if route_type not in _DELIVERED_HERE or family not in (socket.AF_INET, socket.AF_INET6):
-            yield kind, None
-            continue
-        width = 4 if family == socket.AF_INET else 16
-        destination = bytes(width)  # no RTA_DST: the default route, i.e. everything
-        position = _RTMSG.size
-        while position + _ATTR.size <= len(body):
-            attr_length, attr_type = _ATTR.unpack_from(body, position)
-            if attr_length < _ATTR.size:
-                break
-            if attr_type == _RTA_DST:
-                destination = body[position + _ATTR.size: position + attr_length]
-            position += _align(attr_length)
-        address = ipaddress.ip_address(destination)
-        yield kind, ipaddress.ip_network(f"{address}/{dst_len}", strict=False)
+        elif kind == _RTM_NEWROUTE and len(body) >= _RTMSG.size and body[0] in _FAMILIES:
+            _route(body, found)
+        elif kind == _RTM_NEWADDR and len(body) >= _IFADDRMSG.size and body[0] in _FAMILIES:
+            _address(body, found)
+        yield kind
 
 
-def dump() -> set[Network]:
-    """Every destination the host delivers to itself now, in any routing table."""
-    found: set[Network] = set()
+_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+def _requests() -> Iterable[tuple[int, bytes]]:
+    for family in _FAMILIES:
+        yield _RTM_GETROUTE, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+        yield _RTM_GETADDR, _IFADDRMSG.pack(family, 0, 0, 0, 0)
+
+
+def dump() -> HostNetworks:
+    """Every destination the host delivers to itself now, in any routing table, and every
+    prefix it reaches on-link."""
+    found = HostNetworks()
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                        _NETLINK_ROUTE) as sock:
         sock.settimeout(10)
         sock.bind((0, 0))
-        for sequence, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
-            request = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
-            sock.send(_HEADER.pack(_HEADER.size + len(request), _RTM_GETROUTE,
+        for sequence, (kind, request) in enumerate(_requests(), start=1):
+            sock.send(_HEADER.pack(_HEADER.size + len(request), kind,
                                    _NLM_F_REQUEST | _NLM_F_DUMP, sequence, 0) + request)
             done = False
             while not done:
-                for kind, network in _routes(sock.recv(_RECEIVE_BYTES)):
-                    done = done or kind == _NLMSG_DONE
-                    if network is not None:
-                        found.add(network)
+                for message in _parse(sock.recv(_RECEIVE_BYTES), found):
+                    done = done or message == _NLMSG_DONE
     return found
 
 
@@ -109,7 +166,8 @@ class RouteFollower:
                                   _NETLINK_ROUTE)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _BUFFER_BYTES)
-            self.sock.bind((0, _RTMGRP_IPV4_ROUTE | _RTMGRP_IPV6_ROUTE))
+            self.sock.bind((0, _RTMGRP_IPV4_ROUTE | _RTMGRP_IPV6_ROUTE
+                            | _RTMGRP_IPV4_IFADDR | _RTMGRP_IPV6_IFADDR))
         except OSError:
             self.sock.close()
             raise
@@ -117,9 +175,9 @@ class RouteFollower:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def read(self) -> set[Network]:
-        """Destinations delivered here among the routes announced since the last read."""
-        found: set[Network] = set()
+    def read(self) -> HostNetworks:
+        """What the routes and addresses announced since the last read add."""
+        found = HostNetworks()
         while True:
             try:
                 data = self.sock.recv(_RECEIVE_BYTES)
@@ -129,9 +187,8 @@ class RouteFollower:
                 if exc.errno == errno.ENOBUFS:
                     raise LostTrack from exc
                 raise
-            for _, network in _routes(data):
-                if network is not None:
-                    found.add(network)
+            for _ in _parse(data, found):
+                pass
 
     def close(self) -> None:
         self.sock.close()

@@ -63,7 +63,9 @@ async def _start_slirp(namespace: FilteredNamespace, log_path: Path) -> Egress:
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         process = await asyncio.create_subprocess_exec(
-            binary, "--configure", "--mtu=65520", "--disable-host-loopback",
+            # --disable-dns: no forwarder at 10.0.2.3 asking whatever resolver the host uses;
+            # the sandbox's resolv.conf names TCI_EGRESS_DNS, which its filter lets through.
+            binary, "--configure", "--mtu=65520", "--disable-host-loopback", "--disable-dns",
             "--enable-sandbox", "--enable-seccomp", "--ready-fd", str(ready_w),
             "--exit-fd", str(exit_r),
             # The namespace by the descriptor we hold, not by a pid that could be reused.
