@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import uuid
 
 import pytest
 from together import Together
@@ -108,6 +109,83 @@ def test_killing_a_gateway_loses_no_session(cluster):
     a.start()
     assert stdout_of(a.run("print(kept)", session)) == "still here\n"
     assert cluster.sql("SELECT ended_at FROM sessions WHERE id = %s", session) == [(None,)]
+
+
+def test_only_an_actor_death_is_host_loss():
+    """What each failure Ray reports for a host call means: its actor dead ends the session
+    ("host lost"); unavailable for now, or no answer in time, keeps it (503, retry)."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
+
+    from tci.cluster.ray_host import _failure
+    from tci.errors import HostUnreachable
+    from tci.hosts.base import EndKind, SessionGone
+
+    died = _failure(ActorDiedError(), "tci-host-a")
+    assert isinstance(died, SessionGone) and died.reason.kind is EndKind.HOST_LOST
+    for unreachable in (ActorUnavailableError("the connection to its node was lost", None),
+                        GetTimeoutError("no answer in 30 s"), TimeoutError()):
+        assert isinstance(_failure(unreachable, "tci-host-a"), HostUnreachable), unreachable
+
+
+def add_record(cluster, host: str) -> str:
+    """A live session record of the cluster's key routed to `host`, as a gateway writes one."""
+    session = f"s-{uuid.uuid4().hex}"
+    cluster.sql("INSERT INTO sessions (id, key_id, started_at, expires_at, execute_count, host)"
+                " SELECT %s, id, now(), now() + interval '1 hour', 0, %s FROM api_keys"
+                " WHERE name = 'test' RETURNING id", session, host)
+    return session
+
+
+def ended_at(cluster, session: str) -> list[tuple]:
+    return cluster.sql("SELECT ended_at, end_reason FROM sessions WHERE id = %s", session)
+
+
+def test_another_keys_session_is_not_adopted(cluster):
+    """Ownership first: a stranger naming a session through a gateway that never saw it gets
+    404, and that gateway does not take the session on (its owner sees it listed only where
+    it was made)."""
+    a, b = cluster.gateways
+    stranger = a.new_key(f"stranger-{uuid.uuid4().hex[:8]}")
+    session = a.run("x = 1")["session_id"]
+    with b.client(stranger) as client:
+        assert client.get(f"/v1/tci/sessions/{session}/files").status_code == 404
+        assert client.delete(f"/v1/tci/sessions/{session}").status_code == 404
+    with b.client() as client:
+        listed = client.get("/v1/tci/sessions").json()["data"]["sessions"]
+    assert session not in [s["id"] for s in listed]
+    assert stdout_of(b.run("print(x)", session)) == "1\n"  # its owner's call adopts it
+
+
+def test_a_host_not_reached_is_not_a_lost_host(cluster):
+    """A record on a host whose node Ray says is alive, but that no gateway reaches (here
+    the head node's name: it offers no tci_host): its owner gets 503 with Retry-After and
+    the session stays live. A host whose node Ray does not know is gone: 410 "host lost".
+    A stranger naming either gets 404 and ends neither."""
+    a, b = cluster.gateways
+    head = f"tci-host-{cluster.ray.nodes[0].node_id()[:16]}"
+    unreached = add_record(cluster, head)
+    vanished = add_record(cluster, "tci-host-" + "0" * 16)
+    stranger = a.new_key(f"stranger-{uuid.uuid4().hex[:8]}")
+    try:
+        with b.client(stranger) as client:
+            for session in (unreached, vanished):
+                assert client.get(f"/v1/tci/sessions/{session}/files").status_code == 404
+        assert ended_at(cluster, unreached) == ended_at(cluster, vanished) == [(None, None)]
+
+        with b.client() as client:
+            kept = client.get(f"/v1/tci/sessions/{unreached}/files")
+            gone = client.get(f"/v1/tci/sessions/{vanished}/files")
+        assert kept.status_code == 503, kept.text
+        assert kept.headers["retry-after"] == "1"
+        assert kept.json()["errors"] == [
+            "the session's host cannot be reached now; the session is kept, retry later"]
+        assert head not in kept.text
+        assert ended_at(cluster, unreached) == [(None, None)]
+        assert gone.status_code == 410 and "host lost" in gone.text, gone.text
+        assert ended_at(cluster, vanished)[0][1] == "host lost"
+    finally:  # no live record of a host that is not one stays for the later tests
+        cluster.sql("UPDATE sessions SET ended_at = now(), end_reason = 'test' WHERE id = %s"
+                    " RETURNING id", unreached)
 
 
 def test_a_lost_host_ends_its_sessions_only_and_new_sessions_go_to_the_other(cluster):

@@ -5,7 +5,9 @@ said (every reply of its feed carries it, at least every TCI_RAY_FEED_SECONDS). 
 session's host is its `host` in the store, so any gateway can reach any session (the one
 that did not start it adopts it on first use). Failures: each gateway keeps one call
 pending on each host (its feed of ended sessions); when Ray reports the host's actor dead
-(its node lost), the host's sessions end with "host lost" and new ones go to the others.
+(ActorDiedError: its node lost), the host's sessions end with "host lost" and new ones go to
+the others. A host Ray calls only unavailable (ActorUnavailableError, a call timed out) is
+unreachable, not dead: its sessions are kept and their calls answer 503 with Retry-After.
 Nothing here probes hosts: Ray's own health checks decide that a node is gone.
 """
 
@@ -20,12 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorDiedError, RayActorError
 
 from tci.cluster import actors
 from tci.cluster.host_actor import Feed, HostInfo, Reply
 from tci.config import Settings
-from tci.errors import SandboxUnavailable, SessionEnded, TCIError
+from tci.errors import HostUnreachable, SandboxUnavailable, SessionEnded, TCIError
 from tci.hosts.base import (
     AdoptedSession,
     CallResult,
@@ -43,6 +45,30 @@ from tci.workspace import DecodedFile, FileListing
 
 log = logging.getLogger(__name__)
 HOST_LOST = EndReason(EndKind.HOST_LOST)
+# What a call to a host can fail with from Ray: its actor dead or unavailable (RayActorError),
+# or no answer in time (GetTimeoutError and asyncio's are both TimeoutError).
+HOST_FAILURES = (RayActorError, TimeoutError)
+# How long a host's feed waits before asking again after Ray called the host unavailable.
+UNREACHABLE_RETRY_SECONDS = 1.0
+
+
+def _died(exc: BaseException) -> bool:
+    """Whether Ray says the host's actor is dead (ActorDiedError: its node was lost, or it
+    exited), the only failure that ends its sessions. ActorUnavailableError (Ray cannot
+    reach it now but has not declared it dead), a bare RayActorError and timeouts are not."""
+    return isinstance(exc, ActorDiedError)
+
+
+def _failure(exc: BaseException, host: str) -> Exception:
+    """What a failed call to `host` means for the session: gone with its host, or kept and
+    to be retried (503 with Retry-After)."""
+    if _died(exc):
+        return SessionGone(HOST_LOST)
+    return HostUnreachable(f"tci host {host} cannot be reached now: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _unwrap(reply: Reply) -> Any:
@@ -80,8 +106,8 @@ class RaySession(HostedSession):
             raise SessionGone(self._gone)
         try:
             reply = await getattr(self._entry.actor, method).remote(self.id, *args)
-        except RayActorError:
-            raise SessionGone(HOST_LOST) from None
+        except HOST_FAILURES as exc:
+            raise _failure(exc, self._entry.name) from None
         return _unwrap(reply)
 
     async def execute(self, code: str, files: list[DecodedFile], timeout: float, grace: float,
@@ -95,8 +121,8 @@ class RaySession(HostedSession):
             call = self._entry.actor.execute.remote(self.id, code, files, timeout, grace)
             try:
                 return _unwrap(await call)
-            except RayActorError:
-                raise SessionGone(HOST_LOST) from None
+            except HOST_FAILURES as exc:
+                raise _failure(exc, self._entry.name) from None
             except asyncio.CancelledError:  # the client went away: the host interrupts the
                 ray.cancel(call)  # cell, as a single machine does (kernel/driver.py)
                 raise
@@ -113,8 +139,8 @@ class RaySession(HostedSession):
                     listener(item)
                 elif kind == "reply":
                     return _unwrap(item)
-        except RayActorError:
-            raise SessionGone(HOST_LOST) from None
+        except HOST_FAILURES as exc:
+            raise _failure(exc, self._entry.name) from None
         except asyncio.CancelledError:
             ray.cancel(stream)  # the host's generator stops the cell (its driver interrupts)
             raise
@@ -123,7 +149,7 @@ class RaySession(HostedSession):
     async def interrupt(self) -> bool:
         try:
             return bool(await self._call("interrupt"))
-        except SessionGone:
+        except (SessionGone, HostUnreachable):
             return False
 
     async def _files(self, method: str, *args: Any) -> Any:
@@ -144,7 +170,7 @@ class RaySession(HostedSession):
     async def cpu_seconds(self) -> float | None:
         try:
             return await self._entry.actor.cpu_seconds.remote(self.id)
-        except RayActorError:
+        except HOST_FAILURES:
             return None
 
     def on_end(self, listener: EndListener) -> None:
@@ -167,7 +193,9 @@ class RaySession(HostedSession):
             return None
         try:
             reply = await self._entry.actor.end.remote(self.id, reason)
-        except RayActorError:
+        except HOST_FAILURES as exc:  # unreachable: the host ends it when it expires there
+            log.warning("tci host %s did not take the end of session %s: %s", self._entry.name,
+                        self.id, _first_line(exc))
             return None
         return reply.value if reply.value is not None else self._cpu_at_end
 
@@ -197,9 +225,10 @@ class RayHost(SessionHost):
         # Sessions of hosts that went while no gateway watched them: they are lost. Those of
         # live hosts stay live (a restarting gateway never ends them).
         recorded = await asyncio.to_thread(self.store.live_hosts)
-        for name in recorded - {None} - set(self.hosts):
-            assert name is not None
-            await self._record_lost(name)
+        unknown = {name for name in recorded if name is not None and name not in self.hosts}
+        for name in unknown:
+            if await self._dead(name):  # not merely slow to start, or not yet reached
+                await self._record_lost(name)
         self._discovery = asyncio.create_task(self._discover_forever(), name="tci-ray-discovery")
 
     async def stop(self) -> None:
@@ -249,9 +278,15 @@ class RayHost(SessionHost):
             try:
                 feed: Feed = await entry.actor.ended_since.remote(
                     entry.seq, self.settings.ray_feed_seconds)
-            except RayActorError as exc:
-                await self._lose(entry, exc)
-                return
+            except HOST_FAILURES as exc:
+                if _died(exc):
+                    await self._lose(entry, exc)
+                    return
+                # Unreachable for now (Ray has not said dead): its sessions are kept; ask
+                # again, and Ray says "died" if the node is in fact gone.
+                log.warning("tci host %s unreachable: %s", entry.name, _first_line(exc))
+                await asyncio.sleep(UNREACHABLE_RETRY_SECONDS)
+                continue
             entry.info, entry.seq = feed.info, feed.last
             for ended in feed.ended:
                 session = entry.sessions.pop(ended.session_id, None)
@@ -263,14 +298,22 @@ class RayHost(SessionHost):
                         self.store.end_session, ended.session_id, str(ended.reason),
                         ended.cpu_seconds))
 
-    async def _lose(self, entry: _Host, exc: Exception) -> None:
-        log.error("tci host %s lost: %s", entry.name, str(exc).splitlines()[0] if str(exc)
-                  else type(exc).__name__)
+    async def _lose(self, entry: _Host, exc: BaseException) -> None:
+        log.error("tci host %s lost: %s", entry.name, _first_line(exc))
         self.lost[entry.name] = time.monotonic()
         self.hosts.pop(entry.name, None)
         for session in list(entry.sessions.values()):
             session._tell(HOST_LOST)
         await self._record_lost(entry.name)
+
+    async def _dead(self, name: str) -> bool:
+        """Whether Ray says the host `name` is gone: reported lost to this gateway, or its
+        node dead or unknown to the cluster. A host whose node lives but that this gateway
+        has not reached (not yet discovered, its actor slow to start) is not."""
+        if name in self.lost:
+            return True
+        nodes = await asyncio.to_thread(ray.nodes)
+        return name not in {actors.host_name(node["NodeID"]) for node in nodes if node["Alive"]}
 
     async def _record_lost(self, name: str) -> None:
         with contextlib.suppress(TCIError):  # the database down: the next gateway does it
@@ -295,8 +338,11 @@ class RayHost(SessionHost):
             try:
                 reply = await entry.actor.open_session.remote(
                     self.settings.session_lifetime_seconds)
-            except RayActorError as exc:
-                await self._lose(entry, exc)
+            except HOST_FAILURES as exc:
+                if _died(exc):
+                    await self._lose(entry, exc)
+                else:
+                    refusals.append(f"{entry.name} is unreachable")
                 continue
             if reply.error is not None:
                 refusals.append(f"{entry.name}: {reply.error.message}")
@@ -313,14 +359,20 @@ class RayHost(SessionHost):
                                     " (none is up)"))
 
     async def adopt(self, session_id: str) -> AdoptedSession | None:
-        """A live session that another gateway started, from its record in the store."""
+        """A live session that another gateway started, from its record in the store (the
+        manager has checked that the caller owns it). HostUnreachable if its host is alive
+        but not reached from here; None, with its host's sessions ended, if Ray says it is
+        gone."""
         row = await asyncio.to_thread(self.store.session_row, session_id)
         if row is None or row["ended_at"] is not None or row["host"] is None:
             return None
         entry = self.hosts.get(row["host"])
-        if entry is None:  # its host is gone: say so, as its other sessions do
-            await self._record_lost(row["host"])
-            return None
+        if entry is None:
+            if await self._dead(row["host"]):  # gone: say so, as its other sessions do
+                await self._record_lost(row["host"])
+                return None
+            raise HostUnreachable(f"tci host {row['host']} of session {session_id} is "
+                                  "alive but not reached from this gateway")
         session = entry.sessions.get(session_id) or RaySession(entry, session_id)
         entry.sessions[session_id] = session
         return AdoptedSession(session, row["key_id"], row["started_at"], row["expires_at"],

@@ -198,7 +198,7 @@ class SessionManager:
             self._release(taking.result())
 
     async def get(self, key: KeyInfo, session_id: str) -> LiveSession:
-        session = self.sessions.get(session_id) or await self._adopt(session_id)
+        session = self.sessions.get(session_id) or await self._adopt(key, session_id)
         if session is not None and session.key_id == key.id:
             if session.expires_at <= utcnow():
                 await self.end(session, EndReason(EndKind.EXPIRED))
@@ -215,9 +215,14 @@ class SessionManager:
         # Another key's session and an unknown id look the same: no leak that it exists.
         raise NotFound(f"session {session_id} not found")
 
-    async def _adopt(self, session_id: str) -> LiveSession | None:
-        """A session another gateway started on the same hosts (None on a single machine)."""
-        if session_id in self._ended:
+    async def _adopt(self, key: KeyInfo, session_id: str) -> LiveSession | None:
+        """The caller's session that another gateway started on the same hosts (None on a
+        single machine). Whose it is comes first, from its record: another key's id (or a
+        made-up one) adopts nothing and reaches no host, so it can neither make this gateway
+        hold the session nor have its host's sessions ended."""
+        if session_id in self._ended or not self.host.keeps_sessions:
+            return None
+        if await self.store.live_owner(session_id) != key.id:
             return None
         found = await self.host.adopt(session_id)
         if found is None:

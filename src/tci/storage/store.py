@@ -296,6 +296,12 @@ class Store:
                 return None
             return EndedSession(row.id, row.key_id, row.ended_at, row.end_reason or "ended")
 
+    def live_owner(self, session_id: str) -> int | None:
+        """The key id of a live (not ended) session, None for an ended or unknown one."""
+        with self._read() as db:
+            return db.scalar(select(SessionRecord.key_id).where(
+                SessionRecord.id == session_id, SessionRecord.ended_at.is_(None)))
+
     def session_row(self, session_id: str) -> dict[str, Any] | None:
         with self._read() as db:
             row = db.get(SessionRecord, session_id)
@@ -484,6 +490,9 @@ class AsyncStore:
 
     async def find_ended(self, session_id: str) -> EndedSession | None:
         return await self._call(self._store.find_ended, session_id)
+
+    async def live_owner(self, session_id: str) -> int | None:
+        return await self._call(self._store.live_owner, session_id)
 
     async def record_executions(self, rows: list[ExecutionRow]) -> int:
         return await self._call(self._store.record_executions, rows)
