@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import glob
+import json
 import os
 import signal
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tci.kernel.outputs import OUTPUT_FRAME
 from tests.conftest import outputs_of, stdout_of
 from tests.security.conftest import (
     LIMITS,
@@ -409,7 +411,11 @@ def test_output_flood_is_cut_at_output_limit(hardened, stream):
     )
     assert data["status"] == "completed"
     assert [o["type"] for o in data["outputs"]] == [stream, "stderr"]
-    assert data["outputs"][0]["data"] == ("x" * 65535 + "\n") * 16
+    # Cut where the answer reaches the cap: the text as JSON sends it ("\n" is 2 bytes) and
+    # the output's frame (kernel/outputs.py).
+    kept = data["outputs"][0]["data"]
+    assert kept == (("x" * 65535 + "\n") * 16)[: len(kept)]
+    assert MAX_OUTPUT - 2 <= len(json.dumps(kept)) - 2 + OUTPUT_FRAME <= MAX_OUTPUT
     assert data["outputs"][1]["data"] == TRUNCATION_NOTICE
     # The host: the server held on to no more than the limit.
     assert rss_bytes(server_pid) - before < 64 * MiB
@@ -423,7 +429,7 @@ def test_one_huge_write_is_cut_at_output_limit(hardened):
     data = hardened.run("import os\nos.write(1, b'y' * (128 << 20))\nprint('written')")
     assert data["status"] == "completed"
     assert data["outputs"] == [
-        {"type": "stdout", "data": "y" * MAX_OUTPUT},
+        {"type": "stdout", "data": "y" * (MAX_OUTPUT - OUTPUT_FRAME)},
         {"type": "stderr", "data": TRUNCATION_NOTICE},
     ]
     # 128 MiB went through the pipe in one write; the server kept no more than the limit.

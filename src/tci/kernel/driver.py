@@ -53,6 +53,15 @@ class _Pending:
     interrupt_wanted: bool = False  # interrupted before that: signal on "started"
 
 
+def _fail(future: asyncio.Future[Any], failure: WorkerDied) -> None:
+    """Fail a future that may have no one left awaiting it (a call that timed out and was
+    killed, a worker that died before it was ready): marked as retrieved, since the death is
+    reported through the call's result and `dead_reason`, and otherwise asyncio would log
+    "Future exception was never retrieved" for every such death."""
+    future.set_exception(failure)
+    future.exception()
+
+
 def describe_exit(returncode: int | None) -> str:
     if returncode is None:
         return "the worker process ended"
@@ -169,7 +178,7 @@ class WorkerConnection:
                     f"{kind} with more JSON values than the call had left of "
                     f"{self.limits.max_json_values} (TCI_MAX_OUTPUT_JSON_VALUES)")
             else:
-                pending.collector.add_rich(kind, bundle, sum(map(len, frame.blobs)))
+                pending.collector.add_rich(kind, bundle)
 
     def _protocol_failure(self, detail: str) -> None:
         self._stop_reading(self.sandbox.event_fd)  # nothing more is read from a broken channel
@@ -187,9 +196,9 @@ class WorkerConnection:
             self.dead_cause = cause
         failure = WorkerDied(self.dead_reason)
         if not self._ready.done():
-            self._ready.set_exception(failure)
+            _fail(self._ready, failure)
         if self._pending is not None and not self._pending.done.done():
-            self._pending.done.set_exception(failure)
+            _fail(self._pending.done, failure)
         elif self._pending is None and self.on_death is not None:
             on_death, self.on_death = self.on_death, None
             on_death()
@@ -259,9 +268,13 @@ class WorkerConnection:
             raise WorkerDied(self.dead_reason)
         loop = asyncio.get_running_loop()
         request_id = next(self._ids)
-        coalescer = None if listener is None else LineCoalescer(listener, self.limits.line_delay)
+        collector = OutputCollector(self.limits.max_bytes)
+        coalescer = None
+        if listener is not None:
+            coalescer = LineCoalescer(listener, self.limits.line_delay, collector.spend)
+            collector.on_output = coalescer
         pending = _Pending(
-            request_id, OutputCollector(self.limits.max_bytes, coalescer), loop.create_future(),
+            request_id, collector, loop.create_future(),
             JsonBudget(self.limits.max_json_values), coalescer,
         )
         self._pending = pending
@@ -289,8 +302,6 @@ class WorkerConnection:
                 f"its client went away and the cell did not stop within {grace:g} s of the "
                 "interrupt, so the worker was killed", "client_gone",
             )
-            if pending.done.done() and not pending.done.cancelled():
-                pending.done.exception()  # retrieved: the death is reported through on_death
             self._pending = None
             if self.on_death is not None:
                 on_death, self.on_death = self.on_death, None

@@ -4,7 +4,9 @@ User code runs in the worker and can write anything to the event pipe, so:
 - nothing is buffered beyond what the caller allows: a frame larger than its allowance is
   skipped as its bytes arrive, never held or parsed (the caller reports the truncation);
 - the only JSON parsed unconditionally is a frame's head, at most MAX_HEAD bytes;
-- blobs become text by UTF-8 decoding (with replacement: never a lone surrogate);
+- blobs become text by UTF-8 decoding (with replacement: never a lone surrogate), each blob
+  at most once: a head naming one large blob under thousands of MIME types would otherwise
+  make the server hold thousands of copies of it;
 - a JSON-typed MIME value is parsed only within a budget of JSON values per call
   (`JsonBudget`), counted before parsing, since parsing is what costs time and memory;
 - anything malformed is a ProtocolError: the driver ends that session, and only that one.
@@ -28,6 +30,7 @@ _LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 class Frame:
     head: dict[str, Any]
     blobs: list[bytes]
+    used: set[int] = field(default_factory=set)  # blobs already taken (each is taken once)
 
 
 @dataclass
@@ -77,7 +80,7 @@ def parse_body(body: bytes) -> Frame:
         raise ProtocolError(f"event head of {head_size} bytes")
     try:
         head = json.loads(body[HEADER.size : HEADER.size + head_size])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to parse
         raise ProtocolError(f"invalid event head: {exc}") from exc
     if not isinstance(head, dict):
         raise ProtocolError("event head is not an object")
@@ -98,6 +101,9 @@ def parse_body(body: bytes) -> Frame:
 def _blob(frame: Frame, index: Any) -> bytes:
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(frame.blobs):
         raise ProtocolError(f"event refers to blob {index!r}, which it does not have")
+    if index in frame.used:
+        raise ProtocolError(f"event refers to blob {index} twice")
+    frame.used.add(index)
     return frame.blobs[index]
 
 
@@ -139,7 +145,7 @@ class JsonBudget:
         self.left -= cost
         try:
             value = json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ProtocolError(f"invalid JSON output value: {exc}") from exc
         return _clean(value) if _LONE_SURROGATE_ESCAPE.search(data) else value
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi.responses import StreamingResponse
 
 from tci.errors import TCIError
+from tci.kernel.outputs import to_json
 from tci.schemas import ExecuteRequest
 from tci.server.errors import client_message
 from tci.sessions.manager import SessionManager
@@ -26,7 +26,9 @@ from tci.storage.store import KeyInfo
 
 
 def sse(event: str, payload: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+    # As the output budget counts it (kernel/outputs.py): UTF-8 as it is, not \uXXXX (up to
+    # three times the bytes), and one line whatever line breaks the text holds.
+    return f"event: {event}\ndata: {to_json(payload)}\n\n".encode()
 
 
 async def stream_execute(
