@@ -28,7 +28,7 @@ from tests.conftest import stdout_of
 from tests.security.conftest import LIMITS, HostView, new_session, run_json
 
 MiB = 1 << 20
-ARGUMENT_CHECKED = ("clone", "ioctl", "personality", "socket", "socketpair")
+ARGUMENT_CHECKED = ("clone", "ioctl", "personality", "prctl", "socket", "socketpair")
 # x86_64's uretprobe (335, Linux 6.11) and uprobe (336, 6.16): seccomp lets them through
 # unfiltered by design (kernel/seccomp.c), since only the kernel's own uprobe trampoline may
 # issue them; called from anywhere else they fail (ENXIO) or end the process with SIGILL.
