@@ -147,6 +147,33 @@ class Settings(BaseSettings):
     # clients use when the server is reached by another name (a bind to 0.0.0.0, a proxy).
     allowed_hosts: list[str] | None = None
 
+    # One-shot runs (POST /v1/tci/batch, /sandboxfusion): each a program in a fresh sandbox.
+    # Time and memory of a run when its request names none, and the most it may name.
+    run_default_timeout: float = Field(default=10.0, gt=0)
+    run_max_timeout: float = Field(default=300.0, gt=0)
+    run_default_memory_bytes: int = Field(default=1024 * MiB, ge=16 * MiB)
+    # Bytes of stdout, and of stderr, kept of one run; the rest is read and dropped
+    # (`truncated`), so a program that prints forever costs no memory.
+    run_max_output_bytes: int = Field(default=8 * MiB, ge=1)
+    # A run's /workspace is a tmpfs of this size (its files and what it writes; RAM, counted
+    # in the run's memory limit).
+    run_workspace_max_bytes: int = Field(default=256 * MiB, ge=1 * MiB)
+    # Bytes of the files a run asks back (fetch_files) in all; a file past it is left out.
+    run_fetch_max_bytes: int = Field(default=16 * MiB, ge=0)
+    # Runs executing at once (unset: twice the CPUs), and runs that may wait for a slot
+    # beyond those; past that, the batch endpoint answers 429 and SandboxFusion's 504.
+    run_concurrency: int | None = Field(default=None, ge=1)
+    run_queue_size: int = Field(default=4096, ge=0)
+    # Runs are scored: by default they reach no network (no answers fetched, no flaky
+    # downloads); "egress" gives them the sessions' filtered internet.
+    run_network: Literal["none", "egress"] = "none"
+    batch_max_runs: int = Field(default=1000, ge=1)
+    # SandboxFusion's clients (verl...) send no key: such requests count as this API key's
+    # (a key name; one that does not exist stops the server at start), and only from peers
+    # in sandboxfusion_allow. Unset: /sandboxfusion needs a Bearer key like the rest.
+    sandboxfusion_key: str = ""
+    sandboxfusion_allow: list[str] = ["127.0.0.0/8", "::1/128"]
+
     # Usage, metrics, logs.
     price_per_session_usd: float = 0.03  # cost = sessions started x this price
     # GET /tci/usage?bucket=: at most this many buckets in one answer (1000 hours is ~41 days),
@@ -206,6 +233,10 @@ class Settings(BaseSettings):
             return self.sandbox_dir
         tag = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
         return Path("/var/tmp/tci") / tag
+
+    @property
+    def resolved_run_concurrency(self) -> int:
+        return self.run_concurrency or 2 * (os.cpu_count() or 1)
 
     @property
     def worker_package_dir(self) -> Path:

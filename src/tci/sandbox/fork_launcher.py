@@ -80,7 +80,7 @@ class ForkLauncher(SandboxLauncher):
         # CLOCK_MONOTONIC (shared by every process) when the last fork passed each step of its
         # set-up, for the per-step profile of a creation (bench/).
         self.last_steps: dict[str, float] = {}
-        self._rlimits = rlimits_of(prlimit_options(settings.open_files_limit))
+        self.rlimits = rlimits_of(prlimit_options(settings.open_files_limit))
 
     def _release_root(self) -> None:
         if self.forks is not None:
@@ -124,16 +124,23 @@ class ForkLauncher(SandboxLauncher):
 
     async def warm_up(self) -> None:
         """Start the template now rather than at the first session, and the networks."""
-        await self._fork_server().ensure_started()
+        await self.fork_server().ensure_started()
         if self.settings.network == "egress" and self.egress_filter is not None:
             self.networks = NetworkPool(self.egress_filter, self.settings.network_pool_size,
                                         self.root / "networks", self.settings.pool_retry_seconds)
             self.networks.start()
 
-    def _fork_server(self) -> ForkServer:
+    def fork_server(self) -> ForkServer:
         if self.forks is None:
             raise SandboxUnavailable("the fork launcher was not prepared")
         return self.forks
+
+    def cgroup_indexes(self, cgroup: SessionCgroup | None) -> list[list]:
+        """A cgroup as the template names it: (index of the hierarchy's parent in the
+        template's list, the cgroup's name) for each hierarchy."""
+        if cgroup is None:
+            return []
+        return [[self._cgroup_parents.index(path.parent), path.name] for path in cgroup.paths]
 
     async def _network_ahead(self) -> Egress | None:
         return await self.networks.take() if self.networks is not None else None
@@ -147,12 +154,10 @@ class ForkLauncher(SandboxLauncher):
                      ) -> tuple[SandboxProcess, ProcessHandle | None, ProcessHandle]:
         request = {
             "uid": uid,
-            # (index of the hierarchy's parent in the template's list, the session's name)
-            "cgroups": [[self._cgroup_parents.index(path.parent), path.name]
-                        for path in cgroup.paths] if cgroup is not None else [],
+            "cgroups": self.cgroup_indexes(cgroup),
             "tmp_bytes": self.settings.tmp_max_bytes,
             "niceness": niceness,
-            "rlimits": self._rlimits,
+            "rlimits": self.rlimits,
             "netns": network is not None,
         }
         info_r, info_w = os.pipe2(os.O_CLOEXEC)
@@ -165,7 +170,7 @@ class ForkLauncher(SandboxLauncher):
             if network is not None:  # joined instead of a new, empty namespace
                 sent.append(os.dup(network.namespace.fd))
             sent_at = time.monotonic()
-            _, pidfd = await self._fork_server().spawn(request, [*channels, *sent])
+            _, pidfd = await self.fork_server().spawn(request, [*channels, *sent])
         except BaseException:
             os.close(info_r)
             os.close(status_r)

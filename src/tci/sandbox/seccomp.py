@@ -21,6 +21,9 @@ whole *stat*/*at family, every epoll, timerfd, eventfd and inotify call...). Eve
 - `clone` with any `CLONE_NAMESPACE_FLAGS` bit -> EPERM;
 - `ioctl` `DENIED_IOCTLS` -> EPERM: TIOCSTI and TIOCLINUX type into or drive a terminal,
   TIOCSETD attaches a line discipline, which loads its kernel module on demand;
+- `prctl(PR_SET_PDEATHSIG)` -> EPERM: a sandbox's pid 1 is set to die with its parent before
+  the filter is loaded (its tie to the server's life); a program that is its own pid 1 (a
+  one-shot run) must not be able to cut it;
 - `personality` other than PER_LINUX (0) or the query 0xffffffff -> EPERM (ADDR_NO_RANDOMIZE,
   READ_IMPLIES_EXEC... would weaken the hardening of whatever the process runs next);
 - `socket`/`socketpair`: families outside `ALLOWED_SOCKET_FAMILIES` -> EAFNOSUPPORT, which
@@ -74,7 +77,7 @@ ALLOWED_SYSCALLS: tuple[str, ...] = (
     "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
     "pidfd_open", "pidfd_send_signal",  # asyncio, subprocess: the caller's own children
     "getpid", "getppid", "gettid", "getpgid", "setpgid", "getpgrp", "getsid", "setsid",
-    "set_tid_address", "set_robust_list", "get_robust_list", "rseq", "arch_prctl", "prctl",
+    "set_tid_address", "set_robust_list", "get_robust_list", "rseq", "arch_prctl",
     "seccomp",  # with no_new_privs a process can only narrow its own filter
     "futex", "futex_waitv", "futex_wake", "futex_wait", "futex_requeue", "membarrier",
     "restart_syscall",
@@ -192,6 +195,7 @@ ALLOWED_SOCKET_FAMILIES: tuple[int, ...] = (
 )
 NETLINK_ROUTE = 0
 SOCK_PACKET = 10
+PR_SET_PDEATHSIG = 1
 SOCK_TYPE_MASK = 0xF  # the type argument also carries SOCK_NONBLOCK | SOCK_CLOEXEC
 IPPROTO_ICMPV6 = 58
 # (socket type, protocol) pairs of AF_INET and AF_INET6 sockets that may be made. Protocol 0
@@ -314,6 +318,9 @@ def _argument_rules() -> dict[str, ArgumentRules]:
                                       (low(0, PERSONALITY_QUERY), RET_ALLOW)), EPERM),
         "socket": sockets,
         "socketpair": sockets,
+        # A sandbox's pid 1 dies with its parent (PR_SET_PDEATHSIG, set before the filter):
+        # a program that is its own pid 1 (a one-shot run) must not switch that off.
+        "prctl": ArgumentRules(((low(0, PR_SET_PDEATHSIG), EPERM),), RET_ALLOW),
     }
 
 

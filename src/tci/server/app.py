@@ -10,15 +10,28 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from tci.config import Settings
-from tci.errors import TCIError
+from tci.errors import BadRequest, TCIError
 from tci.hosts.base import SessionHost
 from tci.hosts.local import LocalHost
+from tci.runs.manager import RunManager
+from tci.runs.sandboxes import RunSandboxes
+from tci.runs.usage import RunUsage
 from tci.server import console, errors, mcp
 from tci.server.auth import ApiKeyAuth, Authenticator
 from tci.server.body_limit import BodyLimit
 from tci.server.host_check import McpHostCheck, allowed_hosts
 from tci.server.openapi import ERROR_RESPONSES
-from tci.server.routes import execute, files, health, metrics, sessions, usage
+from tci.server.routes import (
+    batch,
+    execute,
+    files,
+    health,
+    metrics,
+    sandboxfusion,
+    sessions,
+    usage,
+)
+from tci.server.sandboxfusion_auth import AnonymousKey, SandboxFusionAuth
 from tci.sessions.manager import SessionManager
 from tci.storage.store import AsyncStore, Store
 
@@ -33,14 +46,33 @@ def session_host(settings: Settings, store: Store) -> SessionHost:
     return RayHost(settings, store)
 
 
+def run_sandboxes(settings: Settings, host: SessionHost) -> RunSandboxes | None:
+    """Runs fork from this machine's template; elsewhere (bubblewrap, a Ray gateway) they
+    are not offered yet, and each run answers SANDBOX_ERROR saying so."""
+    if isinstance(host, LocalHost) and settings.sandbox_start == "fork":
+        return RunSandboxes(settings, host.launcher)
+    return None
+
+
+def check_run_settings(settings: Settings) -> None:
+    if settings.run_network == "egress" and settings.network != "egress":
+        raise BadRequest("TCI_RUN_NETWORK=egress needs TCI_NETWORK=egress (runs take the "
+                         "sessions' filtered networks)")
+
+
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     store = store or Store(settings.database_url, settings.database_timeout_seconds)
     async_store = AsyncStore(store)
-    manager = SessionManager(settings, async_store, session_host(settings, store))
+    host = session_host(settings, store)
+    manager = SessionManager(settings, async_store, host)
+    runs = RunManager(settings, run_sandboxes(settings, host))
+    anonymous = AnonymousKey(settings, async_store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
+            check_run_settings(settings)
+            await anonymous.check_exists()
             await manager.start()
         except TCIError as exc:  # the host cannot serve: `tci serve` says why (cli.py)
             app.state.startup_error = exc
@@ -50,12 +82,15 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                 yield
         finally:
             await manager.shutdown()
+            runs.close()
             async_store.close()
 
     app = FastAPI(title="tci", version="0.1.0", lifespan=lifespan,
                   description="Self-hosted, TCI-compatible code interpreter")
     app.state.settings = settings
     app.state.manager = manager
+    app.state.runs = runs
+    app.state.run_usage = RunUsage(runs, manager.metrics.registry)
     authenticator = Authenticator(async_store, settings.auth_cache_seconds,
                                   settings.auth_cache_entries, settings.auth_max_lookups,
                                   manager.metrics.registry)
@@ -68,10 +103,12 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     api.include_router(sessions.router)
     api.include_router(files.router)
     api.include_router(usage.router)
+    api.include_router(batch.router)
     # The official SDK calls {base}/tci/... with base ending in /v1; the seeds' curl calls /tci.
     app.include_router(api, prefix="/v1")
     app.include_router(api)
     app.include_router(health.router)
+    app.include_router(sandboxfusion.router)  # keyless callers: SandboxFusionAuth below
     mcp_running = mcp.mount(app, "/mcp")  # Host, Origin and key checked by the middleware
     app.include_router(metrics.router)  # outside the /tci prefixes: see its docstring
     console.mount(app, settings.runtime_dir)  # the web console at /, a client of /v1/tci
@@ -82,5 +119,6 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
                        anonymous_max_bytes=settings.max_anonymous_request_bytes)
     app.add_middleware(ApiKeyAuth, authenticator=authenticator, prefixes=keyed)
+    app.add_middleware(SandboxFusionAuth, authenticator=authenticator, anonymous=anonymous)
     app.add_middleware(McpHostCheck, path="/mcp", allowed=allowed_hosts(settings))
     return app

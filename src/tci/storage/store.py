@@ -187,6 +187,14 @@ class Store:
                 return None
             return _key_info(row)
 
+    def find_key_by_name(self, name: str) -> KeyInfo | None:
+        """The active key of that name (None: no such key, or revoked)."""
+        with self._read() as db:
+            row = db.scalar(select(ApiKey).where(ApiKey.name == name))
+            if row is None or row.revoked_at is not None:
+                return None
+            return _key_info(row)
+
     def count_keys(self) -> int:
         return len(self.list_keys())
 
@@ -455,6 +463,9 @@ class AsyncStore:
 
     async def find_active_key(self, secret: str) -> KeyInfo | None:
         return await self._call(self._store.find_active_key, secret)
+
+    async def find_key_by_name(self, name: str) -> KeyInfo | None:
+        return await self._call(self._store.find_key_by_name, name)
 
     async def end_all_live(self, reason: str) -> int:
         return await self._call(self._store.end_all_live, reason)

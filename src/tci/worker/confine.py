@@ -28,6 +28,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 from . import linux
@@ -65,16 +66,9 @@ def become_session(spec: dict, request: dict, fds: list[int], lifeline: int,
     command, event, stdout, stderr, info, status, work, home, *network = fds
     steps = {"asked": request["asked"], "fork": time.monotonic()}
     try:
-        _join_cgroups(spec["cgroup_fds"], request["cgroups"])
+        join_cgroups(spec["cgroup_fds"], request["cgroups"])
         steps["cgroup"] = time.monotonic()
-        if network:  # made ahead by the server, its egress filter and slirp4netns running
-            linux.setns(network[0], linux.CLONE_NEWNET)
-            os.close(network[0])
-            linux.unshare(_SESSION_NAMESPACES & ~linux.CLONE_NEWNET)
-        else:
-            linux.unshare(_SESSION_NAMESPACES)
-        linux.sethostname("sandbox")
-        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        enter_namespaces(network[0] if network else None)
         steps["namespaces"] = time.monotonic()
         _mount_session(request, (work, home))
         os.chdir("/workspace")  # the volume now, not the template's directory under it
@@ -107,7 +101,7 @@ def become_session(spec: dict, request: dict, fds: list[int], lifeline: int,
     os._exit(0)
 
 
-def _join_cgroups(parent_fds: list[int], cgroups: list[tuple[int, str]]) -> None:
+def join_cgroups(parent_fds: list[int], cgroups: list[tuple[int, str]]) -> None:
     for parent, name in cgroups:
         fd = os.open(f"{name}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC,
                      dir_fd=parent_fds[parent])
@@ -115,6 +109,20 @@ def _join_cgroups(parent_fds: list[int], cgroups: list[tuple[int, str]]) -> None
             os.write(fd, str(os.getpid()).encode())
         finally:
             os.close(fd)
+
+
+def enter_namespaces(network: int | None) -> None:
+    """Every namespace of a sandbox but the pid namespace's user (the next fork) and the user
+    namespace (made after the uid changes). `network`: a namespace made ahead by the server
+    (its egress filter and slirp4netns running) to join; None, a new empty one."""
+    if network is not None:
+        linux.setns(network, linux.CLONE_NEWNET)
+        os.close(network)
+        linux.unshare(_SESSION_NAMESPACES & ~linux.CLONE_NEWNET)
+    else:
+        linux.unshare(_SESSION_NAMESPACES)
+    linux.sethostname("sandbox")
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
 
 
 class Lineage(NamedTuple):
@@ -136,15 +144,22 @@ def die_with_template(lineage: Lineage) -> None:
     readable, _, _ = select.select([lineage.setup], [], [], ADOPTION_TIMEOUT)
     if not readable:
         raise OSError(errno.ETIMEDOUT, "the setup process did not exit")
+    os.close(lineage.setup)
+    die_with(lineage.template)
+
+
+def die_with(parent: int) -> None:
+    """SIGKILL from the kernel when our parent dies; `parent` is a pidfd on it (inside a new
+    pid namespace getppid() says 0), closed here. Checked after it is set: a parent already
+    gone would never send it."""
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-    gone, _, _ = select.select([lineage.template], [], [], 0)
+    gone, _, _ = select.select([parent], [], [], 0)
     if gone:
         os._exit(128 + signal.SIGKILL)  # as if the signal had come: the server is going
-    os.close(lineage.setup)
-    os.close(lineage.template)
+    os.close(parent)
 
 
-def _drop_to(uid: int) -> None:
+def drop_to(uid: int) -> None:
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)  # from root to another uid: the kernel clears the capabilities
@@ -156,34 +171,8 @@ def _become_init(spec: dict, request: dict, channels: tuple[int, int, int, int],
     linux.set_name(INIT_NAME)
     os.setsid()  # no controlling terminal of the server's to reach (bwrap's --new-session)
     steps = {"init": time.monotonic()}
-    linux.umount("/proc", linux.MNT_DETACH)  # the template's, of the host's pid namespace
-    linux.mount("proc", "/proc", "proc", _MOUNT_FLAGS | linux.MS_NOEXEC)
-    steps["proc"] = time.monotonic()
-    _set_limits(request)
-    uid = request["uid"]
-    _drop_to(uid)
-    # As after an exec: /proc/self belongs to the user again (a change of uid made it
-    # root's), so the maps below can be written and the user's tools can read it.
-    linux.prctl(linux.PR_SET_DUMPABLE, 1)
-    linux.unshare(linux.CLONE_NEWUSER)
-    linux.write_file("/proc/self/uid_map", f"{SANDBOX_ID} {uid} 1")
-    linux.write_file("/proc/self/setgroups", "deny")
-    linux.write_file("/proc/self/gid_map", f"{SANDBOX_ID} {uid} 1")
-    # No user namespace may be made inside this one, even past the seccomp filter.
-    linux.write_file("/proc/sys/user/max_user_namespaces", "0")
-    linux.clear_capabilities()
-    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
-    steps["identity"] = time.monotonic()
-    die_with_template(lineage)
-    steps["adopted"] = time.monotonic()
-    linux.load_seccomp(bytes.fromhex(spec["seccomp"]))
-    steps["seccomp"] = time.monotonic()
-    # Out of the session's reach from here on: its code runs as our uid, but our memory was
-    # made in the host's user namespace, where it has no CAP_SYS_PTRACE, so no ptrace, no
-    # /proc/1/mem, environ or fds. (The worker makes itself dumpable again, for its own use.)
-    linux.prctl(linux.PR_SET_DUMPABLE, 0)
-    problems = confinement_problems(template_namespaces)
-    steps["verified"] = time.monotonic()
+    problems = confine_self(spec, request, template_namespaces,
+                            lambda: die_with_template(lineage), steps)
     if problems:
         _report(info, {"error": "sandbox confinement check failed: " + "; ".join(problems)})
         os._exit(EXIT_CONFINEMENT)
@@ -209,8 +198,49 @@ def _become_init(spec: dict, request: dict, channels: tuple[int, int, int, int],
                     os.write(fd, text)
             os._exit(EXIT_SETUP_FAILED)
         os._exit(0)
-    _close_all_but({lifeline, status, wake_r, wake_w})
+    close_all_but({lifeline, status, wake_r, wake_w})
     _serve_as_init(child, lifeline, status, wake_r)
+
+
+def confine_self(spec: dict, request: dict, template_namespaces: dict[str, str],
+                 tie_to_parent: Callable[[], None], steps: dict[str, float] | None = None
+                 ) -> list[str]:
+    """pid 1 of a new sandbox (a session's init, a run's program) confines itself: its
+    /proc, limits, the session's uid in a user namespace of its own, no capabilities,
+    no_new_privs, death with its parent (`tie_to_parent`, after the last change of
+    credentials, which would clear it), seccomp, not dumpable; then reads all of it back.
+    What is not as it must be (empty: all is in force)."""
+    steps = steps if steps is not None else {}
+    linux.umount("/proc", linux.MNT_DETACH)  # the template's, of the host's pid namespace
+    linux.mount("proc", "/proc", "proc", _MOUNT_FLAGS | linux.MS_NOEXEC)
+    steps["proc"] = time.monotonic()
+    _set_limits(request)
+    uid = request["uid"]
+    drop_to(uid)
+    # As after an exec: /proc/self belongs to the user again (a change of uid made it
+    # root's), so the maps below can be written and the user's tools can read it.
+    linux.prctl(linux.PR_SET_DUMPABLE, 1)
+    linux.unshare(linux.CLONE_NEWUSER)
+    linux.write_file("/proc/self/uid_map", f"{SANDBOX_ID} {uid} 1")
+    linux.write_file("/proc/self/setgroups", "deny")
+    linux.write_file("/proc/self/gid_map", f"{SANDBOX_ID} {uid} 1")
+    # No user namespace may be made inside this one, even past the seccomp filter.
+    linux.write_file("/proc/sys/user/max_user_namespaces", "0")
+    linux.clear_capabilities()
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    steps["identity"] = time.monotonic()
+    tie_to_parent()
+    steps["adopted"] = time.monotonic()
+    # The filter also refuses PR_SET_PDEATHSIG from here on: the tie cannot be cut.
+    linux.load_seccomp(bytes.fromhex(spec["seccomp"]))
+    steps["seccomp"] = time.monotonic()
+    # Out of the session's reach from here on: its code runs as our uid, but our memory was
+    # made in the host's user namespace, where it has no CAP_SYS_PTRACE, so no ptrace, no
+    # /proc/1/mem, environ or fds. (The worker makes itself dumpable again, for its own use.)
+    linux.prctl(linux.PR_SET_DUMPABLE, 0)
+    problems = confinement_problems(template_namespaces)
+    steps["verified"] = time.monotonic()
+    return problems
 
 
 def _serve_as_init(worker: int, lifeline: int, status: int, wake: int) -> None:
@@ -238,13 +268,18 @@ def _serve_as_init(worker: int, lifeline: int, status: int, wake: int) -> None:
                 os._exit(code)
 
 
-def _mount_session(request: dict, volume: tuple[int, int]) -> None:
-    tmpfs = f"mode=1777,size={request['tmp_bytes']}"
+def mount_private_tmp(tmp_bytes: int) -> None:
+    """The sandbox's own /tmp and /dev/shm (capped tmpfs, counted in its memory) and ptys."""
+    tmpfs = f"mode=1777,size={tmp_bytes}"
     linux.umount("/tmp", linux.MNT_DETACH)
     linux.mount("tmpfs", "/tmp", "tmpfs", _MOUNT_FLAGS, tmpfs)
     linux.mount("tmpfs", "/dev/shm", "tmpfs", _MOUNT_FLAGS, tmpfs)
     linux.mount("devpts", "/dev/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
                 "newinstance,ptmxmode=0666,mode=620")
+
+
+def _mount_session(request: dict, volume: tuple[int, int]) -> None:
+    mount_private_tmp(request["tmp_bytes"])
     # The server's detached copies of this session's volume (nosuid, nodev as the original).
     for tree, target in zip(volume, ("/workspace", "/home/user"), strict=True):
         linux.attach_tree(tree, target)
@@ -289,7 +324,7 @@ def confinement_problems(template_namespaces: dict[str, str]) -> list[str]:
     return problems
 
 
-def _close_all_but(keep: set[int]) -> None:
+def close_all_but(keep: set[int]) -> None:
     low = 0
     for fd in sorted(keep):
         if fd > low:  # closerange(n, n) is not empty: it becomes close_range(n, UINT_MAX)
@@ -305,8 +340,8 @@ def _run_worker(spec: dict, channels: tuple[int, int, int, int], worker) -> None
                            (event, spec["event_fd"])):
         os.dup2(source, target, inheritable=target in (1, 2))
     stdin = sys.stdin.fileno() if sys.stdin is not None else 0
-    _close_all_but({0, 1, 2, spec["command_fd"], spec["event_fd"], stdin})
-    _fresh_process_state()
+    close_all_but({0, 1, 2, spec["command_fd"], spec["event_fd"], stdin})
+    fresh_process_state()
     worker.serve()
 
 
@@ -316,7 +351,7 @@ def _dup_high(fd: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
 
 
-def _fresh_process_state() -> None:
+def fresh_process_state() -> None:
     """What must differ between sessions forked from one template. `random` reseeds itself
     at fork (os.register_at_fork); numpy's legacy global generator does not."""
     numpy_random = sys.modules.get("numpy.random")

@@ -10,8 +10,8 @@ with a JSON spec on fd 0 and its channels at the fds the spec names. It then
 2. pivots into it, so every module it imports has the paths the sandbox will have;
 3. imports IPython, the worker and TCI_POOL_PRELOAD, builds the worker's shell, runs a silent
    warm-up cell, and freezes its heap (gc.freeze), so children share it page for page;
-4. serves "spawn" requests: each is a fork (confine.py takes it from there) whose pidfd goes
-   back to the server, and reaps each child.
+4. serves "spawn" requests: each is a fork (confine.py takes it from there for a session,
+   oneshot.py for a one-shot run) whose pidfd goes back to the server, and reaps each child.
 
 It dies with the server (PR_SET_PDEATHSIG), and every session's init dies with it in turn: a
 template that dies takes its sessions with it (the kernel's doing, so no session's code can
@@ -153,8 +153,9 @@ class ForkServer:
     """Step 4. Requests arrive on a SOCK_SEQPACKET socket with the child's channel fds."""
 
     def __init__(self, spec: dict, control: socket.socket, lifeline: int, worker) -> None:
-        from tci_worker import confine
+        from tci_worker import confine, oneshot
 
+        self.oneshot = oneshot
         self.spec = spec
         self.control = control
         self.lifeline = lifeline
@@ -214,6 +215,10 @@ class ForkServer:
                 os.close(self.wake_w)
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                if request.get("type") == "run":  # a one-shot run (oneshot.py)
+                    os.close(self.lifeline)  # a run dies with the template, by the kernel
+                    self.oneshot.become_run(self.spec, request, fds, self.own_namespaces,
+                                            self.own_pidfd)
                 self.confine.become_session(self.spec, request, fds, self.lifeline,
                                             self.own_namespaces, self.worker, self.own_pidfd)
             except BaseException:

@@ -1,0 +1,190 @@
+"""Runs as the routes see them: checked requests in, results out, a bounded queue between.
+
+At most TCI_RUN_CONCURRENCY runs execute at once; up to TCI_RUN_QUEUE_SIZE more wait their
+turn in arrival order; beyond that a request is refused at once (RunQueueFull: 429 on the
+batch endpoint, 504 on SandboxFusion's, the one status its clients retry). A run that fails
+for the system's reasons (never the program's) is tried once more before it is reported as
+SANDBOX_ERROR, so a sandbox failure is never scored as a wrong answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import posixpath
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from tci.config import Settings
+from tci.errors import BadRequest, TooManySessions, Unprocessable
+from tci.runs.models import RUN_LANGUAGES, RunFile, RunRequest, RunResult, RunSpec
+from tci.runs.sandboxes import PROGRAM_NAME, RunSandboxes, RunSystemError
+from tci.runs.verdicts import Verdict, judge
+from tci.workspace import decode_files
+
+log = logging.getLogger(__name__)
+
+WORKSPACE = "/workspace"
+_WRITABLE_ROOTS = (WORKSPACE, "/tmp")
+
+
+class RunQueueFull(TooManySessions):
+    """More runs are waiting than TCI_RUN_QUEUE_SIZE allows."""
+
+
+@dataclass
+class RunStats:
+    """Counters for /metrics and usage (per key: the store's; here: the server's)."""
+
+    started: int = 0
+    finished: int = 0
+    verdicts: dict[str, int] = field(default_factory=dict)
+    retried: int = 0
+
+
+def sandbox_path(name: str) -> str:
+    """A file name of a run as the absolute path it gets: relative names are in the working
+    directory; absolute ones must be under /workspace or /tmp."""
+    if not name or "\x00" in name:
+        raise BadRequest(f"file name {name!r} is empty or contains a NUL byte")
+    path = posixpath.normpath(name if name.startswith("/") else f"{WORKSPACE}/{name}")
+    if not any(path.startswith(root + "/") for root in _WRITABLE_ROOTS):
+        raise BadRequest(f"file {name!r} must be relative, or under /workspace or /tmp")
+    return path
+
+
+class RunManager:
+    def __init__(self, settings: Settings, sandboxes: RunSandboxes | None) -> None:
+        self.settings = settings
+        self.sandboxes = sandboxes
+        self.concurrency = settings.resolved_run_concurrency
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self.waiting = 0
+        self.running = 0
+        self.stats = RunStats()
+
+    # -- requests to specs ----------------------------------------------------------------
+
+    def spec(self, request: RunRequest) -> RunSpec:
+        """Check one run and resolve its limits (errors name the problem and the setting)."""
+        settings = self.settings
+        if request.language not in RUN_LANGUAGES:
+            raise BadRequest(f"language {request.language!r} is not offered for runs; "
+                             f"supported: {', '.join(RUN_LANGUAGES)}")
+        if len(request.code.encode()) > settings.max_code_bytes:
+            raise BadRequest(f"code is longer than {settings.max_code_bytes} bytes "
+                             "(TCI_MAX_CODE_BYTES)")
+        timeout = request.timeout or settings.run_default_timeout
+        if timeout > settings.run_max_timeout:
+            raise Unprocessable(f"timeout {timeout:g} s is above the maximum of "
+                                f"{settings.run_max_timeout:g} s (TCI_RUN_MAX_TIMEOUT)")
+        memory = (request.memory_mb * (1 << 20) if request.memory_mb
+                  else settings.run_default_memory_bytes)
+        if memory > settings.memory_limit_bytes:
+            raise Unprocessable(f"memory_mb {memory >> 20} is above the maximum of "
+                                f"{settings.memory_limit_bytes >> 20} (TCI_MEMORY_LIMIT_BYTES)")
+        files = self._files(request)
+        fetch = tuple((name, sandbox_path(name)) for name in request.fetch_files)
+        return RunSpec(code=request.code, language=request.language,
+                       stdin=(request.stdin or "").encode(), files=files, timeout=timeout,
+                       memory_bytes=max(memory, 16 << 20), fetch=fetch,
+                       expected_stdout=request.expected_stdout)
+
+    def _files(self, request: RunRequest) -> tuple[RunFile, ...]:
+        relative = [f for f in request.files if not f.name.startswith("/")]
+        decoded = {f"{WORKSPACE}/{d.name}": d.content
+                   for d in decode_files(relative, self.settings)}
+        for item in request.files:
+            if item.name.startswith("/"):
+                absolute = item.model_copy(update={"name": sandbox_path(item.name)
+                                                   .lstrip("/")})
+                (only,) = decode_files([absolute], self.settings)
+                decoded["/" + only.name] = only.content
+        program = f"{WORKSPACE}/{PROGRAM_NAME}"
+        if program in decoded:
+            raise BadRequest(f"file {PROGRAM_NAME!r} is the run's program; name yours otherwise")
+        files = [RunFile(program, request.code.encode())]
+        files += [RunFile(path, content) for path, content in decoded.items()]
+        return tuple(files)
+
+    # -- running ------------------------------------------------------------------------
+
+    def admit(self, count: int) -> None:
+        """Refuse at once what the queue cannot hold (nothing is half-admitted)."""
+        room = self.settings.run_queue_size - self.waiting
+        free = self.concurrency - self.running
+        if count > room + max(free, 0):
+            raise RunQueueFull(
+                f"{self.waiting} runs are waiting already; the queue holds "
+                f"{self.settings.run_queue_size} (TCI_RUN_QUEUE_SIZE): retry shortly",
+                retry_after=1)
+
+    async def run(self, spec: RunSpec) -> RunResult:
+        """One run, waiting for a slot (cancelled while waiting: it never starts)."""
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        self.stats.started += 1
+        try:
+            result = await self._run_with_retry(spec)
+        finally:
+            self.running -= 1
+            self._slots.release()
+        self.stats.finished += 1
+        self.stats.verdicts[result.verdict.value] = (
+            self.stats.verdicts.get(result.verdict.value, 0) + 1)
+        return result
+
+    async def _run_with_retry(self, spec: RunSpec) -> RunResult:
+        started = time.monotonic()
+        if self.sandboxes is None:
+            return RunResult(Verdict.SANDBOX_ERROR, None, "", "", 0.0,
+                             message="runs need TCI_SANDBOX_START=fork on this host")
+        failure = ""
+        for attempt in (1, 2):
+            try:
+                raw = await self.sandboxes.run(spec)
+            except (RunSystemError, OSError, TooManySessions) as exc:
+                failure = str(exc)
+                log.warning("run failed for a system reason (attempt %d): %s", attempt, failure)
+                if attempt == 1:
+                    self.stats.retried += 1
+                continue
+            except Exception as exc:
+                failure = getattr(exc, "message", str(exc))
+                log.warning("run failed for a system reason (attempt %d): %s", attempt, failure)
+                continue
+            verdict = judge(raw.outcome, spec.expected_stdout)
+            files = {name: raw.files[path] for name, path in spec.fetch if path in raw.files}
+            return RunResult(verdict, raw.outcome.exit_code, raw.outcome.stdout,
+                             raw.outcome.stderr, raw.wall_s, truncated=raw.truncated,
+                             timed_out=raw.outcome.timed_out, files=files)
+        return RunResult(Verdict.SANDBOX_ERROR, None, "", "", time.monotonic() - started,
+                         message=failure or "the sandbox failed")
+
+    async def run_all(self, specs: Sequence[RunSpec]) -> AsyncIterator[tuple[int, RunResult]]:
+        """Every run of a batch, in parallel up to the slots; (index, result) as each ends.
+        Leaving the iteration early cancels the runs that have not ended."""
+        self.admit(len(specs))
+        tasks = {asyncio.ensure_future(self.run(spec)): index
+                 for index, spec in enumerate(specs)}
+        try:
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    yield tasks[task], task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        if self.sandboxes is not None:
+            self.sandboxes.cgroups.close()
+
+

@@ -1,0 +1,84 @@
+"""The wire models of `POST /v1/tci/batch` and the runner's own plain values."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tci.runs.verdicts import Verdict
+from tci.schemas import FileInput, Text
+
+# The languages a run may be in (the languages issue adds the rest).
+RUN_LANGUAGES = ("python",)
+
+
+class RunRequest(BaseModel):
+    """One run of a batch. Unset limits take the server's defaults (TCI_RUN_*)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: Text
+    language: str = "python"
+    stdin: Text | None = ""
+    files: list[FileInput] = Field(default_factory=list)
+    timeout: float | None = Field(default=None, gt=0)
+    memory_mb: int | None = Field(default=None, gt=0)
+    compile_timeout: float | None = Field(default=None, gt=0)
+    expected_stdout: Text | None = None
+    fetch_files: list[Text] = Field(default_factory=list)
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    runs: list[RunRequest]
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """A file of a run, its path inside the sandbox (absolute, under /workspace or /tmp)."""
+
+    path: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run as the runner takes it: checked, decoded, limits resolved."""
+
+    code: str
+    language: str
+    stdin: bytes
+    files: tuple[RunFile, ...]
+    timeout: float
+    memory_bytes: int
+    # Files to bring back: (the name the request used, its absolute path in the sandbox).
+    fetch: tuple[tuple[str, str], ...] = ()
+    expected_stdout: str | None = None
+
+
+@dataclass
+class RunResult:
+    verdict: Verdict
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    wall_s: float
+    truncated: bool = False  # stdout or stderr was cut at TCI_RUN_MAX_OUTPUT_BYTES
+    timed_out: bool = False
+    files: dict[str, bytes] = field(default_factory=dict)  # by the name the request used
+    # SANDBOX_ERROR only: what failed (for the log and SandboxFusion's `message`).
+    message: str = ""
+
+    def line(self, index: int, with_files: bool = False) -> dict:
+        """The NDJSON line of /v1/tci/batch (`files`, base64, only if the run asked any)."""
+        line: dict[str, object] = {
+            "index": index, "verdict": self.verdict.value, "exit_code": self.exit_code,
+            "stdout": self.stdout, "stderr": self.stderr, "wall_s": round(self.wall_s, 4),
+            "truncated": self.truncated}
+        if with_files:
+            line["files"] = {path: base64.b64encode(content).decode()
+                             for path, content in self.files.items()}
+        return line
