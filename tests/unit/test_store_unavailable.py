@@ -7,13 +7,12 @@ host's paths go to the log."""
 
 from __future__ import annotations
 
+import json
+import logging
 import socket
 import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
-
-import json
-import logging
 
 import pytest
 
