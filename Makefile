@@ -8,7 +8,7 @@ UV := $(PYTHON) -m uv
 RUNTIME_PYTHON := /usr/bin/python3.11
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint bench setup system browser uv venv ray runtime node-e2e screenshot lock clean
+.PHONY: serve test lint bench setup system browser uv venv ray verl-client runtime node-e2e screenshot lock clean
 
 serve: setup
 	.venv/bin/tci serve
@@ -18,7 +18,7 @@ serve: setup
 BWRAP_TESTS := tests/security tests/integration/test_sandbox.py tests/integration/test_seccomp.py \
 	tests/integration/test_cgroups.py tests/integration/test_lifecycle.py
 
-test: setup ray browser node-e2e
+test: setup ray browser node-e2e verl-client
 	.venv/bin/ruff check src tests bench
 	.venv/bin/mypy src/tci
 	.venv/bin/pytest $(PYTEST_ARGS)
@@ -95,6 +95,14 @@ tests/e2e/ts/node_modules/.stamp: tests/e2e/ts/package-lock.json
 ray: .venv/.ray-stamp
 .venv/.ray-stamp: .venv/.stamp
 	$(UV) pip install -q --python .venv/bin/python -e '.[ray]'
+	touch $@
+
+# verl's SandboxFusion reward client, for tests/integration/test_sandboxfusion.py: the wheel
+# without its dependencies (torch, ray...); the test loads that one file, which needs requests.
+VERL_VERSION := 0.9.1
+verl-client: .venv/.verl-stamp
+.venv/.verl-stamp: .venv/.stamp
+	$(UV) pip install -q --python .venv/bin/python --no-deps verl==$(VERL_VERSION)
 	touch $@
 
 lock: uv
