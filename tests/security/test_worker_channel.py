@@ -241,3 +241,39 @@ def test_printing_more_than_the_memory_limit_in_total_is_not_kept_by_the_worker(
                         "done = True", session)
     assert not outputs_of(data, "error"), data["outputs"][-1]
     assert hardened.run("done", session)["outputs"][0]["data"] == {"text/plain": "True"}
+
+
+def test_a_killed_timeout_leaves_no_unretrieved_exception_in_the_server_log(server_factory):
+    """A cell that ignores the interrupt is killed; that death is reported to the caller and
+    must not also be logged by asyncio as "Future exception was never retrieved" (noise in
+    which a real fault would hide)."""
+    server = server_factory(execute_timeout=2, interrupt_grace_seconds=1)
+    session = new_session(server)
+    data = server.run("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                      "time.sleep(60)", session)
+    assert "did not stop within 1 s of the interrupt" in outputs_of(data, "error")[-1], data
+    assert server.run("print('next')")["outputs"] == [{"type": "stdout", "data": "next\n"}]
+    server.stop()  # every object collected: what would be logged at all has been
+    log = server.log()
+    for noise in ("never retrieved", "Exception in callback", "Traceback"):
+        assert noise not in log, log[log.index(noise) - 1000:][:3000]
+
+
+def test_a_stream_client_that_leaves_leaves_no_pending_task_in_the_server_log(server_factory):
+    """A streamed call whose client goes away mid-cell: the cell is interrupted, and nothing
+    the stream was waiting on is left behind for asyncio to log ("Task was destroyed but it
+    is pending!")."""
+    server = server_factory()
+    session = new_session(server)
+    body = {"language": "python", "session_id": session, "stream": True,
+            "code": "print('first', flush=True)\nimport time\ntime.sleep(60)"}
+    with server.client() as client, client.stream("POST", "/v1/tci/execute", json=body) as r:
+        for line in r.iter_lines():
+            if "first" in line:
+                break  # leave mid-cell
+    wait_for(lambda: server.execute("print('free')", session).status_code == 200,
+             "the session to be free again", timeout=60)
+    server.stop()
+    log = server.log()
+    for noise in ("was destroyed but it is pending", "never retrieved", "Traceback"):
+        assert noise not in log, log[log.index(noise) - 1000:][:3000]

@@ -54,6 +54,7 @@ async def stream_execute(
     keepalive = manager.settings.stream_keepalive_seconds
 
     async def events() -> AsyncIterator[bytes]:
+        getter: asyncio.Future[dict[str, Any]] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
@@ -74,6 +75,8 @@ async def stream_execute(
             except TCIError as exc:
                 yield sse("error", {"data": None, "errors": [client_message(exc)]})
         finally:
+            if getter is not None:  # left waiting if the client went away during the wait
+                getter.cancel()
             if not task.done():  # the client went away mid-cell
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, TCIError):
