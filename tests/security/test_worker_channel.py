@@ -277,3 +277,92 @@ def test_a_stream_client_that_leaves_leaves_no_pending_task_in_the_server_log(se
     log = server.log()
     for noise in ("was destroyed but it is pending", "never retrieved", "Traceback"):
         assert noise not in log, log[log.index(noise) - 1000:][:3000]
+
+
+def test_a_blob_named_under_many_mime_types_ends_the_session(hardened):
+    """One 900 KiB blob named under 200 MIME types: decoded once per name it was 184 MB of
+    answer and 0.5 GB of server memory for a 1 MiB cap. Each blob may be taken once."""
+    session = new_session(hardened)
+    server_pid = hardened.process.pid
+    rss_before = rss_bytes(server_pid)
+    code = WORKER + """
+import json
+blob = b"z" * (900 * 1024)
+head = json.dumps({"type": "display_data", "id": worker.request_id, "blobs": [len(blob)],
+                   "bundle": [[f"text/m{i}", 0, False] for i in range(200)]}).encode()
+body = HEADER.pack(len(head)) + head + blob
+send(HEADER.pack(len(body)) + body)
+import time; time.sleep(5)
+"""
+    response = hardened.execute(code, session)
+    assert response.status_code == 200 and len(response.content) < MAX_OUTPUT
+    errors = outputs_of(response.json()["data"], "error")
+    assert errors and "broke the protocol (event refers to blob 0 twice)" in errors[-1], errors
+    assert rss_bytes(server_pid) - rss_before < 60 * MiB
+    assert "broke the protocol" in ended_message(hardened, session)
+
+
+def test_a_head_nested_too_deep_to_parse_ends_the_session_with_a_clear_reason(hardened):
+    """30,000 nested lists in a head: the parser's recursion limit, which used to escape the
+    reader as an error logged for every frame while the session went on."""
+    session = new_session(hardened)
+    code = WORKER + """
+head = b"[" * 30000 + b"]" * 30000
+send(HEADER.pack(4 + len(head)) + HEADER.pack(len(head)) + head)
+import time; time.sleep(5)
+"""
+    errors = outputs_of(hardened.run(code, session), "error")
+    assert errors and "broke the protocol (invalid event head: maximum recursion depth" \
+        in errors[-1], errors
+    assert "broke the protocol" in ended_message(hardened, session)
+    assert "Exception in callback" not in hardened.log()
+
+
+FLOOD_SECONDS = 10
+
+
+def test_a_worker_flooding_every_channel_keeps_the_server_bounded(server_factory):
+    """For 10 s the code floods all its channels at once: tiny event frames (each an output),
+    stdout without a newline, NULs on stderr one write at a time. The server stays
+    responsive, its memory bounded and the answer within the cap (CPU is reported)."""
+    server = server_factory(**{**LIMITS, "execute_timeout": 4 * FLOOD_SECONDS})
+    session = new_session(server)
+    server_pid = server.process.pid
+    rss_before, cpu_before = rss_bytes(server_pid), cpu_seconds(server_pid)
+    watch = HealthWatch(server.url)
+    code = WORKER + f"""
+import time
+frames = encode_event({{"type": "display_data", "id": worker.request_id,
+                        "data": {{"": ""}}}}) * 100
+end = time.monotonic() + {FLOOD_SECONDS}
+while time.monotonic() < end:
+    send(frames)
+    os.write(1, b"x" * 1000)
+    for _ in range(10):
+        os.write(2, b"\\0")
+"""
+    started = time.monotonic()
+    response = server.execute(code, session)
+    wall = time.monotonic() - started
+    slowest = watch.finish()
+    cpu = cpu_seconds(server_pid) - cpu_before
+    rss_growth = rss_bytes(server_pid) - rss_before
+    print(f"\n{FLOOD_SECONDS} s flood: server CPU {cpu:.1f} s over {wall:.1f} s, RSS "
+          f"+{rss_growth / MiB:.1f} MiB, slowest /health {slowest:.3f} s, "
+          f"answer {len(response.content)} bytes")
+    assert response.status_code == 200
+    assert len(response.content) <= MAX_OUTPUT + 2048
+    assert TRUNCATION_NOTICE in "".join(outputs_of(response.json()["data"], "stderr"))
+    assert slowest < RESPONSIVE_SECONDS, f"/health took {slowest:.2f} s during the flood"
+    assert rss_growth < 100 * MiB
+    assert server.run("print('after')", session)["outputs"] == [
+        {"type": "stdout", "data": "after\n"}]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of a process so far, from /proc/<pid>/stat."""
+    import os
+    from pathlib import Path
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

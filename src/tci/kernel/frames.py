@@ -145,9 +145,9 @@ class JsonBudget:
         self.left -= cost
         try:
             value = json.loads(data)
-        except (ValueError, RecursionError) as exc:
+            return _clean(value) if _LONE_SURROGATE_ESCAPE.search(data) else value
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise ProtocolError(f"invalid JSON output value: {exc}") from exc
-        return _clean(value) if _LONE_SURROGATE_ESCAPE.search(data) else value
 
 
 def bundle_of(frame: Frame, budget: JsonBudget) -> dict[str, Any] | None:
