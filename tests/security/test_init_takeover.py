@@ -3,10 +3,11 @@
 A session's code runs as the same uid as its sandbox's init. If that init stayed dumpable the
 code could open /proc/1/mem and rewrite it: an init that then ignores the server's death keeps
 the session running after the server is killed, and an init that floods its status channel
-costs the server memory and CPU. So: the init is not dumpable (its memory was made in the host's
-user namespace, where the session has no capability), every session dies with the server by a
-kernel mechanism (a chain of PR_SET_PDEATHSIG, and pid 1's death ends its pid namespace), and
-every channel the server reads from a sandbox has a fixed maximum.
+costs the server memory and CPU. So: the init is not dumpable (its memory was made in a user
+namespace where the session has no capability: the host's on the fork path, the sandbox's for
+our init under bubblewrap, which replaces bubblewrap's dumpable one), every session dies with
+the server by a kernel mechanism (a chain of PR_SET_PDEATHSIG, and pid 1's death ends its pid
+namespace), and every channel the server reads from a sandbox has a fixed maximum.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ import subprocess
 import threading
 import time
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
+import tci.worker
 from tci.errors import SandboxUnavailable
+from tci.sandbox.bwrap import PYTHON
 from tci.sandbox.forkserver import MAX_STATUS_BYTES, ForkedProcess
 from tci.sandbox.launcher import _read_to_eof
 from tci.sandbox.pidfd import ProcessHandle
@@ -80,9 +84,6 @@ print(json.dumps({
 DENIED = {"EACCES", "EPERM", "ENOENT", "ESRCH"}
 
 
-@pytest.mark.xfail(os.environ.get("TCI_SANDBOX_START") == "bwrap", strict=True,
-                   reason="bubblewrap makes its own pid 1 dumpable (prctl PR_SET_DUMPABLE 1, "
-                   "upstream's choice): open to the session's uid; issue 17, not fixed there")
 def test_the_sandbox_init_cannot_be_read_or_rewritten(hardened):
     session_id, seen = run_json(hardened, ATTACK_PID_1)
     assert isinstance(seen, dict)
@@ -95,6 +96,37 @@ def test_the_sandbox_init_cannot_be_read_or_rewritten(hardened):
     response = hardened.execute("import os\nos._exit(7)", session_id)
     assert response.status_code == 200, response.text
     assert "exited with code 7" in response.text, response.text
+
+
+# bubblewrap's init as the launcher runs it (worker/bwrap_init.py), here on the host's own
+# files: what it does when bubblewrap did not give it what it checks for.
+BWRAP_INIT = Path(tci.worker.__file__).parent / "bwrap_init.py"
+WORKER_SAYS = [PYTHON, "-c", "import os; print('worker ran as', os.getpid()); os._exit(7)"]
+PROTECTED = ("--as-pid-1", "--die-with-parent")
+
+
+def _under_bwrap(*flags: str, worker: list[str] = WORKER_SAYS) -> subprocess.CompletedProcess:
+    argv = ["bwrap", "--unshare-user", "--unshare-pid", "--uid", "1000", "--cap-drop", "ALL",
+            "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", *flags, "--",
+            PYTHON, "-S", "-I", "-B", str(BWRAP_INIT), *worker]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def test_the_bubblewrap_init_passes_on_how_the_worker_ended():
+    exited = _under_bwrap(*PROTECTED)
+    assert exited.stdout == "worker ran as 2\n" and exited.returncode == 7, exited
+    killed = _under_bwrap(*PROTECTED, worker=["/bin/sh", "-c", "kill -KILL $$"])
+    assert killed.returncode == 128 + signal.SIGKILL, killed
+
+
+@pytest.mark.parametrize(("flags", "problem"), [
+    (("--die-with-parent",), "not pid 1"),  # bubblewrap's own init would be pid 1
+    (("--as-pid-1",), "no SIGKILL on bubblewrap's death"),
+])
+def test_the_bubblewrap_init_runs_no_worker_without_its_protections(flags, problem):
+    refused = _under_bwrap(*flags)
+    assert "worker ran" not in refused.stdout, refused
+    assert problem in refused.stderr and refused.returncode == 122, refused
 
 
 def _sandbox_init(session_id: str) -> int:

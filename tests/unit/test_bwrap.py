@@ -58,9 +58,19 @@ def test_environment_is_built_not_inherited():
     assert not any(key.startswith(("TOGETHER", "TCI_DATA")) for key in env)
 
 
-def test_command_is_the_worker_under_the_runtime_python():
+def test_command_is_our_init_then_the_worker_under_the_runtime_python():
+    """pid 1 is our init (not dumpable, unlike bubblewrap's), from the worker's read-only
+    mount, isolated from the environment and the cwd; it runs the worker as bwrap would."""
     argv = build_argv(spec())
-    assert argv[-4:] == ["--", "/usr/bin/python3.11", "-m", "tci_worker"]
+    command = argv[argv.index("--") + 1:]
+    assert command == ["/usr/bin/python3.11", "-S", "-I", "-B",
+                       "/opt/tci/tci_worker/bwrap_init.py",
+                       "/usr/bin/python3.11", "-m", "tci_worker"]
+    assert "--as-pid-1" in argv and "--unshare-pid" in argv
+    # The init's tie to the server: bubblewrap sets PR_SET_PDEATHSIG before exec'ing it.
+    assert "--die-with-parent" in argv
+    binds = {argv[i + 2]: argv[i + 1] for i, a in enumerate(argv) if a == "--ro-bind"}
+    assert binds["/opt/tci/tci_worker"] == "/w"
 
 
 def test_nested_user_namespaces_are_disabled_where_bubblewrap_can():

@@ -10,7 +10,7 @@ from tci.sandbox.selfcheck import enforce, problems_in
 
 SAFE = {"uid": 1000, "cap_eff": "0000000000000000", "cap_bnd": "0000000000000000",
         "no_new_privs": "1", "seccomp": "2", "pid": 2, "interfaces": ["lo"],
-        "usr_writable": False}
+        "usr_writable": False, "init_name": "tci-init", "init_memory": "EACCES"}
 
 
 class FakeCgroup:
@@ -44,6 +44,8 @@ def test_a_safe_sandbox_has_no_problems():
     ({"pid": 4242}, "pid namespace"),
     ({"interfaces": ["eth0", "lo"]}, "host network interfaces"),
     ({"usr_writable": True}, "/usr is writable"),
+    ({"init_name": "bwrap"}, "not tci's init"),
+    ({"init_memory": "opened"}, "pid 1 is dumpable"),
 ])
 def test_each_missing_protection_is_named(change, problem):
     found = problems_in({**SAFE, **change}, ProbeSandbox(cgroup=FakeCgroup([42])), "none")

@@ -14,9 +14,13 @@ SANDBOX_GID = 1000
 SANDBOX_HOME = "/home/user"
 WORKSPACE = "/workspace"
 WORKER_MOUNT = "/opt/tci/tci_worker"
+# The sandbox's pid 1 (worker/bwrap_init.py), in place of bubblewrap's own init, which makes
+# itself dumpable: ours is not, so the session's code (its uid) cannot rewrite its memory.
+INIT = f"{WORKER_MOUNT}/bwrap_init.py"
 RUNTIME_SITE = "/usr/local/lib/python3.11/dist-packages"
 RUNTIME_BIN = "/usr/local/bin"
 PYTHON = "/usr/bin/python3.11"
+WORKER_COMMAND = (PYTHON, "-m", "tci_worker")  # what the init spawns, in bubblewrap's environment
 
 # Host paths the sandbox sees read-only. Only the system; never /root, /home, /var, /proc.
 SYSTEM_RO = ("/usr",)
@@ -133,7 +137,10 @@ def build_argv(spec: SandboxSpec) -> list[str]:
         "--unshare-cgroup",
         "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
         "--hostname", "sandbox",
-        "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+        # Our init is pid 1 (bubblewrap's would be dumpable). --die-with-parent ties both
+        # bubblewrap's outer process (to the server) and the init (to that process) by
+        # PR_SET_PDEATHSIG, set before the seccomp filter that refuses to change it.
+        "--as-pid-1", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
         "--info-fd", str(spec.info_fd),
     ]
     if spec.network == "none":
@@ -170,5 +177,6 @@ def build_argv(spec: SandboxSpec) -> list[str]:
     ]
     for key, value in sandbox_env(spec).items():
         argv += ["--setenv", key, value]
-    argv += ["--", PYTHON, "-m", "tci_worker"]
+    # The init runs isolated (no site, environment or cwd on its path), spawns the worker.
+    argv += ["--", PYTHON, "-S", "-I", "-B", INIT, *WORKER_COMMAND]
     return argv

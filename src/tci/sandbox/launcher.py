@@ -423,8 +423,8 @@ class SandboxLauncher:
                 *enter_cgroup, *nice, *rlimits, *own_netns, *drop_privileges, *build_argv(spec),
                 stdin=asyncio.subprocess.DEVNULL, stdout=channels.stdout,
                 stderr=channels.stderr,
-                # bwrap itself (the sandbox's pid 1, whose /proc/1/environ the code can read)
-                # must not carry the server's environment: only a PATH to find its tools.
+                # bwrap must not carry the server's environment (it runs as the session's
+                # uid; the sandbox gets only what --setenv gives): a PATH to find its tools.
                 env={"PATH": _TOOLS_PATH},
                 pass_fds=(channels.command, channels.event, info_w, seccomp_fd),
                 start_new_session=True,
@@ -447,6 +447,8 @@ class SandboxLauncher:
             os.close(info_r)
         # Our own child: its number cannot be reused before we reap it.
         outer = ProcessHandle.open(process.pid)
+        # With --as-pid-1 the child bwrap reports is our init (worker/bwrap_init.py), whose
+        # only child is the worker; it exits as the worker did, and bwrap with it.
         init_pid = int(info.get("child-pid", 0))
         init = ProcessHandle.open_child(outer, init_pid) if outer is not None else None
         return process, outer, init

@@ -9,16 +9,25 @@ import logging
 from typing import TYPE_CHECKING
 
 from tci.errors import SandboxUnavailable
+from tci.worker.confine import INIT_NAME
 
 if TYPE_CHECKING:
     from tci.sandbox.launcher import Sandbox
 
 log = logging.getLogger(__name__)
+# What opening /proc/1/mem from the sandbox may answer (the ptrace access check refuses it).
+INIT_MEMORY_DENIED = ("EACCES", "EPERM")
 
 # Runs inside the probe sandbox; prints one JSON line of facts.
 PROBE = r"""
-import json, os
+import errno, json, os
 status = dict(line.split(':', 1) for line in open('/proc/self/status') if ':' in line)
+def open_init_memory():
+    try:
+        os.close(os.open('/proc/1/mem', os.O_RDONLY))
+        return 'opened'
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
 facts = {
     'uid': os.getuid(),
     'cap_eff': status['CapEff'].strip(), 'cap_bnd': status['CapBnd'].strip(),
@@ -27,6 +36,8 @@ facts = {
     'pid': os.getpid(),
     'interfaces': sorted(l.split(':')[0].strip() for l in open('/proc/net/dev').readlines()[2:]),
     'usr_writable': os.access('/usr', os.W_OK),
+    'init_name': open('/proc/1/comm').read().strip(),
+    'init_memory': open_init_memory(),
 }
 print(json.dumps(facts))
 """
@@ -49,6 +60,14 @@ def problems_in(facts: dict, sandbox: Sandbox, network: str) -> list[str]:
         problems.append(f"the sandbox sees host network interfaces {facts.get('interfaces')}")
     if facts.get("usr_writable"):
         problems.append("/usr is writable in the sandbox")
+    # pid 1 must be our init (either path's), which refuses to start the worker unless it is
+    # not dumpable and dies with its parent (SIGKILL by PR_SET_PDEATHSIG); its memory is
+    # then out of the session's reach, and the probe makes sure of that.
+    if facts.get("init_name") != INIT_NAME:
+        problems.append(f"the sandbox's pid 1 is {facts.get('init_name')!r}, not tci's init")
+    if facts.get("init_memory") not in INIT_MEMORY_DENIED:
+        problems.append("the sandbox's pid 1 is dumpable: the session's code can open its "
+                        f"memory ({facts.get('init_memory')})")
     worker = sandbox.worker_pid()
     if sandbox.cgroup is None:
         problems.append("no cgroup limits (memory, pids, cpu) are applied")
