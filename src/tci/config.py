@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     # even in a tree of empty directories or of hard links, which no inode cap bounds.
     max_files_scanned: int = 100_000
     max_code_bytes: int = 4 * MiB
-    max_output_bytes: int = 8 * MiB  # UTF-8 bytes of one call's outputs, streamed or not
+    max_output_bytes: int = 8 * MiB  # bytes of JSON sent for a call's outputs, streamed or not
     # JSON values (numbers, strings, lists...) the server may build from one call's JSON-typed
     # outputs (application/json, Plotly figures): parsing is what costs time and memory, so it
     # is bounded before parsing. 1,000,000 is a Plotly figure of ~500k points.

@@ -453,3 +453,18 @@ def test_plotly_show_returns_the_figure_as_plotly_json(server):
     assert figure["data"][0]["type"] == "bar"
     assert figure["layout"]["title"]["text"] == "bars"
     assert len(json.dumps(data)) < 100_000
+
+
+def test_a_json_output_holding_nan_is_dropped_with_a_notice(server, run):
+    """NaN is not JSON: kept, it made the whole answer a 500 (streamed: invalid JSON)."""
+    code = ("from IPython.display import JSON, display\n"
+            "display(JSON({'x': float('nan')}))\nprint('after')")
+    assert run(code) == [
+        ("stderr", "\n[output dropped: display_data with a number JSON cannot hold "
+                   "(NaN or infinity)]\n"),
+        ("stdout", "after\n"),
+    ]
+    body = {"language": "python", "code": code, "stream": True}
+    with server.client() as client, client.stream("POST", "/v1/tci/execute", json=body) as r:
+        data = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert data[-1]["data"]["outputs"][0]["data"].startswith("\n[output dropped: display_data")

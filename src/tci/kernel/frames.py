@@ -30,7 +30,6 @@ _LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 class Frame:
     head: dict[str, Any]
     blobs: list[bytes]
-    used: set[int] = field(default_factory=set)  # blobs already taken (each is taken once)
 
 
 @dataclass
@@ -101,9 +100,6 @@ def parse_body(body: bytes) -> Frame:
 def _blob(frame: Frame, index: Any) -> bytes:
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(frame.blobs):
         raise ProtocolError(f"event refers to blob {index!r}, which it does not have")
-    if index in frame.used:
-        raise ProtocolError(f"event refers to blob {index} twice")
-    frame.used.add(index)
     return frame.blobs[index]
 
 
@@ -156,12 +152,16 @@ def bundle_of(frame: Frame, budget: JsonBudget) -> dict[str, Any] | None:
     if not isinstance(entries, list):
         raise ProtocolError("rich event without a bundle")
     bundle: dict[str, Any] = {}
+    taken: set[int] = set()
     for entry in entries:
         if (not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[0], str)
                 or not isinstance(entry[2], bool)):
             raise ProtocolError("invalid bundle entry")
         mime, index, is_json = entry
         data = _blob(frame, index)
+        if index in taken:  # one blob under many names: a copy per name, held and sent
+            raise ProtocolError(f"event refers to blob {index} twice")
+        taken.add(index)
         if is_json:
             value = budget.parse(data)
             if value is None:
