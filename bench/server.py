@@ -23,6 +23,8 @@ from .http import HOST, Connection, encode_json, encode_request
 # Enough room for the 50-creation burst on top of the warm pool and any other live session;
 # an explicit TCI_MAX_SESSIONS in the environment wins.
 _BENCH_MAX_SESSIONS = "200"
+_BENCH_PIDS_LIMIT = "64"
+_BENCH_WORKSPACE_BYTES = str(128 * 1024 * 1024)
 # Ends a session through the public API: the worker exits, the server sees it die and
 # frees its sandbox (the API has no "end session" call).
 END_SESSION_CODE = "import os; os._exit(0)"
@@ -70,6 +72,10 @@ class TciServer:
         self.data_dir = Path(self._data.name)
         self.env = {**os.environ, **(env or {}), "TCI_DATA_DIR": str(self.data_dir)}
         self.env.setdefault("TCI_MAX_SESSIONS", _BENCH_MAX_SESSIONS)
+        # So many sessions at once must fit the host's pids (TCI_HOST_PIDS_RESERVE) and disk
+        # (each volume's quota is reserved): smaller per-session quotas than the defaults.
+        self.env.setdefault("TCI_PIDS_LIMIT", _BENCH_PIDS_LIMIT)
+        self.env.setdefault("TCI_WORKSPACE_MAX_BYTES", _BENCH_WORKSPACE_BYTES)
         self.log_path = log_dir / f"{name}.log"
 
     @property

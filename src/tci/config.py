@@ -168,6 +168,14 @@ class Settings(BaseSettings):
     # downloads); "egress" gives them the sessions' filtered internet.
     run_network: Literal["none", "egress"] = "none"
     batch_max_runs: int = Field(default=1000, ge=1)
+    # What runs' template imports once, so a run's `import` of it is instant: numpy and the
+    # standard modules scoring code and its wrappers (verl's...) import. Each module makes
+    # every run's fork and exit dearer (the sessions' list, pandas and matplotlib with it,
+    # about triples it); anything else imports on demand at its usual cost.
+    run_preload: list[str] = [
+        "numpy", "collections", "itertools", "functools", "heapq", "bisect", "math", "re",
+        "string", "json", "datetime", "copy", "random", "statistics", "operator", "typing",
+        "decimal", "fractions", "io", "traceback"]
     # SandboxFusion's clients (verl...) send no key: such requests count as this API key's
     # (a key name; one that does not exist stops the server at start), and only from peers
     # in sandboxfusion_allow. Unset: /sandboxfusion needs a Bearer key like the rest.
@@ -176,6 +184,8 @@ class Settings(BaseSettings):
 
     # Usage, metrics, logs.
     price_per_session_usd: float = 0.03  # cost = sessions started x this price
+    # ... + one-shot runs (batch, /sandboxfusion) x this price.
+    price_per_run_usd: float = Field(default=0.0, ge=0)
     # GET /tci/usage?bucket=: at most this many buckets in one answer (1000 hours is ~41 days),
     # so one request cannot make the server build an arbitrarily long series.
     usage_max_buckets: int = 1000

@@ -123,10 +123,12 @@ class RunManager:
     async def run(self, spec: RunSpec) -> RunResult:
         """One run, waiting for a slot (cancelled while waiting: it never starts)."""
         self.waiting += 1
+        queued = time.monotonic()
         try:
             await self._slots.acquire()
         finally:
             self.waiting -= 1
+        waited = time.monotonic() - queued
         self.running += 1
         self.stats.started += 1
         try:
@@ -134,6 +136,7 @@ class RunManager:
         finally:
             self.running -= 1
             self._slots.release()
+        result.phases["queue"] = waited
         self.stats.finished += 1
         self.stats.verdicts[result.verdict.value] = (
             self.stats.verdicts.get(result.verdict.value, 0) + 1)
@@ -162,7 +165,8 @@ class RunManager:
             files = {name: raw.files[path] for name, path in spec.fetch if path in raw.files}
             return RunResult(verdict, raw.outcome.exit_code, raw.outcome.stdout,
                              raw.outcome.stderr, raw.wall_s, truncated=raw.truncated,
-                             timed_out=raw.outcome.timed_out, files=files)
+                             timed_out=raw.outcome.timed_out, files=files,
+                             phases=dict(raw.phases))
         return RunResult(Verdict.SANDBOX_ERROR, None, "", "", time.monotonic() - started,
                          message=failure or "the sandbox failed")
 

@@ -71,6 +71,8 @@ class RunResult:
     files: dict[str, bytes] = field(default_factory=dict)  # by the name the request used
     # SANDBOX_ERROR only: what failed (for the log and SandboxFusion's `message`).
     message: str = ""
+    # Seconds per phase (queue, start, program, finish), for /metrics.
+    phases: dict[str, float] = field(default_factory=dict)
 
     def line(self, index: int, with_files: bool = False) -> dict:
         """The NDJSON line of /v1/tci/batch (`files`, base64, only if the run asked any)."""

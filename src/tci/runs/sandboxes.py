@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 from tci.config import Settings
@@ -45,6 +46,10 @@ class RawRun:
     wall_s: float
     truncated: bool
     files: dict[str, bytes]
+    # Seconds of the run's phases as the server saw them: start (request sent to the
+    # template until the program runs confined), program, finish (its end until the report
+    # is read, the keeper gone and the cgroup given back).
+    phases: dict[str, float]
 
 
 class _Capped:
@@ -183,8 +188,9 @@ class RunSandboxes:
         report = _Capped(report_r, self.settings.run_fetch_max_bytes * 2 + _REPORT_OVERHEAD)
         keeper = -1
         try:
+            sent_at = time.monotonic()
             try:
-                _, keeper = await self.launcher.fork_server().spawn(request, sent)
+                _, keeper = await self.launcher.run_fork_server().spawn(request, sent)
             finally:
                 for fd in sent:
                     os.close(fd)
@@ -216,7 +222,28 @@ class RunSandboxes:
                           out_of_memory=out_of_memory, stdout=stdout.text(),
                           stderr=stderr.text())
         files = {path: _b64decode(content) for path, content in said.get("files", {}).items()}
-        return RawRun(outcome, float(said["wall"]), stdout.truncated or stderr.truncated, files)
+        phases = _phases(sent_at, said.get("times", {}), float(said["wall"]))
+        return RawRun(outcome, float(said["wall"]), stdout.truncated or stderr.truncated, files,
+                      phases)
+
+
+# The steps of a run's start as the keeper and the program time them (CLOCK_MONOTONIC, the
+# server's clock too): each phase runs from the previous step to its own.
+_START_STEPS = ("keeper", "cgroup", "namespaces", "mounts", "forked", "proc", "identity",
+                "adopted", "seccomp", "verified", "confined")
+
+
+def _phases(sent_at: float, times: dict[str, float], wall: float) -> dict[str, float]:
+    """Seconds of each phase: start (to the program running confined) and its steps, the
+    program, finish (its end to the report read, the keeper gone)."""
+    phases = {"start": times.get("confined", sent_at) - sent_at, "program": wall,
+              "finish": time.monotonic() - times.get("ended", sent_at)}
+    previous = sent_at
+    for step in _START_STEPS:
+        if step in times:
+            phases[f"start:{step}"] = times[step] - previous
+            previous = times[step]
+    return phases
 
 
 def _memfd(name: str, content: bytes) -> int:

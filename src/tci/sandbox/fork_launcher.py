@@ -75,6 +75,7 @@ class ForkLauncher(SandboxLauncher):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.forks: ForkServer | None = None
+        self.run_forks: ForkServer | None = None
         self.networks: NetworkPool | None = None
         self._cgroup_parents: list[Path] = []
         # CLOCK_MONOTONIC (shared by every process) when the last fork passed each step of its
@@ -83,9 +84,10 @@ class ForkLauncher(SandboxLauncher):
         self.rlimits = rlimits_of(prlimit_options(settings.open_files_limit))
 
     def _release_root(self) -> None:
-        if self.forks is not None:
-            self.forks.close_now()
-            self.forks = None
+        for forks in (self.forks, self.run_forks):
+            if forks is not None:
+                forks.close_now()
+        self.forks = self.run_forks = None
 
     def prepare(self) -> None:
         super().prepare()
@@ -121,10 +123,18 @@ class ForkLauncher(SandboxLauncher):
             PYTHON, runtime.worker / TEMPLATE_SCRIPT, spec, env, build_filter(),
             self.root / "template.log", settings.worker_start_timeout,
         )
+        # One-shot runs fork from a template of their own: no shell, a lean preload.
+        self.run_forks = ForkServer(
+            PYTHON, runtime.worker / TEMPLATE_SCRIPT,
+            {**spec, "kind": "runs", "preload": list(settings.run_preload)}, env,
+            build_filter(), self.root / "template-runs.log", settings.worker_start_timeout,
+        )
 
     async def warm_up(self) -> None:
-        """Start the template now rather than at the first session, and the networks."""
-        await self.fork_server().ensure_started()
+        """Start the templates now rather than at the first session or run, and the
+        networks."""
+        await asyncio.gather(self.fork_server().ensure_started(),
+                             self.run_fork_server().ensure_started())
         if self.settings.network == "egress" and self.egress_filter is not None:
             self.networks = NetworkPool(self.egress_filter, self.settings.network_pool_size,
                                         self.root / "networks", self.settings.pool_retry_seconds)
@@ -134,6 +144,11 @@ class ForkLauncher(SandboxLauncher):
         if self.forks is None:
             raise SandboxUnavailable("the fork launcher was not prepared")
         return self.forks
+
+    def run_fork_server(self) -> ForkServer:
+        if self.run_forks is None:
+            raise SandboxUnavailable("the fork launcher was not prepared")
+        return self.run_forks
 
     def cgroup_indexes(self, cgroup: SessionCgroup | None) -> list[list]:
         """A cgroup as the template names it: (index of the hierarchy's parent in the

@@ -31,7 +31,6 @@ from . import confine, linux, program
 
 WORKSPACE = "/workspace"
 _PAYLOAD_HEADER = struct.Struct("<II")  # path length, content length
-_CONFINED = b"ok"  # the program's word to its keeper that it runs confined
 _MAX_INFO = 1 << 16
 _PROGRAM_OOM_SCORE = 1000
 
@@ -64,14 +63,18 @@ def become_run(spec: dict, request: dict, fds: list[int], template_namespaces: d
     """The keeper; `template` is a pidfd on the template (our parent). Never returns."""
     stdin, stdout, stderr, report, payload, *network = fds
     confine.die_with(os.dup(template))  # root all along: nothing clears it after this
+    steps = {"keeper": time.monotonic()}
     try:
         files = read_payload(payload)
         confine.join_cgroups(spec["cgroup_fds"], request["cgroups"])
+        steps["cgroup"] = time.monotonic()
         confine.enter_namespaces(network[0] if network else None)
+        steps["namespaces"] = time.monotonic()
         _mount_run(request)
         _write_files(files, request["uid"])
         os.chdir(WORKSPACE)
         linux.loopback_up()
+        steps["mounts"] = time.monotonic()
         info_r, info_w = os.pipe2(os.O_CLOEXEC)
         keeper = os.pidfd_open(os.getpid())
         program = os.fork()
@@ -88,6 +91,8 @@ def become_run(spec: dict, request: dict, fds: list[int], template_namespaces: d
             # may read gets nothing.
             confine.drop_to(request["uid"])
             result["files"] = _fetch(request["fetch"], int(request["fetch_max_bytes"]))
+            result["times"].update(steps)
+            result["times"]["fetched"] = time.monotonic()
     except Exception as exc:
         result = {"error": f"run setup failed: {exc} (at {_where(exc)})"}
     with contextlib.suppress(OSError):
@@ -135,8 +140,9 @@ def _become_program(spec: dict, request: dict, streams: tuple[int, int, int], in
         # lowering it back would).
         linux.write_file("/proc/self/oom_score_adj", str(_PROGRAM_OOM_SCORE))
         os.setsid()
+        steps = {"forked": time.monotonic()}
         problems = confine.confine_self(spec, request, template_namespaces,
-                                        lambda: confine.die_with(keeper))
+                                        lambda: confine.die_with(keeper), steps)
         if problems:
             _write_all(info, json.dumps({"error": "sandbox confinement check failed: "
                                          + "; ".join(problems)}).encode())
@@ -144,7 +150,7 @@ def _become_program(spec: dict, request: dict, streams: tuple[int, int, int], in
         linux.prctl(linux.PR_SET_DUMPABLE, 1)  # the program's own /proc/self, as a script's
         for source, target in zip(streams, (0, 1, 2), strict=True):
             os.dup2(source, target, inheritable=True)
-        _write_all(info, _CONFINED)
+        _write_all(info, json.dumps({"steps": steps}).encode())
         os.close(info)  # the keeper starts the clock
         confine.close_all_but({0, 1, 2})
         confine.fresh_process_state()
@@ -164,15 +170,17 @@ def _supervise(program: int, info: int, timeout: float) -> dict:
         said += chunk
     os.close(info)
     started = time.monotonic()
-    if said != _CONFINED:
+    try:
+        told = json.loads(said)
+    except ValueError:
+        told = {}
+    if not isinstance(told, dict) or "steps" not in told:
         with contextlib.suppress(ProcessLookupError):
             os.kill(program, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(program, 0)
-        try:
-            return {"error": json.loads(said)["error"]}
-        except (ValueError, KeyError, TypeError):
-            return {"error": "the run's sandbox did not start"}
+        error = told.get("error") if isinstance(told, dict) else None
+        return {"error": error or "the run's sandbox did not start"}
     pidfd = os.pidfd_open(program)
     timed_out = not select.select([pidfd], [], [], timeout)[0]
     if timed_out:
@@ -181,11 +189,13 @@ def _supervise(program: int, info: int, timeout: float) -> dict:
     _, status = os.waitpid(program, 0)
     wall = time.monotonic() - started
     os.close(pidfd)
+    # CLOCK_MONOTONIC is the server's too: it times the start and the end from these.
+    times = {**told["steps"], "confined": started, "ended": started + wall}
     if os.WIFSIGNALED(status):
         return {"exit": None, "signal": os.WTERMSIG(status), "timed_out": timed_out,
-                "wall": wall}
+                "wall": wall, "times": times}
     return {"exit": os.WEXITSTATUS(status), "signal": None, "timed_out": timed_out,
-            "wall": wall}
+            "wall": wall, "times": times}
 
 
 def _fetch(paths: list[str], budget: int) -> dict[str, str]:

@@ -9,7 +9,8 @@ with a JSON spec on fd 0 and its channels at the fds the spec names. It then
    ever in it (each child attaches the clone of its own that the server sends);
 2. pivots into it, so every module it imports has the paths the sandbox will have;
 3. imports IPython, the worker and TCI_POOL_PRELOAD, builds the worker's shell, runs a silent
-   warm-up cell, and freezes its heap (gc.freeze), so children share it page for page;
+   warm-up cell, and freezes its heap (gc.freeze), so children share it page for page (a
+   template of one-shot runs, kind "runs", imports only TCI_RUN_PRELOAD);
 4. serves "spawn" requests: each is a fork (confine.py takes it from there for a session,
    oneshot.py for a one-shot run) whose pidfd goes back to the server, and reaps each child.
 
@@ -133,9 +134,11 @@ def load_runtime(spec: dict):
 
     site.main()  # the runtime's dist-packages, as a normal start would add them
     sys.dont_write_bytecode = True
+    spec["log_fd"] = _out_of_the_way(os.dup(2))
+    if spec.get("kind") == "runs":
+        return _load_for_runs(spec)
     from tci_worker.__main__ import Worker
 
-    spec["log_fd"] = _out_of_the_way(os.dup(2))
     # The worker's channels get fixed numbers; until a child takes them they are /dev/null.
     for fd in (1, 2, spec["command_fd"], spec["event_fd"]):
         null = os.open("/dev/null", os.O_RDWR)
@@ -147,6 +150,26 @@ def load_runtime(spec: dict):
     gc.collect()
     gc.freeze()  # what is here now is never touched by the collector in the children
     return worker
+
+
+def _load_for_runs(spec: dict) -> None:
+    """A template of one-shot runs holds no shell: only what a script's own imports want
+    at once (TCI_RUN_PRELOAD), so that each fork, and each exit, copies and drops little."""
+    import importlib
+
+    from tci_worker import oneshot  # noqa: F401 - imported once here, not in every run
+
+    for name in spec["preload"]:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            print(f"run template: preload of {name} failed: {exc!r}", file=sys.stderr)
+    for fd in (1, 2):
+        null = os.open("/dev/null", os.O_RDWR)
+        os.dup2(null, fd, inheritable=False)
+        os.close(null)
+    gc.collect()
+    gc.freeze()
 
 
 class ForkServer:
