@@ -1,4 +1,4 @@
-"""The `tci` command: serve | keys create/list/revoke | sessions.
+"""The `tci` command: serve | hosts | keys create/list/revoke | mcp | batch | usage.
 
 Contract other tools rely on: `tci keys create --name N` prints the new key as the last
 line of stdout; every command reads TCI_DATA_DIR (and every other TCI_ setting)."""
@@ -128,26 +128,45 @@ def cmd_usage(args: argparse.Namespace, settings: Settings) -> int:
     rows = _store(settings).usage(since, until)
     print(f"usage of sessions started from {since.isoformat()} to {until.isoformat()}"
           " (live sessions' CPU is counted when they end)")
-    print(f"{'NAME':<24} {'SESSIONS':>9} {'EXECUTIONS':>11} {'CPU_SECONDS':>12} {'COST_USD':>10}")
+    print(f"{'NAME':<24} {'SESSIONS':>9} {'EXECUTIONS':>11} {'CPU_SECONDS':>12} {'RUNS':>9} "
+          f"{'RUN_WALL_SECONDS':>17} {'COST_USD':>10}")
     for row in rows.values():
-        price = cost(row.sessions, settings.price_per_session_usd)
+        price = cost(row.sessions, settings.price_per_session_usd, row.runs.count,
+                     settings.price_per_run_usd)
         print(f"{row.name:<24} {row.sessions:>9} {row.executions:>11} "
-              f"{row.cpu_seconds:>12.2f} {price:>10.4f}")
+              f"{row.cpu_seconds:>12.2f} {row.runs.count:>9} {row.runs.wall_seconds:>17.2f} "
+              f"{price:>10.4f}")
     return 0
 
 
-def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
-    import os
-
-    from tci.mcp.stdio import run_stdio
-
+def server_target(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The server's base URL and API key of a command that calls a server (mcp, batch):
+    --url, else $TCI_BASE_URL, else the local default; --api-key, else $TCI_API_KEY."""
     url = args.url or os.environ.get("TCI_BASE_URL") or "http://127.0.0.1:8000/v1"
     key = args.api_key or os.environ.get("TCI_API_KEY")
     if not key:
         print("tci: an API key is needed: --api-key KEY or TCI_API_KEY", file=sys.stderr)
+    return url, key
+
+
+def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
+    from tci.mcp.stdio import run_stdio
+
+    url, key = server_target(args)
+    if not key:
         return 2
     run_stdio(url, key)
     return 0
+
+
+def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
+    from tci.batch_cli import run_batch_file
+
+    url, key = server_target(args)
+    if not key:
+        return 2
+    return run_batch_file(args.runs, url, key, ordered=args.ordered, chunk_size=args.chunk_size,
+                          max_in_flight=args.max_in_flight)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,7 +202,25 @@ def build_parser() -> argparse.ArgumentParser:
     mcp.add_argument("--api-key", default=None, help="API key (default $TCI_API_KEY)")
     mcp.set_defaults(handler=cmd_mcp)
 
-    usage = commands.add_parser("usage", help="sessions, executions, CPU and cost per key")
+    batch = commands.add_parser(
+        "batch", help="run the programs of a JSONL file (one run per line, - for stdin) as "
+        "one-shot runs; results as JSONL on stdout, progress on stderr")
+    batch.add_argument("runs", help="JSONL file of runs ({\"code\", \"stdin\", ...} a "
+                       "line), or - for stdin")
+    batch.add_argument("--url", default=None,
+                       help="the server's base URL (default $TCI_BASE_URL or http://127.0.0.1:8000/v1)")
+    batch.add_argument("--api-key", "--key", dest="api_key", default=None,
+                       help="API key (default $TCI_API_KEY)")
+    batch.add_argument("--ordered", action="store_true",
+                       help="write results in input order (default: as each run finishes)")
+    batch.add_argument("--chunk-size", type=int, default=1000,
+                       help="runs per request, at most the server's TCI_BATCH_MAX_RUNS (1000)")
+    batch.add_argument("--max-in-flight", type=int, default=2,
+                       help="requests sent at once (default 2)")
+    batch.set_defaults(handler=cmd_batch)
+
+    usage = commands.add_parser("usage", help="sessions, executions, CPU, runs and cost per "
+                                "key")
     usage.add_argument("--since", help="ISO date/time (default: until - 30 days)")
     usage.add_argument("--until", help="ISO date/time (default: now)")
     usage.set_defaults(handler=cmd_usage)

@@ -8,12 +8,15 @@
             ...                          # OutputEvent(s) as produced, then a ResultEvent
         results = client.code_interpreter.run_batch(["print(1)", "print(2)"], concurrency=8)
         # one ExecuteResult per snippet, in order; a failed one's TCIClientError in its place
+        for result in client.runs.stream([Run(code="print(input())", stdin="hi"), ...]):
+            print(result.index, result.verdict)  # one-shot runs, each as it finishes
+        results = client.runs.batch(runs)        # or all of them, in input order
 
 AsyncClient has the same surface with ``await``. Only httpx is imported: not the server's
 dependencies.
 """
 
-from tci.client._async import AsyncClient, AsyncExecuteStream
+from tci.client._async import AsyncClient, AsyncExecuteStream, AsyncRunStream
 from tci.client._errors import (
     APIConnectionError,
     APIError,
@@ -23,18 +26,22 @@ from tci.client._errors import (
     BadRequestError,
     NotFoundError,
     RateLimitError,
+    RunsIncompleteError,
     SessionEndedError,
     TCIClientError,
 )
-from tci.client._sync import Client, ExecuteStream
+from tci.client._sync import Client, ExecuteStream, RunStream
 from tci.client._types import (
     ExecuteResult,
     FileInfo,
     Output,
     OutputEvent,
     ResultEvent,
+    Run,
+    RunResult,
     SessionInfo,
     StreamEvent,
+    Verdict,
     WrittenFile,
 )
 
@@ -45,6 +52,7 @@ __all__ = [
     "APITimeoutError",
     "AsyncClient",
     "AsyncExecuteStream",
+    "AsyncRunStream",
     "AuthenticationError",
     "BadRequestError",
     "Client",
@@ -56,9 +64,14 @@ __all__ = [
     "OutputEvent",
     "RateLimitError",
     "ResultEvent",
+    "Run",
+    "RunResult",
+    "RunStream",
+    "RunsIncompleteError",
     "SessionEndedError",
     "SessionInfo",
     "StreamEvent",
     "TCIClientError",
+    "Verdict",
     "WrittenFile",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any, Literal, overload
 
@@ -25,9 +25,29 @@ from tci.client._base import (
     raise_for_status,
 )
 from tci.client._calls import FilesArg
-from tci.client._errors import TCIClientError
+from tci.client._errors import BadRequestError, RateLimitError, TCIClientError
+from tci.client._runs import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_RETRIES,
+    Chunk,
+    ChunkReader,
+    RunArg,
+    RunPlan,
+    Tally,
+    located,
+    plan,
+    retry_delay,
+)
 from tci.client._sse import SSEDecoder
-from tci.client._types import ExecuteResult, FileInfo, SessionInfo, StreamEvent, WrittenFile
+from tci.client._types import (
+    ExecuteResult,
+    FileInfo,
+    RunResult,
+    SessionInfo,
+    StreamEvent,
+    WrittenFile,
+)
 
 
 class AsyncClient(BaseClient):
@@ -43,6 +63,7 @@ class AsyncClient(BaseClient):
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers,
                                        timeout=timeout, transport=transport)
         self.code_interpreter = AsyncCodeInterpreter(self)
+        self.runs = AsyncRuns(self)
 
     async def _send(self, request: RequestSpec, *, stream: bool = False) -> httpx.Response:
         with mapped_errors():
@@ -193,3 +214,105 @@ class AsyncCodeInterpreter(Resource["AsyncClient"]):
 
         outcomes = await asyncio.gather(*map(run, flows))
         return calls.batch_outcome(list(outcomes), return_exceptions)
+
+
+class AsyncRunStream:
+    """The results of ``client.runs.stream(...)``: ``async for`` over it (once); ``await
+    aclose()`` (or ``async with``) stops as RunStream.close does. One task per request, at
+    most ``max_in_flight`` of them sending or reading at once."""
+
+    def __init__(self, client: AsyncClient, plan: RunPlan) -> None:
+        self._client = client
+        self._plan = plan
+        self._tally = Tally(plan.total, plan.ordered)
+        self._tasks: list[asyncio.Task[None]] | None = None
+
+    @property
+    def results(self) -> list[RunResult]:
+        """Every result received so far, in input order."""
+        return self._tally.results()
+
+    async def __aiter__(self) -> AsyncIterator[RunResult]:
+        if self._tasks is not None:
+            raise RuntimeError("an AsyncRunStream can be iterated only once")
+        events: asyncio.Queue[RunResult | BaseException] = asyncio.Queue()
+        slots = asyncio.Semaphore(self._plan.max_in_flight)
+        self._tasks = [asyncio.create_task(self._read_chunk(chunk, slots, events))
+                       for chunk in self._plan.chunks]
+        try:
+            while not self._tally.done:
+                event = await events.get()
+                if isinstance(event, BaseException):
+                    raise self._tally.failure(event)
+                for result in self._tally.add(event):
+                    yield result
+        finally:
+            await self.aclose()
+
+    async def _read_chunk(self, chunk: Chunk, slots: asyncio.Semaphore,
+                          events: asyncio.Queue[RunResult | BaseException]) -> None:
+        async with slots:
+            try:
+                response = await self._answer(chunk)
+                async with contextlib.aclosing(response):
+                    reader = ChunkReader(chunk)
+                    with mapped_errors():
+                        async for line in response.aiter_lines():
+                            result = reader.feed(line)
+                            if result is not None:
+                                events.put_nowait(result)
+                    reader.end()
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # handed to the iterating task, raised there
+                events.put_nowait(exc)
+
+    async def _answer(self, chunk: Chunk) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                return await self._client._open_stream(chunk.request(self._plan.timeout))
+            except RateLimitError as exc:
+                delay = retry_delay(exc, attempt, self._plan.max_retries)
+                if delay is None:
+                    raise
+                attempt += 1
+                await asyncio.sleep(delay)
+            except BadRequestError as exc:
+                raise located(exc, chunk) from None
+
+    async def aclose(self) -> None:
+        """Stop: requests not sent are dropped, the ones in flight are cut."""
+        for task in self._tasks or ():
+            task.cancel()
+        await asyncio.gather(*(self._tasks or ()), return_exceptions=True)
+
+    async def __aenter__(self) -> AsyncRunStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncRuns(Resource["AsyncClient"]):
+    """Client.runs on this event loop (see Runs): ``client.runs.stream(...)`` is not
+    awaited, it is iterated with ``async for``; ``await client.runs.batch(...)``."""
+
+    def stream(
+        self, runs: Iterable[RunArg], *, ordered: bool = False,
+        chunk_size: int = DEFAULT_CHUNK_SIZE, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_retries: int = DEFAULT_MAX_RETRIES, timeout: Timeout | None = None,
+    ) -> AsyncRunStream:
+        return AsyncRunStream(self._client, plan(
+            runs, ordered=ordered, chunk_size=chunk_size, max_in_flight=max_in_flight,
+            max_retries=max_retries, timeout=timeout))
+
+    async def batch(
+        self, runs: Iterable[RunArg], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, max_retries: int = DEFAULT_MAX_RETRIES,
+        timeout: Timeout | None = None,
+    ) -> list[RunResult]:
+        async with self.stream(runs, ordered=True, chunk_size=chunk_size,
+                               max_in_flight=max_in_flight, max_retries=max_retries,
+                               timeout=timeout) as results:
+            return [result async for result in results]

@@ -13,7 +13,7 @@ import httpx
 
 from tci.client._base import Call, Flow, RequestSpec, Timeout, data, raise_for_status
 from tci.client._errors import TCIClientError
-from tci.client._types import ExecuteResult, FileInfo, SessionInfo, WrittenFile
+from tci.client._types import ExecuteResult, FileInfo, Run, SessionInfo, WrittenFile
 
 # files= of execute: the wire list [{"name", "encoding", "content"}], or {name: str | bytes}.
 FilesArg = Iterable[Mapping[str, Any]] | Mapping[str, str | bytes] | None
@@ -113,6 +113,34 @@ def _written(response: httpx.Response) -> WrittenFile:
 def _content(response: httpx.Response) -> bytes:
     raise_for_status(response)
     return response.content
+
+
+# -- one-shot runs ----------------------------------------------------------------------------
+
+
+def run_body(run: Run | Mapping[str, Any]) -> dict[str, Any]:
+    """One run as the wire's JSON object: a Run's unset fields left out (the server's
+    defaults), a mapping passed as it is (the server checks it)."""
+    if isinstance(run, Mapping):
+        return dict(run)
+    if not isinstance(run, Run):
+        raise TypeError(f"a run is a Run or a mapping of its fields, not {type(run).__name__}")
+    body: dict[str, Any] = {"code": run.code, "language": run.language, "stdin": run.stdin}
+    for name in ("timeout", "memory_mb", "compile_timeout", "expected_stdout"):
+        if getattr(run, name) is not None:
+            body[name] = getattr(run, name)
+    files = encode_files(run.files)
+    if files:
+        body["files"] = files
+    if run.fetch_files:
+        body["fetch_files"] = list(run.fetch_files)
+    return body
+
+
+def batch_runs(bodies: list[dict[str, Any]], timeout: Timeout | None) -> RequestSpec:
+    """POST /tci/batch for these runs; its answer is read as a stream of NDJSON lines."""
+    return RequestSpec("POST", "/tci/batch", json={"runs": bodies}, timeout=timeout,
+                       headers={"Accept": "application/x-ndjson"})
 
 
 # -- run_batch ------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
     TCIClientError
     ├── APIConnectionError          the server could not be reached (wraps the httpx error)
-    │   └── APITimeoutError         the request took longer than the client's timeout
+    │   ├── APITimeoutError         the request took longer than the client's timeout
+    │   └── RunsIncompleteError     client.runs lost its connection: ``results`` so far kept
     └── APIStatusError              the server answered with an error
         ├── BadRequestError         400, 413, 422
         ├── AuthenticationError     401
@@ -14,7 +15,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tci.client._types import RunResult
 
 
 class TCIClientError(Exception):
@@ -32,6 +36,20 @@ class APIConnectionError(TCIClientError):
 
 class APITimeoutError(APIConnectionError):
     """The request did not finish within the client's timeout."""
+
+
+class RunsIncompleteError(APIConnectionError):
+    """``client.runs`` lost a connection (reset, server gone, an answer that ended early)
+    before every run had its result. Nothing received is lost: ``results`` holds every
+    result that arrived, in input order (a stream already yielded them), and ``missing``
+    the indexes of the runs without one. What became of those is unknown (the server stops
+    a batch's runs when its client leaves); a run has no effect outside its own sandbox, so
+    sending them again is safe. ``__cause__`` is the connection error."""
+
+    def __init__(self, message: str, *, results: list[RunResult], missing: list[int]) -> None:
+        super().__init__(message)
+        self.results = results
+        self.missing = missing
 
 
 class APIStatusError(TCIClientError):
@@ -70,8 +88,8 @@ class SessionEndedError(APIStatusError):
 
 
 class RateLimitError(APIStatusError):
-    """429: too many live sessions. ``retry_after`` is the server's Retry-After in seconds
-    (None if absent)."""
+    """429: too many live sessions, or the run queue is full. ``retry_after`` is the
+    server's Retry-After in seconds (None if absent)."""
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import queue
+import socket
+import threading
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Literal, overload
@@ -24,9 +27,29 @@ from tci.client._base import (
     raise_for_status,
 )
 from tci.client._calls import FilesArg
-from tci.client._errors import TCIClientError
+from tci.client._errors import BadRequestError, RateLimitError, TCIClientError
+from tci.client._runs import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_RETRIES,
+    Chunk,
+    ChunkReader,
+    RunArg,
+    RunPlan,
+    Tally,
+    located,
+    plan,
+    retry_delay,
+)
 from tci.client._sse import SSEDecoder
-from tci.client._types import ExecuteResult, FileInfo, SessionInfo, StreamEvent, WrittenFile
+from tci.client._types import (
+    ExecuteResult,
+    FileInfo,
+    RunResult,
+    SessionInfo,
+    StreamEvent,
+    WrittenFile,
+)
 
 
 class Client(BaseClient):
@@ -47,6 +70,7 @@ class Client(BaseClient):
         self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=timeout,
                                   transport=transport)
         self.code_interpreter = CodeInterpreter(self)
+        self.runs = Runs(self)
 
     def _send(self, request: RequestSpec, *, stream: bool = False) -> httpx.Response:
         with mapped_errors():
@@ -215,3 +239,157 @@ class CodeInterpreter(Resource["Client"]):
                                 thread_name_prefix="tci-batch") as pool:
             outcomes = list(pool.map(self._client._run, flows))
         return calls.batch_outcome(outcomes, return_exceptions)
+
+
+class _Stopped(Exception):
+    """The stream was closed while a request waited to be retried."""
+
+
+class RunStream:
+    """The results of ``client.runs.stream(...)``, each as its run finishes (or in input
+    order with ``ordered=True``). Iterate it once; ``close()`` (or ``with``, or leaving the
+    loop and dropping it) stops: requests not sent are never sent, and the ones in flight
+    are cut, which makes the server stop their runs. ``results`` is what arrived so far.
+
+    Each request is sent and read on a thread of its own (at most ``max_in_flight``); the
+    iterating thread only takes their results from a queue."""
+
+    def __init__(self, client: Client, plan: RunPlan) -> None:
+        self._client = client
+        self._plan = plan
+        self._tally = Tally(plan.total, plan.ordered)
+        self._events: queue.Queue[RunResult | BaseException] = queue.Queue()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._reading: set[httpx.Response] = set()
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def results(self) -> list[RunResult]:
+        """Every result received so far, in input order."""
+        return self._tally.results()
+
+    def __iter__(self) -> Iterator[RunResult]:
+        if self._pool is not None:
+            raise RuntimeError("a RunStream can be iterated only once")
+        self._pool = ThreadPoolExecutor(max_workers=self._plan.max_in_flight,
+                                        thread_name_prefix="tci-runs")
+        for chunk in self._plan.chunks:
+            self._pool.submit(self._read_chunk, chunk)
+        try:
+            while not self._tally.done:
+                event = self._events.get()
+                if isinstance(event, BaseException):
+                    raise self._tally.failure(event)
+                yield from self._tally.add(event)
+        finally:
+            self.close()
+
+    def _read_chunk(self, chunk: Chunk) -> None:
+        if self._stop.is_set():
+            return
+        try:
+            response = self._answer(chunk)
+            try:
+                reader = ChunkReader(chunk)
+                with mapped_errors():
+                    for line in response.iter_lines():
+                        result = reader.feed(line)
+                        if result is not None:
+                            self._events.put(result)
+                reader.end()
+            finally:
+                with self._lock:
+                    self._reading.discard(response)
+                response.close()
+        except _Stopped:
+            return
+        except BaseException as exc:  # handed to the iterating thread, raised there
+            if not self._stop.is_set():
+                self._events.put(exc)
+
+    def _answer(self, chunk: Chunk) -> httpx.Response:
+        """The request's streaming answer, after retrying 429s as the plan allows."""
+        attempt = 0
+        while True:
+            try:
+                response = self._client._open_stream(chunk.request(self._plan.timeout))
+            except RateLimitError as exc:
+                delay = retry_delay(exc, attempt, self._plan.max_retries)
+                if delay is None:
+                    raise
+                attempt += 1
+                if self._stop.wait(delay):
+                    raise _Stopped from None
+                continue
+            except BadRequestError as exc:
+                raise located(exc, chunk) from None
+            with self._lock:
+                self._reading.add(response)
+            if self._stop.is_set():  # closed while this request was being answered
+                _cut(response)
+            return response
+
+    def close(self) -> None:
+        """Stop: unsent requests are dropped, the answers being read are cut."""
+        self._stop.set()
+        with self._lock:
+            responses = list(self._reading)
+        for response in responses:
+            _cut(response)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> RunStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _cut(response: httpx.Response) -> None:
+    """End an answer another thread is reading. Closing a socket does not wake a thread
+    blocked reading it; shutting it down does (its read then fails at once)."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    else:  # a transport that does not expose its socket
+        response.close()
+
+
+class Runs(Resource["Client"]):
+    """One-shot runs (POST /v1/tci/batch): each program in a fresh sandbox of its own, as
+    a script fed its stdin, judged with a verdict. Runs are Run objects or plain dicts of the
+    wire's fields. Large inputs are split into requests of at most ``chunk_size`` runs (the
+    server refuses more than its TCI_BATCH_MAX_RUNS, 1000 by default), ``max_in_flight`` of
+    them at once; a request refused with 429 (the server's run queue is full, before any of
+    its runs started) is retried after the server's Retry-After, up to ``max_retries`` times,
+    then RateLimitError is raised. A 400/413/422 is BadRequestError naming the run by its
+    input index. A connection lost before every result came raises RunsIncompleteError,
+    holding every result that did come (``.results``) and the indexes that did not
+    (``.missing``). ``timeout`` is each request's httpx timeout (default: no read timeout,
+    as the server writes nothing while runs wait or run)."""
+
+    def stream(
+        self, runs: Iterable[RunArg], *, ordered: bool = False,
+        chunk_size: int = DEFAULT_CHUNK_SIZE, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_retries: int = DEFAULT_MAX_RETRIES, timeout: Timeout | None = None,
+    ) -> RunStream:
+        """A RunStream of one RunResult per run, each as soon as it finished
+        (``ordered=True``: in input order, each as soon as those before it are out)."""
+        return RunStream(self._client, plan(
+            runs, ordered=ordered, chunk_size=chunk_size, max_in_flight=max_in_flight,
+            max_retries=max_retries, timeout=timeout))
+
+    def batch(
+        self, runs: Iterable[RunArg], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, max_retries: int = DEFAULT_MAX_RETRIES,
+        timeout: Timeout | None = None,
+    ) -> list[RunResult]:
+        """One RunResult per run, in input order, once all have finished."""
+        with self.stream(runs, ordered=True, chunk_size=chunk_size,
+                         max_in_flight=max_in_flight, max_retries=max_retries,
+                         timeout=timeout) as results:
+            return list(results)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -119,3 +121,73 @@ class ResultEvent:
 
 
 StreamEvent = OutputEvent | ResultEvent
+
+
+# -- one-shot runs (POST /v1/tci/batch) ------------------------------------------------------
+
+Verdict = Literal["OK", "WRONG_ANSWER", "TIME_LIMIT", "MEMORY_LIMIT", "RUNTIME_ERROR",
+                  "COMPILE_ERROR", "SANDBOX_ERROR"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One program for ``client.runs``: run as a script in a fresh sandbox of its own, fed
+    ``stdin``. ``files`` (a list of {"name", "encoding", "content"} or a {name: str | bytes}
+    mapping) are written first, relative names under /workspace; unset limits take the
+    server's TCI_RUN_* defaults. With ``expected_stdout`` the verdict compares stdout to it
+    (trailing whitespace ignored); ``fetch_files`` are brought back in RunResult.files. A
+    plain dict of the wire's fields is accepted wherever a Run is."""
+
+    code: str
+    language: str = "python"
+    stdin: str = ""
+    files: Iterable[Mapping[str, Any]] | Mapping[str, str | bytes] | None = None
+    timeout: float | None = None
+    memory_mb: int | None = None
+    compile_timeout: float | None = None
+    expected_stdout: str | None = None
+    fetch_files: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of one Run. ``index`` is the run's position in the caller's input (across
+    every request the runs were split into). ``verdict`` is the judgement, never an
+    exception: a program that crashed is RUNTIME_ERROR, one the sandbox failed is
+    SANDBOX_ERROR. ``exit_code`` is None when the run was killed (time or memory limit).
+    ``files`` holds the fetched files that existed (None when the run asked none)."""
+
+    index: int
+    verdict: Verdict
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    wall_s: float
+    truncated: bool = False
+    files: dict[str, bytes] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == "OK"
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any], index: int) -> RunResult:
+        files = raw.get("files")
+        return cls(
+            index=index, verdict=raw["verdict"], exit_code=raw["exit_code"],
+            stdout=raw["stdout"], stderr=raw["stderr"], wall_s=raw["wall_s"],
+            truncated=raw.get("truncated", False),
+            files=None if files is None else {name: base64.b64decode(content)
+                                              for name, content in files.items()},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire's shape (files base64), with this result's own ``index``."""
+        line: dict[str, Any] = {
+            "index": self.index, "verdict": self.verdict, "exit_code": self.exit_code,
+            "stdout": self.stdout, "stderr": self.stderr, "wall_s": self.wall_s,
+            "truncated": self.truncated}
+        if self.files is not None:
+            line["files"] = {name: base64.b64encode(content).decode()
+                             for name, content in self.files.items()}
+        return line
