@@ -23,8 +23,10 @@ FUZZ_EXAMPLES = 20  # per operation: bounded so the run stays within about two m
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A dedicated server: fuzzing creates many sessions and runs arbitrary code."""
+    # Many sessions at once: quotas small enough that 1000 fit the host's pids and disk.
     instance = make_server(tmp_path_factory.mktemp("tci-openapi"), pool_size="0",
-                           execute_timeout="5", max_sessions="1000")
+                           execute_timeout="5", max_sessions="1000", pids_limit="16",
+                           workspace_max_bytes=str(16 << 20))
     yield instance
     instance.stop()
 
@@ -109,12 +111,12 @@ def test_openapi_describes_the_console_routes(openapi):
     answer = _resolve(openapi, usage["responses"]["200"]["content"]["application/json"][
         "schema"])
     data = _resolve(openapi, answer["properties"]["data"])
-    assert {"since", "until", "sessions", "executions", "cpu_seconds", "cost_usd"} == set(
-        data["required"])
+    assert {"since", "until", "sessions", "executions", "cpu_seconds", "runs",
+            "cost_usd"} == set(data["required"])
     series = next(s for s in data["properties"]["series"]["anyOf"] if s["type"] == "array")
     item = _resolve(openapi, series["items"])
     assert set(item["required"]) == {"start", "sessions", "executions", "cpu_seconds",
-                                     "cost_usd"}
+                                     "runs", "cost_usd"}
 
 
 def test_fuzzed_requests_get_no_server_error(fuzz_server):
