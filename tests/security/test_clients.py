@@ -46,7 +46,7 @@ from tci.sandbox.cgroups import (
     SessionCgroupV1,
     SessionCgroupV2,
 )
-from tests.conftest import Server, cli, free_port, make_server, wait_for
+from tests.conftest import Server, cli, free_port, make_server
 from tests.security.conftest import LIMITS, MiB, start_hardened
 
 # Per-module settings: small caches and caps so that the tests cross them quickly; a long auth
