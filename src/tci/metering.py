@@ -7,12 +7,15 @@ asked of their hosts at the time of the question. CPU is counted from the moment
 got the session: the warm pool's preloading is not billed.
 A usage series counts each session (with its CPU and cost) in the UTC hour or day it started
 and each execution in the one it started, so the totals are exactly the series' sums.
+One-shot runs are kept per key and UTC hour (the hour each finished in; storage/models.py
+RunUsageRecord): a window counts the runs of every hour it touches, whole, so hour and day
+buckets are exact and a window's unaligned edges count their hours' runs whole.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -21,6 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from tci.errors import Unprocessable
 from tci.hosts.base import EndKind, EndReason
+from tci.runs.verdicts import Verdict
 
 DEFAULT_WINDOW = timedelta(days=30)
 OUTCOMES = ("ok", "error", "timeout", "died")
@@ -45,12 +49,41 @@ BUCKET_LENGTH: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timede
 
 
 @dataclass
+class RunCounts:
+    """One-shot runs: how many, by verdict, and their summed wall seconds."""
+
+    count: int = 0
+    wall_seconds: float = 0.0
+    verdicts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, verdict: str, count: int, wall_seconds: float) -> None:
+        self.count += count
+        self.wall_seconds += wall_seconds
+        self.verdicts[verdict] = self.verdicts.get(verdict, 0) + count
+
+    def __iadd__(self, other: RunCounts) -> RunCounts:
+        for verdict, count in other.verdicts.items():
+            self.verdicts[verdict] = self.verdicts.get(verdict, 0) + count
+        self.count += other.count
+        self.wall_seconds += other.wall_seconds
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every verdict named, at 0 when none had it, so the shape never changes."""
+        verdicts = {verdict.value: 0 for verdict in Verdict} | self.verdicts
+        return {"count": self.count, "verdicts": verdicts,
+                "wall_seconds": round(self.wall_seconds, 6)}
+
+
+@dataclass
 class BucketUsage:
-    """What started in one bucket, as counted (the store's rows plus live sessions' CPU)."""
+    """What started in one bucket, as counted (the store's rows plus live sessions' CPU), and
+    the runs that finished in it."""
 
     sessions: int = 0
     executions: int = 0
     cpu_seconds: float = 0.0
+    runs: RunCounts = field(default_factory=RunCounts)
 
 
 @dataclass(frozen=True)
@@ -62,12 +95,13 @@ class UsageBucket:
     executions: int
     cpu_seconds: float
     cost_usd: float
+    runs: RunCounts = field(default_factory=RunCounts)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "start": self.start.isoformat(), "sessions": self.sessions,
             "executions": self.executions, "cpu_seconds": round(self.cpu_seconds, 6),
-            "cost_usd": round(self.cost_usd, 6),
+            "runs": self.runs.as_dict(), "cost_usd": round(self.cost_usd, 6),
         }
 
 
@@ -80,20 +114,23 @@ class Usage:
     cpu_seconds: float
     cost_usd: float
     series: list[UsageBucket] | None = None  # only when a bucket was asked for
+    runs: RunCounts = field(default_factory=RunCounts)
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "since": self.since.isoformat(), "until": self.until.isoformat(),
             "sessions": self.sessions, "executions": self.executions,
-            "cpu_seconds": round(self.cpu_seconds, 6), "cost_usd": round(self.cost_usd, 6),
+            "cpu_seconds": round(self.cpu_seconds, 6), "runs": self.runs.as_dict(),
+            "cost_usd": round(self.cost_usd, 6),
         }
         if self.series is not None:
             data["series"] = [bucket.as_dict() for bucket in self.series]
         return data
 
 
-def cost(sessions: int, price_per_session: float) -> float:
-    return round(sessions * price_per_session, 6)
+def cost(sessions: int, price_per_session: float, runs: int = 0,
+         price_per_run: float = 0.0) -> float:
+    return round(sessions * price_per_session + runs * price_per_run, 6)
 
 
 def window(since: datetime | None, until: datetime | None,
@@ -136,17 +173,22 @@ def bucket_starts(since: datetime, until: datetime, bucket: Bucket,
 
 
 def usage_series(since: datetime, until: datetime, starts: list[datetime],
-                 counts: Mapping[datetime, BucketUsage], price_per_session: float) -> Usage:
+                 counts: Mapping[datetime, BucketUsage], price_per_session: float,
+                 price_per_run: float = 0.0) -> Usage:
     """The series over `starts`, zero-filled from the per-bucket `counts` (keyed by bucket
     start), and totals that are its sums, so the two can never disagree."""
     series = []
+    runs = RunCounts()
     for start in starts:
         used = counts.get(start) or BucketUsage()
         series.append(UsageBucket(start, used.sessions, used.executions, used.cpu_seconds,
-                                  cost(used.sessions, price_per_session)))
+                                  cost(used.sessions, price_per_session, used.runs.count,
+                                       price_per_run), used.runs))
+        runs += used.runs
     sessions = sum(b.sessions for b in series)
     return Usage(since, until, sessions, sum(b.executions for b in series),
-                 sum(b.cpu_seconds for b in series), cost(sessions, price_per_session), series)
+                 sum(b.cpu_seconds for b in series),
+                 cost(sessions, price_per_session, runs.count, price_per_run), series, runs)
 
 
 def _aware(moment: datetime) -> datetime:

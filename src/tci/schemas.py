@@ -94,11 +94,18 @@ class InterruptResponse(BaseModel):
     errors: None = None
 
 
+class RunsUsageInfo(BaseModel):
+    count: int = Field(description="one-shot runs (batch, /sandboxfusion/run_code)")
+    verdicts: dict[str, int] = Field(description="runs per verdict, every verdict named")
+    wall_seconds: float
+
+
 class UsageBucketInfo(BaseModel):
     start: datetime = Field(description="the bucket's UTC hour or day boundary")
     sessions: int
     executions: int
     cpu_seconds: float
+    runs: RunsUsageInfo
     cost_usd: float
 
 
@@ -108,6 +115,7 @@ class UsageData(BaseModel):
     sessions: int
     executions: int
     cpu_seconds: float
+    runs: RunsUsageInfo = Field(description="of the UTC hours the window touches, whole")
     cost_usd: float
     series: list[UsageBucketInfo] | None = Field(
         default=None, description="only with `bucket`: oldest first, zero-filled; its sums "

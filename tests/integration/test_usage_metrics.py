@@ -22,6 +22,11 @@ from tests.conftest import cli
 
 _names = itertools.count()
 
+# A key's runs (one-shot: batch, /sandboxfusion) when it made none: every verdict named.
+NO_RUNS = {"count": 0, "wall_seconds": 0, "verdicts": {
+    verdict: 0 for verdict in ("OK", "WRONG_ANSWER", "TIME_LIMIT", "MEMORY_LIMIT",
+                               "RUNTIME_ERROR", "COMPILE_ERROR", "SANDBOX_ERROR")}}
+
 BUSY = """
 import time
 start = time.process_time()
@@ -74,7 +79,7 @@ def test_usage_counts_sessions_executions_cpu_and_cost(server):
     key = fresh_key(server, "usage")
     assert usage(server, key) | {"since": None, "until": None} == {
         "since": None, "until": None, "sessions": 0, "executions": 0,
-        "cpu_seconds": 0, "cost_usd": 0}
+        "cpu_seconds": 0, "runs": NO_RUNS, "cost_usd": 0}
     first = run(server, key, "x = 1")["session_id"]
     assert "busy done" in "".join(
         o["data"] for o in run(server, key, BUSY, first)["outputs"] if o["type"] == "stdout")
@@ -181,7 +186,7 @@ def test_usage_series_by_hour(server):
         2, 3, 0.06)
     assert series[-1]["cpu_seconds"] >= 0.5  # the busy loop, read from the live session
     assert all(b == {"start": b["start"], "sessions": 0, "executions": 0, "cpu_seconds": 0,
-                     "cost_usd": 0} for b in series[:-1])
+                     "runs": NO_RUNS, "cost_usd": 0} for b in series[:-1])
 
     # The totals are the same as without a bucket (the behaviour kept for other callers).
     plain = usage(server, key, since=since.isoformat(), until=until.isoformat())
@@ -246,11 +251,12 @@ def test_cli_usage_lists_every_key(server):
     result = cli(server.data_dir, "usage", env=server.env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[1].split() == ["NAME", "SESSIONS", "EXECUTIONS", "CPU_SECONDS", "COST_USD"]
+    assert lines[1].split() == ["NAME", "SESSIONS", "EXECUTIONS", "CPU_SECONDS", "RUNS",
+                                "RUN_WALL_SECONDS", "COST_USD"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
     assert "test" in rows  # the server's own key, listed whatever its use
-    sessions, executions, cpu, cost = rows[key_name]
-    assert (sessions, executions, cost) == ("1", "2", "0.0300")
+    sessions, executions, cpu, runs, run_wall, cost = rows[key_name]
+    assert (sessions, executions, runs, run_wall, cost) == ("1", "2", "0", "0.00", "0.0300")
     assert float(cpu) >= 0
 
     later = cli(server.data_dir, "usage", "--since", "2999-01-01", "--until", "2999-02-01",
@@ -267,6 +273,8 @@ def test_old_database_gains_cpu_column(tmp_path):
     assert cli(data_dir, "keys", "create", "--name", "k").returncode == 0
     with sqlite3.connect(data_dir / "tci.db") as db:  # as made before migrations existed
         db.execute("DROP TABLE alembic_version")
+        db.execute("DROP TABLE session_reservations")  # tables of later revisions
+        db.execute("DROP TABLE run_usage")
         db.execute("ALTER TABLE sessions DROP COLUMN host")
         db.execute("ALTER TABLE sessions DROP COLUMN cpu_seconds")
     result = cli(data_dir, "usage")

@@ -7,7 +7,14 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from tci.errors import Unprocessable
-from tci.metering import BucketUsage, bucket_floor, bucket_starts, usage_series, window
+from tci.metering import (
+    BucketUsage,
+    RunCounts,
+    bucket_floor,
+    bucket_starts,
+    usage_series,
+    window,
+)
 
 T = datetime(2026, 3, 14, 15, 9, 26, 535897, tzinfo=UTC)
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
@@ -73,4 +80,20 @@ def test_series_is_zero_filled_and_sums_to_the_totals():
         2, 8, 1.75, 0.06)
     data = usage.as_dict()
     assert data["series"][1] == {"start": starts[1].isoformat(), "sessions": 0,
-                                 "executions": 0, "cpu_seconds": 0.0, "cost_usd": 0.0}
+                                 "executions": 0, "cpu_seconds": 0.0,
+                                 "runs": RunCounts().as_dict(), "cost_usd": 0.0}
+    assert data["runs"]["verdicts"]["SANDBOX_ERROR"] == 0  # every verdict named
+
+
+def test_runs_are_priced_per_bucket_and_in_the_totals():
+    starts = bucket_starts(T - 2 * HOUR, T, "hour", 1000)
+    first, second = BucketUsage(1), BucketUsage()
+    first.runs.add("OK", 3, 1.5)
+    second.runs.add("OK", 1, 0.25)
+    second.runs.add("TIME_LIMIT", 2, 2.0)
+    usage = usage_series(T - 2 * HOUR, T, starts, {starts[0]: first, starts[1]: second},
+                         0.03, 0.001)
+    assert [b.cost_usd for b in usage.series] == [0.033, 0.003, 0.0]  # T is unaligned
+    assert usage.cost_usd == 0.036
+    assert (usage.runs.count, usage.runs.verdicts, usage.runs.wall_seconds) == (
+        6, {"OK": 4, "TIME_LIMIT": 2}, 3.75)

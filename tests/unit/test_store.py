@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 
 from tci.errors import BadRequest, NotFound
-from tci.storage.store import ExecutionRow, Store
+from tci.storage.store import ExecutionRow, RunUsageRow, Store
 
 pytest_plugins = ("tests.pg",)  # its fixtures: postgres, postgres_url
 
@@ -154,6 +154,41 @@ def test_usage_buckets_follow_utc_boundaries(store):
     totals = store.usage(T - DAY, T + 2 * DAY, key.id)[key.id]
     assert sum(d.sessions for d in days.values()) == totals.sessions == 3
     assert sum(d.executions for d in days.values()) == totals.executions == 3
+
+
+def test_runs_add_up_per_key_hour_and_verdict_from_many_servers(store):
+    alice, _ = store.create_key("alice")
+    bob, _ = store.create_key("bob")
+    late = T.replace(minute=0)  # 23:00, the last hour of the day
+    midnight = late + HOUR
+    # Four servers (an engine each, as four gateways on one database) add to the same rows
+    # at once: no increment may be lost.
+    others = [Store(store.engine.url.render_as_string(hide_password=False)) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda other: [other.record_runs([
+            RunUsageRow(alice.id, late, "OK", 2, 0.5),
+            RunUsageRow(alice.id, late, "TIME_LIMIT", 1, 1.25)]) for _ in range(5)], others))
+    for other in others:
+        other.engine.dispose()
+    store.record_runs([RunUsageRow(alice.id, midnight, "WRONG_ANSWER", 3, 0.75),
+                       RunUsageRow(bob.id, late, "OK", 7, 0.25)])
+
+    totals = store.usage(T - DAY, T + DAY)
+    assert (totals[alice.id].runs.count, totals[alice.id].runs.verdicts) == (
+        63, {"OK": 40, "TIME_LIMIT": 20, "WRONG_ANSWER": 3})
+    assert totals[alice.id].runs.wall_seconds == pytest.approx(20 * 0.5 + 20 * 1.25 + 0.75)
+    assert (totals[bob.id].runs.count, totals[bob.id].runs.verdicts) == (7, {"OK": 7})
+    # Kept per hour: a window counts the hours it touches whole, and none it does not.
+    assert store.usage(T, midnight, alice.id)[alice.id].runs.count == 60
+    assert store.usage(midnight, midnight + DAY, alice.id)[alice.id].runs.count == 3
+    assert store.usage(T - DAY, late, alice.id)[alice.id].runs.count == 0
+
+    days = store.usage_by_bucket(T - DAY, T + DAY, alice.id, "day")
+    assert sorted(days) == [late.replace(hour=0), midnight]
+    assert (days[late.replace(hour=0)].runs.count, days[midnight].runs.count) == (60, 3)
+    hours = store.usage_by_bucket(T - DAY, T + DAY, alice.id, "hour")
+    assert hours[late].runs.verdicts == {"OK": 40, "TIME_LIMIT": 20}
+    assert hours[midnight].runs.verdicts == {"WRONG_ANSWER": 3}
 
 
 def test_the_per_key_quota_holds_for_servers_reserving_at_once(store):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from tci.storage.models import Base
 from tci.storage.schema import MIGRATIONS, _config
-from tci.storage.store import Store
+from tci.storage.store import RunUsageRow, Store
 
 pytest_plugins = ("tests.pg",)  # its fixtures: postgres, postgres_url
 
@@ -153,3 +153,26 @@ def test_gateways_opening_one_database_at_once_migrate_it_once(postgres_url):
     assert [k.name for k in opened[3].list_keys()] == ["k"]
     for store in opened:
         store.engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_database_before_run_usage_gains_it_keeping_its_data(request, tmp_path, kind):
+    url = (f"sqlite:///{tmp_path / 'tci.db'}" if kind == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    store = Store(url)
+    with store.engine.begin() as connection:  # the database as revision 0004 left it
+        command.downgrade(_config(connection), "0004")
+    assert "run_usage" not in inspect(store.engine).get_table_names()
+    key, _ = store.create_key("before")
+    store.engine.dispose()
+
+    reopened = Store(url)  # migrated when a store opens it
+    with reopened.engine.connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == HEAD == "0005"
+    assert [k.name for k in reopened.list_keys()] == ["before"]
+    hour = datetime(2026, 3, 14, 10, tzinfo=UTC)
+    reopened.record_runs([RunUsageRow(key.id, hour, "OK", 2, 0.5)])
+    usage = reopened.usage(hour, hour + timedelta(hours=1))[key.id]
+    assert (usage.runs.count, usage.runs.verdicts, usage.runs.wall_seconds) == (
+        2, {"OK": 2}, 0.5)
+    reopened.engine.dispose()

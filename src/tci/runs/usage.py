@@ -1,32 +1,24 @@
 """What runs cost, per key and for /metrics: each finished run counted with its verdict and
-wall time; the queue's depth read when scraped."""
+wall time, in Prometheus metrics at once and in the store's per-key usage (run_usage rows per
+key, UTC hour and verdict) in batches; the queue's depth read when scraped."""
 
 from __future__ import annotations
-
-from collections import Counter as Tally
-from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tci.runs.manager import RunManager
 from tci.runs.models import RunResult
 from tci.runs.verdicts import Verdict
+from tci.sessions.execution_log import RunLog
 from tci.storage.store import KeyInfo
 
-_WALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                 300.0)
-
-
-@dataclass
-class KeyRuns:
-    runs: int = 0
-    wall_seconds: float = 0.0
-    verdicts: Tally = field(default_factory=Tally)
+_WALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                 10.0, 30.0, 60.0, 300.0)
 
 
 class RunUsage:
-    def __init__(self, runs: RunManager, registry: CollectorRegistry) -> None:
-        self.by_key: dict[int, KeyRuns] = {}
+    def __init__(self, runs: RunManager, registry: CollectorRegistry, log: RunLog) -> None:
+        self.log = log
         self.total = Counter("tci_runs", "One-shot runs finished, by verdict", ["verdict"],
                              registry=registry)
         for verdict in Verdict:
@@ -34,6 +26,11 @@ class RunUsage:
         self.wall = Histogram("tci_run_wall_seconds", "Wall time of one-shot runs (the "
                               "program's, from confined to its end)", buckets=_WALL_BUCKETS,
                               registry=registry)
+        self.phases = Histogram("tci_run_phase_seconds", "Where a one-shot run's time goes: "
+                                "queue (waiting for a slot), start (to the program running "
+                                "confined), program, finish (to the report read and the "
+                                "sandbox gone)", ["phase"], buckets=_WALL_BUCKETS,
+                                registry=registry)
         queued = Gauge("tci_runs_queued", "Runs waiting for a slot (TCI_RUN_QUEUE_SIZE)",
                        registry=registry)
         queued.set_function(lambda: runs.waiting)
@@ -44,7 +41,6 @@ class RunUsage:
     def record(self, key: KeyInfo, result: RunResult) -> None:
         self.total.labels(result.verdict.value).inc()
         self.wall.observe(result.wall_s)
-        mine = self.by_key.setdefault(key.id, KeyRuns())
-        mine.runs += 1
-        mine.wall_seconds += result.wall_s
-        mine.verdicts[result.verdict.value] += 1
+        for phase, seconds in result.phases.items():
+            self.phases.labels(phase).observe(seconds)
+        self.log.add(key.id, result.verdict.value, result.wall_s)

@@ -90,7 +90,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.manager = manager
     app.state.runs = runs
-    app.state.run_usage = RunUsage(runs, manager.metrics.registry)
+    app.state.run_usage = RunUsage(runs, manager.metrics.registry, manager.run_log)
     authenticator = Authenticator(async_store, settings.auth_cache_seconds,
                                   settings.auth_cache_entries, settings.auth_max_lookups,
                                   manager.metrics.registry)

@@ -33,7 +33,7 @@ from tci.hosts.base import (
 )
 from tci.metering import BucketUsage, Metrics, Usage
 from tci.schemas import ExecuteRequest, FileInput
-from tci.sessions.execution_log import ExecutionLog
+from tci.sessions.execution_log import ExecutionLog, RunLog
 from tci.storage.store import AsyncStore, KeyInfo
 from tci.workspace import FileListing, decode_files
 
@@ -78,6 +78,7 @@ class SessionManager:
         self.store = store
         self.host = host
         self.executions = ExecutionLog(store, settings.store_flush_seconds)
+        self.run_log = RunLog(store, settings.store_flush_seconds)  # one-shot runs' usage
         self.sessions: dict[str, LiveSession] = {}
         # Recently ended: id -> (key id, reason), oldest first, TCI_REMEMBER_ENDED_SESSIONS.
         self._ended: dict[str, tuple[int, str]] = {}
@@ -96,6 +97,7 @@ class SessionManager:
             log.info("marked %d sessions of the previous run as ended (%s)", ended, restarted)
         self._reaper = asyncio.create_task(self._reap_forever(), name="tci-reaper")
         self.executions.start()
+        self.run_log.start()
 
     async def shutdown(self) -> None:
         if self._reaper is not None:
@@ -109,6 +111,7 @@ class SessionManager:
             )
         await self.host.stop()
         await self.executions.close()
+        await self.run_log.close()
         await self.store.drain()
 
     async def _reap_forever(self) -> None:
@@ -339,30 +342,35 @@ class SessionManager:
 
     async def usage(self, key: KeyInfo, since: datetime | None, until: datetime | None,
                     bucket: metering.Bucket | None = None) -> Usage:
-        """The caller's sessions, executions, CPU and cost in [since, until) (default: the
-        last 30 days). Live sessions' CPU is asked of their hosts now, as the store has it
-        only once they end. With `bucket`, also the series per UTC hour or day; a window of
-        more than TCI_USAGE_MAX_BUCKETS buckets is refused before anything is read."""
+        """The caller's sessions, executions, CPU, one-shot runs (those of the UTC hours the
+        window touches) and cost in [since, until) (default: the last 30 days). Live
+        sessions' CPU is asked of their hosts now, as the store has it only once they end.
+        With `bucket`, also the series per UTC hour or day; a window of more than
+        TCI_USAGE_MAX_BUCKETS buckets is refused before anything is read."""
         since, until = metering.window(since, until)
         if since > until:
             raise Unprocessable("since: must not be after until")
         starts = None if bucket is None else metering.bucket_starts(
             since, until, bucket, self.settings.usage_max_buckets)
         await self.executions.flush()  # buffered execution records count too
+        await self.run_log.flush()  # and runs
         price = self.settings.price_per_session_usd
+        run_price = self.settings.price_per_run_usd
         if starts is None:
             row = (await self.store.usage(since, until, key.id))[key.id]
             live = self._live_started(key, since, until)
             live_cpu = sum(used or 0.0 for used in await self._cpu_of(live))
             return Usage(since, until, row.sessions, row.executions,
-                         row.cpu_seconds + live_cpu, metering.cost(row.sessions, price))
+                         row.cpu_seconds + live_cpu,
+                         metering.cost(row.sessions, price, row.runs.count, run_price),
+                         runs=row.runs)
         assert bucket is not None  # starts is None without one
         counts = await self.store.usage_by_bucket(since, until, key.id, bucket)
         live = self._live_started(key, since, until)
         for session, used in zip(live, await self._cpu_of(live), strict=True):
             start = metering.bucket_floor(session.started_at, bucket)
             counts.setdefault(start, BucketUsage()).cpu_seconds += used or 0.0
-        return metering.usage_series(since, until, starts, counts, price)
+        return metering.usage_series(since, until, starts, counts, price, run_price)
 
     @staticmethod
     async def _cpu_of(sessions: builtins.list[LiveSession]) -> builtins.list[float | None]:

@@ -88,3 +88,18 @@ class ExecutionRecord(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     duration_seconds: Mapped[float] = mapped_column(Float)
     outcome: Mapped[str] = mapped_column(String(32))
+
+
+class RunUsageRecord(Base):
+    """One-shot runs (POST /v1/tci/batch, /sandboxfusion) of a key that finished in one UTC
+    hour with one verdict: counted, not listed (an RL pipeline makes thousands a second; a
+    row each would outgrow everything else), so usage has them by the hour. Hours and days
+    are whole hours, so a usage series per hour or day is exact."""
+
+    __tablename__ = "run_usage"
+
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    verdict: Mapped[str] = mapped_column(String(32), primary_key=True)
+    runs: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    wall_seconds: Mapped[float] = mapped_column(Float)

@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -36,16 +36,18 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from tci.errors import BadRequest, NotFound, StoreUnavailable
-from tci.metering import Bucket, BucketUsage, bucket_floor
+from tci.metering import Bucket, BucketUsage, RunCounts, bucket_floor
 from tci.storage import schema
 from tci.storage.models import (
     ApiKey,
     ExecutionRecord,
+    RunUsageRecord,
     SessionRecord,
     SessionReservation,
     utcnow,
@@ -90,6 +92,17 @@ class ExecutionRow:
 
 
 @dataclass(frozen=True)
+class RunUsageRow:
+    """Runs of one key that finished in one UTC hour with one verdict (an increment)."""
+
+    key_id: int
+    hour: datetime  # the hour's start, aware UTC
+    verdict: str
+    runs: int
+    wall_seconds: float
+
+
+@dataclass(frozen=True)
 class EndedSession:
     id: str
     key_id: int
@@ -104,6 +117,7 @@ class UsageRow:
     sessions: int
     executions: int
     cpu_seconds: float
+    runs: RunCounts = field(default_factory=RunCounts)
 
 
 def _key_info(row: ApiKey) -> KeyInfo:
@@ -268,6 +282,26 @@ class Store:
             log.warning("%d executions of sessions without a record were not stored", left_out)
         return left_out
 
+    def record_runs(self, rows: list[RunUsageRow]) -> None:
+        """Add runs to their keys' hourly counts, in one transaction. An upsert: several
+        servers (gateways) on one database add to the same rows without losing any."""
+        if not rows:
+            return
+        table = RunUsageRecord.__table__
+        dialect = self.engine.dialect.name
+        if dialect not in _UPSERT:
+            raise NotImplementedError(f"run usage needs SQLite or PostgreSQL, not {dialect}")
+        # Any: the two dialects' Insert classes share these methods but no declared type.
+        statement: Any = _UPSERT[dialect](cast(Any, table))
+        statement = statement.on_conflict_do_update(
+            index_elements=[table.c.key_id, table.c.hour, table.c.verdict],
+            set_={"runs": table.c.runs + statement.excluded.runs,
+                  "wall_seconds": table.c.wall_seconds + statement.excluded.wall_seconds})
+        with self._write() as db:
+            db.execute(statement, [
+                {"key_id": row.key_id, "hour": row.hour, "verdict": row.verdict,
+                 "runs": row.runs, "wall_seconds": row.wall_seconds} for row in rows])
+
     def end_session(self, session_id: str, reason: str,
                     cpu_seconds: float | None = None) -> None:
         with self._write() as db:
@@ -322,8 +356,9 @@ class Store:
 
     def usage(self, since: datetime, until: datetime,
               key_id: int | None = None) -> dict[int, UsageRow]:
-        """Per key: sessions started in [since, until), their recorded CPU seconds, and the
-        executions started in that window. Keys without use are included (all zeros)."""
+        """Per key: sessions started in [since, until), their recorded CPU seconds, the
+        executions started in that window and the runs of the UTC hours it touches. Keys
+        without use are included (all zeros)."""
         in_window = (SessionRecord.started_at >= since) & (SessionRecord.started_at < until)
         with self._read() as db:
             keys = select(ApiKey.id, ApiKey.name).order_by(ApiKey.id)
@@ -345,13 +380,23 @@ class Store:
             for kid, count in db.execute(executions):
                 if kid in rows:
                     rows[kid].executions = count
+            runs = select(RunUsageRecord.key_id, RunUsageRecord.verdict,
+                          func.sum(RunUsageRecord.runs), func.sum(RunUsageRecord.wall_seconds)
+                          ).where(_runs_in(since, until)).group_by(RunUsageRecord.key_id,
+                                                                    RunUsageRecord.verdict)
+            if key_id is not None:
+                runs = runs.where(RunUsageRecord.key_id == key_id)
+            for kid, verdict, count, wall in db.execute(runs):
+                if kid in rows:
+                    rows[kid].runs.add(verdict, int(count), float(wall))
             return rows
 
     def usage_by_bucket(self, since: datetime, until: datetime, key_id: int,
                         bucket: Bucket) -> dict[datetime, BucketUsage]:
         """One key's use in [since, until) per UTC hour or day, keyed by the bucket's start:
         each session (and its recorded CPU) in the bucket it started in, each execution in
-        the one it started in; the same sets `usage` totals. Only buckets with use appear
+        the one it started in, the runs of each hour in the bucket holding it; the same sets
+        `usage` totals. Only buckets with use appear
         (metering.usage_series zero-fills). Grouped in SQL, so the cost follows the number
         of buckets, not of executions."""
         dialect = self.engine.dialect.name
@@ -365,6 +410,11 @@ class Store:
             SessionRecord, ExecutionRecord.session_id == SessionRecord.id
         ).where((SessionRecord.key_id == key_id) & (ExecutionRecord.started_at >= since)
                 & (ExecutionRecord.started_at < until)).group_by(execution_bucket)
+        run_bucket = _bucket_start(dialect, RunUsageRecord.hour, bucket)
+        runs = select(run_bucket, RunUsageRecord.verdict, func.sum(RunUsageRecord.runs),
+                      func.sum(RunUsageRecord.wall_seconds)).where(
+            (RunUsageRecord.key_id == key_id) & _runs_in(since, until)
+        ).group_by(run_bucket, RunUsageRecord.verdict)
         result: dict[datetime, BucketUsage] = {}
         with self._read() as db:
             for moment, count, cpu in db.execute(sessions):
@@ -374,7 +424,20 @@ class Store:
             for moment, count in db.execute(executions):
                 used = result.setdefault(bucket_floor(_as_datetime(moment), bucket), BucketUsage())
                 used.executions += count
+            for moment, verdict, count, wall in db.execute(runs):
+                used = result.setdefault(bucket_floor(_as_datetime(moment), bucket), BucketUsage())
+                used.runs.add(verdict, int(count), float(wall))
         return result
+
+
+# INSERT ... ON CONFLICT DO UPDATE, as each database spells it.
+_UPSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+
+def _runs_in(since: datetime, until: datetime) -> Any:
+    """The run counts of every UTC hour that [since, until) touches (they are kept per hour:
+    an unaligned edge counts its hour's runs whole)."""
+    return (RunUsageRecord.hour >= bucket_floor(since, "hour")) & (RunUsageRecord.hour < until)
 
 
 def _bucket_start(dialect: str, column: Any, bucket: Bucket) -> Any:
@@ -507,6 +570,9 @@ class AsyncStore:
 
     async def record_executions(self, rows: list[ExecutionRow]) -> int:
         return await self._call(self._store.record_executions, rows)
+
+    async def record_runs(self, rows: list[RunUsageRow]) -> None:
+        await self._call(self._store.record_runs, rows)
 
     async def usage(self, since: datetime, until: datetime,
                     key_id: int | None = None) -> dict[int, UsageRow]:

@@ -24,9 +24,11 @@ async def usage(
     )] = None,
 ) -> JSONResponse:
     """The caller's totals for sessions started in [since, until): sessions, executions,
-    CPU seconds (live sessions' included, read now) and cost (sessions x
-    TCI_PRICE_PER_SESSION_USD). Times without a zone are UTC. With `bucket`, `series` splits
-    them over consecutive UTC-aligned buckets: sessions (and their CPU and cost) where they
-    started, executions where they started."""
+    CPU seconds (live sessions' included, read now), one-shot runs (count, per verdict, wall
+    seconds; kept per UTC hour, so those of every hour the window touches) and cost (sessions
+    x TCI_PRICE_PER_SESSION_USD + runs x TCI_PRICE_PER_RUN_USD). Times without a zone are
+    UTC. With `bucket`, `series` splits them over consecutive UTC-aligned buckets: sessions
+    (and their CPU and cost) where they started, executions where they started, runs where
+    they finished."""
     result = await request.app.state.manager.usage(key, since, until, bucket)
     return JSONResponse({"data": result.as_dict(), "errors": None})
