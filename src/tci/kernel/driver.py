@@ -209,7 +209,9 @@ class WorkerConnection:
             await asyncio.wait_for(self.sandbox.process.wait(), timeout=2)
         if self.dead_reason not in (None, "the worker process ended"):
             return self.dead_reason
-        self.dead_reason = describe_exit(self.sandbox.process.returncode)
+        # A sandbox the host killed for breaking its protocol says so (fork path's init).
+        problem = getattr(self.sandbox.process, "problem", None)
+        self.dead_reason = problem or describe_exit(self.sandbox.process.returncode)
         return self.dead_reason
 
     def close(self) -> None:
