@@ -172,8 +172,9 @@ class RunManager:
 
     async def run_all(self, specs: Sequence[RunSpec]) -> AsyncIterator[tuple[int, RunResult]]:
         """Every run of a batch, in parallel up to the slots; (index, result) as each ends.
-        Leaving the iteration early cancels the runs that have not ended."""
-        self.admit(len(specs))
+        Leaving the iteration early cancels the runs that have not ended. The caller admitted
+        them (`admit`) before answering 200: checked again here, inside the stream, a queue
+        filled meanwhile by other requests would cut the 200's body off (seen under load)."""
         tasks = {asyncio.ensure_future(self.run(spec)): index
                  for index, spec in enumerate(specs)}
         try:
