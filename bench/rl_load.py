@@ -243,7 +243,12 @@ def main(argv: list[str] | None = None) -> int:
             phases = _phases(server)
         finally:
             server.stop()
+        log = server.log_path.read_text(errors="replace")
     print(report(result, args.callers))
+    # Runs that failed for the system's reasons were tried again (runs/manager.py): none
+    # was scored by it, but each is a sandbox failure to look into.
+    print(f"  runs retried after a system failure: {log.count('failed for a system reason')}"
+          f"; errors in the server log: {log.count('level=ERROR')}")
     print("  mean phase seconds: " + ", ".join(f"{name} {fmt_seconds(value)}"
                                                for name, value in phases.items()))
     return 1 if result.problems else 0

@@ -8,6 +8,9 @@ same load at full size (2,000 runs), with its figures."""
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,7 +48,23 @@ def test_64_callers_back_to_back_lose_nothing(loaded: Server) -> None:
     assert [a.problem for a in warm if a.problem] == []
     rss_warm = rss_bytes(loaded.process.pid)
 
-    answers = load(loaded.url, loaded.key, jobs(RUNS), CALLERS)
+    depths: list[tuple[float, float]] = []  # (queued, running) as /metrics said, during load
+    loading = threading.Event()
+    loading.set()
+
+    def watch() -> None:
+        while loading.is_set():
+            depths.append((metric(loaded, "tci_runs_queued "),
+                           metric(loaded, "tci_runs_running ")))
+            time.sleep(0.1)  # a sample every 0.1 s, not a scrape loop competing for the CPU
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        answers = load(loaded.url, loaded.key, jobs(RUNS), CALLERS)
+    finally:
+        loading.clear()
+        watcher.join()
 
     assert len(answers) == RUNS
     assert Counter(a.status for a in answers) == {200: RUNS}
@@ -56,6 +75,11 @@ def test_64_callers_back_to_back_lose_nothing(loaded: Server) -> None:
     assert {"OK", "WRONG_ANSWER", "RUNTIME_ERROR", "TIME_LIMIT"} <= set(verdicts)
     assert metric(loaded, 'tci_runs_total{verdict="SANDBOX_ERROR"}') == 0
     assert metric(loaded, "tci_runs_total") == RUNS + WARMUP
+    # The gauges followed the load: 64 callers against TCI_RUN_CONCURRENCY (2 per CPU) slots.
+    slots = 2 * (os.cpu_count() or 1)
+    assert max(queued for queued, _ in depths) > 0
+    assert 0 < max(running for _, running in depths) <= slots
+    assert metric(loaded, "tci_runs_queued ") == metric(loaded, "tci_runs_running ") == 0
     rss_after = rss_bytes(loaded.process.pid)
     assert rss_after - rss_warm < RSS_GROWTH_LIMIT, (rss_warm, rss_after)
     assert "Traceback" not in loaded.log()
