@@ -59,8 +59,9 @@ def test_an_uncaught_exception_is_a_runtime_error_with_its_traceback(server: Ser
     line = one(server, "def f():\n    raise ValueError('nope')\nf()\n")
     assert line["verdict"] == "RUNTIME_ERROR"
     assert line["exit_code"] == 1
-    assert line["stderr"].startswith("Traceback (most recent call last):")
-    assert 'File "/workspace/main.py", line 3' in line["stderr"]
+    assert line["stderr"].startswith("Traceback (most recent call last):\n"
+                                     '  File "/workspace/main.py", line 3, in <module>\n')
+    assert "program.py" not in line["stderr"]  # nothing of the runner's own
     assert line["stderr"].rstrip().endswith("ValueError: nope")
 
 

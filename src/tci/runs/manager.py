@@ -54,6 +54,18 @@ def sandbox_path(name: str) -> str:
     return path
 
 
+class _Place:
+    """A run's place in the queue, given back once: when it gets a slot or when it ends."""
+
+    def __init__(self, manager: RunManager) -> None:
+        self.manager: RunManager | None = manager
+
+    def give_back(self) -> None:
+        if self.manager is not None:
+            self.manager.waiting -= 1
+            self.manager = None
+
+
 class RunManager:
     def __init__(self, settings: Settings, sandboxes: RunSandboxes | None) -> None:
         self.settings = settings
@@ -111,7 +123,9 @@ class RunManager:
     # -- running ------------------------------------------------------------------------
 
     def admit(self, count: int) -> None:
-        """Refuse at once what the queue cannot hold (nothing is half-admitted)."""
+        """Take `count` places in the queue, or refuse at once (nothing is half-admitted).
+        Taken in the same step as the check, so requests arriving together cannot all pass
+        it; each place is given back as its run gets a slot (or is cancelled)."""
         room = self.settings.run_queue_size - self.waiting
         free = self.concurrency - self.running
         if count > room + max(free, 0):
@@ -119,15 +133,20 @@ class RunManager:
                 f"{self.waiting} runs are waiting already; the queue holds "
                 f"{self.settings.run_queue_size} (TCI_RUN_QUEUE_SIZE): retry shortly",
                 retry_after=1)
+        self.waiting += count
 
-    async def run(self, spec: RunSpec) -> RunResult:
-        """One run, waiting for a slot (cancelled while waiting: it never starts)."""
-        self.waiting += 1
+    def launch(self, spec: RunSpec) -> asyncio.Future[RunResult]:
+        """One admitted run, as a task: it waits for a slot (cancelled meanwhile, it never
+        starts) and gives its place in the queue back however it ends, started or not."""
+        place = _Place(self)
+        task = asyncio.ensure_future(self._run(spec, place))
+        task.add_done_callback(lambda _: place.give_back())
+        return task
+
+    async def _run(self, spec: RunSpec, place: _Place) -> RunResult:
         queued = time.monotonic()
-        try:
-            await self._slots.acquire()
-        finally:
-            self.waiting -= 1
+        await self._slots.acquire()
+        place.give_back()
         waited = time.monotonic() - queued
         self.running += 1
         self.stats.started += 1
@@ -170,13 +189,16 @@ class RunManager:
         return RunResult(Verdict.SANDBOX_ERROR, None, "", "", time.monotonic() - started,
                          message=failure or "the sandbox failed")
 
-    async def run_all(self, specs: Sequence[RunSpec]) -> AsyncIterator[tuple[int, RunResult]]:
-        """Every run of a batch, in parallel up to the slots; (index, result) as each ends.
-        Leaving the iteration early cancels the runs that have not ended. The caller admitted
-        them (`admit`) before answering 200: checked again here, inside the stream, a queue
-        filled meanwhile by other requests would cut the 200's body off (seen under load)."""
-        tasks = {asyncio.ensure_future(self.run(spec)): index
-                 for index, spec in enumerate(specs)}
+    def start_all(self, specs: Sequence[RunSpec]) -> dict[asyncio.Future[RunResult], int]:
+        """Every run of an admitted batch started now (each holds its place in the queue
+        until it gets a slot), as task -> index."""
+        return {self.launch(spec): index for index, spec in enumerate(specs)}
+
+    @staticmethod
+    async def as_finished(tasks: dict[asyncio.Future[RunResult], int]
+                          ) -> AsyncIterator[tuple[int, RunResult]]:
+        """(index, result) of each run as it ends, in parallel up to the slots. Leaving the
+        iteration early cancels the runs that have not ended."""
         try:
             pending = set(tasks)
             while pending:
@@ -191,5 +213,6 @@ class RunManager:
     def close(self) -> None:
         if self.sandboxes is not None:
             self.sandboxes.cgroups.close()
+            self.sandboxes.networks.close()
 
 

@@ -1,10 +1,11 @@
 """The server's side of a one-shot run (worker/oneshot.py): a uid, a cgroup, the fds, one
 request to the fork template, then what the run printed and how it ended.
 
-A run pays only for what it uses: no volume (its /workspace is a tmpfs in its own memory
-limit), no session record, no shell, no worker protocol. Cgroups are kept between runs (a
-run's cgroup is empty when its report arrives and its keeper has exited), so the request path
-makes none and removes none.
+A run pays only for what it uses: one process (forked from a lean template, pid 1 of its own
+namespace), no volume (its /workspace is a tmpfs in its own memory limit), no session record,
+no shell, no worker protocol. The server holds a pidfd on it and kills it at its time limit;
+the template, its parent, says how it ended. Cgroups are kept between runs (a run's cgroup is
+empty once it ended), so the request path makes none and removes none.
 """
 
 from __future__ import annotations
@@ -24,14 +25,12 @@ from tci.errors import SandboxUnavailable
 from tci.runs.models import RunSpec
 from tci.runs.verdicts import Outcome
 from tci.sandbox.cgroups import CgroupLimits, SessionCgroup
+from tci.worker import linux
 from tci.worker.oneshot import pack_payload
 
 log = logging.getLogger(__name__)
 
 PROGRAM_NAME = "main.py"
-# Time the keeper may take beyond the run's own limit (set-up, fetching files, the report)
-# before the server gives up on it: a system failure, never the program's.
-_KEEPER_MARGIN_SECONDS = 30.0
 _REPORT_OVERHEAD = 1 << 16
 
 
@@ -47,8 +46,8 @@ class RawRun:
     truncated: bool
     files: dict[str, bytes]
     # Seconds of the run's phases as the server saw them: start (request sent to the
-    # template until the program runs confined), program, finish (its end until the report
-    # is read, the keeper gone and the cgroup given back).
+    # template until the program runs confined) and its steps, program, finish (its end
+    # until its output is read).
     phases: dict[str, float]
 
 
@@ -99,6 +98,7 @@ class RunCgroups:
         self.settings = settings
         self.launcher = launcher
         self._free: list[SessionCgroup] = []
+        self._limits: dict[str, CgroupLimits] = {}  # what each cgroup's files say now
         self._names = itertools.count(1)
 
     def take(self, memory_bytes: int) -> SessionCgroup | None:
@@ -110,12 +110,18 @@ class RunCgroups:
                               io_weight=self.settings.io_weight)
         while self._free:
             cgroup = self._free.pop()
+            if self._limits.get(cgroup.name) == limits:
+                return cgroup  # as the last run left them (the usual case: one memory_mb)
             try:
                 cgroup.set_limits(limits)
-                return cgroup
             except (OSError, SandboxUnavailable):
                 self._discard(cgroup)
-        return driver.create(f"run-{next(self._names)}", limits)
+                continue
+            self._limits[cgroup.name] = limits
+            return cgroup
+        cgroup = driver.create(f"run-{next(self._names)}", limits)
+        self._limits[cgroup.name] = limits
+        return cgroup
 
     def give_back(self, cgroup: SessionCgroup) -> bool:
         """True if the run left nothing behind (its uid may then serve another run)."""
@@ -127,8 +133,8 @@ class RunCgroups:
         self._discard(cgroup)
         return emptied
 
-    @staticmethod
-    def _discard(cgroup: SessionCgroup) -> None:
+    def _discard(self, cgroup: SessionCgroup) -> None:
+        self._limits.pop(cgroup.name, None)
         with contextlib.suppress(OSError, SandboxUnavailable):
             cgroup.kill_all()
             cgroup.remove()
@@ -138,6 +144,81 @@ class RunCgroups:
             self._discard(self._free.pop())
 
 
+@dataclass
+class _EmptyNetwork:
+    namespace: int  # an fd on the namespace
+    tcp_tables: tuple[int, ...]  # its /proc/net/tcp and tcp6, opened inside it
+
+
+class EmptyNetworks:
+    """Network namespaces holding only a loopback, for runs without a network: made once and
+    reused, one run at a time each, so no run pays for making one and tearing it down (the
+    kernel's dearest namespace). Nothing of a run stays in its namespace: its sockets close
+    with its processes, and it may change no setting there (no CAP_NET_ADMIN over it). A
+    namespace where a run left TCP connections behind (TIME_WAIT holds a port for a minute)
+    is not reused, so that the next run's bind() of that port never fails for it."""
+
+    def __init__(self) -> None:
+        self._free: list[_EmptyNetwork] = []
+
+    async def take(self) -> _EmptyNetwork:
+        if self._free:
+            return self._free.pop()
+        return await asyncio.to_thread(_in_a_thread, _new_empty_network)
+
+    def give_back(self, network: _EmptyNetwork) -> None:
+        if _holds_no_tcp(network):
+            self._free.append(network)
+        else:
+            _close_network(network)
+
+    def close(self) -> None:
+        while self._free:
+            _close_network(self._free.pop())
+
+
+def _in_a_thread(work):
+    """`work` in a thread of its own, which ends with it: a namespace it enters leaves with it
+    and never touches the server's other threads (namespaces are per thread)."""
+    import threading
+
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name="tci-netns")
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _new_empty_network() -> _EmptyNetwork:
+    linux.unshare(linux.CLONE_NEWNET)
+    # A /proc/net file shows the namespace it was opened in, read again at any time from
+    # anywhere: the check after each run needs no thread and no setns.
+    tables = tuple(os.open(f"/proc/thread-self/net/{name}", os.O_RDONLY | os.O_CLOEXEC)
+                   for name in ("tcp", "tcp6") if os.path.exists(f"/proc/thread-self/net/{name}"))
+    return _EmptyNetwork(os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC),
+                         tables)
+
+
+def _holds_no_tcp(network: _EmptyNetwork) -> bool:
+    # A header, then a line per socket.
+    return all(os.pread(table, 4096, 0).count(b"\n") <= 1 for table in network.tcp_tables)
+
+
+def _close_network(network: _EmptyNetwork) -> None:
+    for fd in (network.namespace, *network.tcp_tables):
+        os.close(fd)
+
+
 class RunSandboxes:
     """Starts runs as forks of the fork launcher's template."""
 
@@ -145,6 +226,7 @@ class RunSandboxes:
         self.settings = settings
         self.launcher = launcher
         self.cgroups = RunCgroups(settings, launcher)
+        self.networks = EmptyNetworks()
 
     async def run(self, spec: RunSpec) -> RawRun:
         uid = self.launcher.uids.acquire()
@@ -163,87 +245,147 @@ class RunSandboxes:
     async def _run(self, spec: RunSpec, uid: int, cgroup: SessionCgroup | None) -> RawRun:
         ooms_before = cgroup.oom_kills() if cgroup is not None else 0
         stdin = _memfd("tci-stdin", spec.stdin)
-        payload = _memfd("tci-files", pack_payload(
-            [(f.path, f.content) for f in spec.files]))
-        stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
-        stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
-        report_r, report_w = os.pipe2(os.O_CLOEXEC)
-        network = (await self.launcher._network_ahead()
-                   if self.settings.run_network == "egress" else None)
-        sent = [stdin, stdout_w, stderr_w, report_w, payload]
+        payload = _memfd("tci-files", pack_payload([(f.path, f.content) for f in spec.files]))
+        (stdout_r, stdout_w), (stderr_r, stderr_w), (info_r, info_w), (report_r, report_w) = (
+            os.pipe2(os.O_CLOEXEC) for _ in range(4))
+        network, empty = None, None
+        if self.settings.run_network == "egress":
+            network = await self.launcher._network_ahead()
+        else:
+            empty = await self.networks.take()
+        sent = [stdin, stdout_w, stderr_w, info_w, report_w, payload]
         if network is not None:
             sent.append(os.dup(network.namespace.fd))
+        elif empty is not None:
+            sent.append(os.dup(empty.namespace))
         request = {
             "type": "run", "uid": uid,
             "cgroups": self.launcher.cgroup_indexes(cgroup),
             "tmp_bytes": self.settings.tmp_max_bytes,
             "work_bytes": self.settings.run_workspace_max_bytes,
-            "niceness": 0, "rlimits": self.launcher.rlimits,
-            "timeout": spec.timeout, "program": PROGRAM_NAME,
+            "niceness": 0, "rlimits": self.launcher.rlimits, "program": PROGRAM_NAME,
             "fetch": [path for _, path in spec.fetch],
             "fetch_max_bytes": self.settings.run_fetch_max_bytes,
         }
         limit = self.settings.run_max_output_bytes
         stdout, stderr = _Capped(stdout_r, limit), _Capped(stderr_r, limit)
+        info = _Capped(info_r, _MAX_INFO)
         report = _Capped(report_r, self.settings.run_fetch_max_bytes * 2 + _REPORT_OVERHEAD)
-        keeper = -1
+        pidfd = -1
+        ended: asyncio.Future[tuple[int, float]] | None = None
+        timed_out = False
         try:
             sent_at = time.monotonic()
             try:
-                _, keeper = await self.launcher.run_fork_server().spawn(request, sent)
+                _, pidfd, ended = await self.launcher.run_fork_server().spawn_run(request, sent)
             finally:
                 for fd in sent:
                     os.close(fd)
-            deadline = spec.timeout + _KEEPER_MARGIN_SECONDS
+            steps = await self._confined(info, pidfd, ended)
+            # The time limit counts from the moment the program runs confined.
+            left = spec.timeout - (time.monotonic() - steps["confined"])
             try:
-                await asyncio.wait_for(asyncio.gather(report.done, stdout.done, stderr.done),
-                                       deadline)
+                status, ended_at = await asyncio.wait_for(asyncio.shield(ended), max(left, 0))
             except TimeoutError:
-                raise RunSystemError(f"the run's keeper did not report in {deadline:g} s"
-                                     ) from None
-            await _exited(keeper, _KEEPER_MARGIN_SECONDS)
+                timed_out = True
+                _kill(pidfd)  # pid 1: the kernel ends its whole namespace with it
+                status, ended_at = await _within(ended, _KILL_MARGIN_SECONDS, "die when killed")
+            # Every writer is gone with the namespace: the pipes are at their end.
+            await _within(asyncio.gather(stdout.done, stderr.done, report.done),
+                          _KILL_MARGIN_SECONDS, "close its output")
         finally:
-            for reader in (stdout, stderr, report):
+            for reader in (stdout, stderr, info, report):
                 reader.close()
-            if keeper >= 0:
-                with contextlib.suppress(ProcessLookupError):
-                    signal.pidfd_send_signal(keeper, signal.SIGKILL)
-                os.close(keeper)
+            if pidfd >= 0:
+                if ended is None or not ended.done():
+                    _kill(pidfd)
+                os.close(pidfd)
+            if ended is not None and ended.done() and not ended.cancelled():
+                ended.exception()  # retrieved: a dead template is reported as a system error
             if network is not None:
                 await network.stop()
+            if empty is not None:
+                if (ended is not None and ended.done() and not ended.cancelled()
+                        and ended.exception() is None):
+                    self.networks.give_back(empty)  # the run has ended: no process is in it
+                else:
+                    _close_network(empty)
+        code = os.waitstatus_to_exitcode(status)
+        wall = max(ended_at - steps["confined"], 0.0)
+        outcome = Outcome(exit_code=code if code >= 0 else None, timed_out=timed_out,
+                          out_of_memory=cgroup is not None and cgroup.oom_kills() > ooms_before,
+                          stdout=stdout.text(), stderr=stderr.text())
+        return RawRun(outcome, wall, stdout.truncated or stderr.truncated,
+                      _fetched(report), _phases(sent_at, steps, ended_at, wall))
+
+    @staticmethod
+    async def _confined(info: _Capped, pidfd: int,
+                        ended: asyncio.Future[tuple[int, float]]) -> dict[str, float]:
+        """The steps of the run's start, once it runs confined; RunSystemError if it cannot
+        (its own report says why, or it died or hung before saying anything)."""
         try:
-            said = json.loads(bytes(report.kept)) if not report.truncated else {}
+            await _within(info.done, _START_SECONDS, "start")
+        except RunSystemError:
+            _kill(pidfd)
+            raise
+        try:
+            told = json.loads(bytes(info.kept)) if not info.truncated else {}
         except ValueError:
-            said = {}
-        if "error" in said or "wall" not in said:
-            raise RunSystemError(said.get("error") or "the run's keeper ended without a report")
-        out_of_memory = cgroup is not None and cgroup.oom_kills() > ooms_before
-        outcome = Outcome(exit_code=said["exit"], timed_out=bool(said["timed_out"]),
-                          out_of_memory=out_of_memory, stdout=stdout.text(),
-                          stderr=stderr.text())
-        files = {path: _b64decode(content) for path, content in said.get("files", {}).items()}
-        phases = _phases(sent_at, said.get("times", {}), float(said["wall"]))
-        return RawRun(outcome, float(said["wall"]), stdout.truncated or stderr.truncated, files,
-                      phases)
+            told = {}
+        if not isinstance(told, dict) or not isinstance(told.get("steps"), dict):
+            _kill(pidfd)
+            with contextlib.suppress(RunSystemError, SandboxUnavailable):
+                await _within(ended, _KILL_MARGIN_SECONDS, "die when killed")
+            error = told.get("error") if isinstance(told, dict) else None
+            raise RunSystemError(error or "the run's sandbox ended before it started")
+        return {str(name): float(at) for name, at in told["steps"].items()}
 
 
-# The steps of a run's start as the keeper and the program time them (CLOCK_MONOTONIC, the
-# server's clock too): each phase runs from the previous step to its own.
-_START_STEPS = ("keeper", "cgroup", "namespaces", "mounts", "forked", "proc", "identity",
-                "adopted", "seccomp", "verified", "confined")
+# How long a run may take to start (fork, namespaces, mounts, confinement), and to be gone
+# once killed, before the server gives up on it: a system failure, never the program's.
+_START_SECONDS = 30.0
+_KILL_MARGIN_SECONDS = 30.0
+_MAX_INFO = 1 << 16
+# The steps of a run's start as the run times them (CLOCK_MONOTONIC, the server's clock too):
+# each phase runs from the previous step to its own.
+_START_STEPS = ("forked", "cgroup", "namespaces", "mounts", "proc", "identity", "adopted",
+                "seccomp", "verified", "confined")
 
 
-def _phases(sent_at: float, times: dict[str, float], wall: float) -> dict[str, float]:
+def _phases(sent_at: float, steps: dict[str, float], ended_at: float,
+            wall: float) -> dict[str, float]:
     """Seconds of each phase: start (to the program running confined) and its steps, the
-    program, finish (its end to the report read, the keeper gone)."""
-    phases = {"start": times.get("confined", sent_at) - sent_at, "program": wall,
-              "finish": time.monotonic() - times.get("ended", sent_at)}
+    program, finish (its end to its output read)."""
+    phases = {"start": steps.get("confined", sent_at) - sent_at, "program": wall,
+              "finish": time.monotonic() - ended_at}
     previous = sent_at
     for step in _START_STEPS:
-        if step in times:
-            phases[f"start:{step}"] = times[step] - previous
-            previous = times[step]
+        if step in steps:
+            phases[f"start:{step}"] = steps[step] - previous
+            previous = steps[step]
     return phases
+
+
+def _fetched(report: _Capped) -> dict[str, bytes]:
+    """The files the run's program read back as it ended (its own data: junk gives none)."""
+    try:
+        said = json.loads(bytes(report.kept)) if not report.truncated else {}
+        files = said.get("files", {}) if isinstance(said, dict) else {}
+        return {str(path): _b64decode(content) for path, content in files.items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}
+
+
+def _kill(pidfd: int) -> None:
+    with contextlib.suppress(ProcessLookupError, OSError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+
+async def _within(awaitable, seconds: float, what: str):
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except TimeoutError:
+        raise RunSystemError(f"the run did not {what} within {seconds:g} s") from None
 
 
 def _memfd(name: str, content: bytes) -> int:
@@ -259,20 +401,3 @@ def _b64decode(text: str) -> bytes:
     import base64
 
     return base64.b64decode(text)
-
-
-async def _exited(pidfd: int, timeout: float) -> None:
-    """Until the process behind `pidfd` has exited (its cgroup is then free of it)."""
-    loop = asyncio.get_running_loop()
-    gone = loop.create_future()
-    def on_exit() -> None:
-        if not gone.done():
-            gone.set_result(None)
-
-    loop.add_reader(pidfd, on_exit)
-    try:
-        await asyncio.wait_for(gone, timeout)
-    except TimeoutError:
-        raise RunSystemError(f"the run's keeper did not exit in {timeout:g} s") from None
-    finally:
-        loop.remove_reader(pidfd)

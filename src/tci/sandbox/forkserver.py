@@ -99,6 +99,9 @@ class _Template:
     process: asyncio.subprocess.Process
     control: socket.socket
     pending: dict[int, asyncio.Future[tuple[int, int]]] = field(default_factory=dict)
+    # One-shot runs, the template's own children: their wait status as the template reaped
+    # them, and when (CLOCK_MONOTONIC).
+    exits: dict[int, asyncio.Future[tuple[int, float]]] = field(default_factory=dict)
     dead: bool = False
 
 
@@ -203,6 +206,11 @@ class ForkServer:
                 self._bury(template)
                 return
             answer = json.loads(message)
+            if answer.get("type") == "exited":
+                ended = template.exits.pop(answer.get("id", -1), None)
+                if ended is not None and not ended.done():
+                    ended.set_result((int(answer["status"]), float(answer["at"])))
+                continue
             future = template.pending.pop(answer.get("id", -1), None)
             if future is None or future.done():
                 for fd in fds:
@@ -229,23 +237,49 @@ class ForkServer:
             if not future.done():
                 future.set_exception(SandboxUnavailable("the fork template died"))
         template.pending.clear()
+        for ended in template.exits.values():
+            if not ended.done():
+                ended.set_exception(SandboxUnavailable("the fork template died"))
+        template.exits.clear()
 
     async def spawn(self, request: dict[str, Any], fds: list[int]) -> tuple[int, int]:
         """Ask for one sandbox; returns the outer process's pid and a pidfd on it."""
+        pid, pidfd, _ = await self._spawn(request, fds, with_exit=False)
+        return pid, pidfd
+
+    async def spawn_run(self, request: dict[str, Any], fds: list[int]
+                        ) -> tuple[int, int, asyncio.Future[tuple[int, float]]]:
+        """A one-shot run: its pid, a pidfd on it, and its (wait status, end time) to come."""
+        pid, pidfd, ended = await self._spawn(request, fds, with_exit=True)
+        assert ended is not None
+        return pid, pidfd, ended
+
+    async def _spawn(self, request: dict[str, Any], fds: list[int], with_exit: bool
+                     ) -> tuple[int, int, asyncio.Future[tuple[int, float]] | None]:
         await self.ensure_started()
         template = self._template
         assert template is not None
         request_id = next(self._ids)
-        future: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[int, int]] = loop.create_future()
         template.pending[request_id] = future
+        ended: asyncio.Future[tuple[int, float]] | None = None
+        if with_exit:
+            ended = template.exits[request_id] = loop.create_future()
         try:
             socket.send_fds(template.control, [json.dumps({**request, "id": request_id})
                                                .encode()], fds)
         except OSError as exc:
             template.pending.pop(request_id, None)
+            template.exits.pop(request_id, None)
             self._bury(template)
             raise SandboxUnavailable(f"the fork template is gone: {exc}") from exc
-        return await future
+        try:
+            pid, pidfd = await future
+        except BaseException:
+            template.exits.pop(request_id, None)
+            raise
+        return pid, pidfd, ended
 
     def template_pid(self) -> int | None:
         template = self._template

@@ -111,16 +111,18 @@ def join_cgroups(parent_fds: list[int], cgroups: list[tuple[int, str]]) -> None:
             os.close(fd)
 
 
-def enter_namespaces(network: int | None) -> None:
-    """Every namespace of a sandbox but the pid namespace's user (the next fork) and the user
-    namespace (made after the uid changes). `network`: a namespace made ahead by the server
-    (its egress filter and slirp4netns running) to join; None, a new empty one."""
+def enter_namespaces(network: int | None, pid: bool = True) -> None:
+    """Every namespace of a sandbox but the user namespace (made after the uid changes); the
+    pid namespace (`pid`) is the next fork's, unless the caller already is pid 1 of its own.
+    `network`: a namespace made ahead by the server (its egress filter and slirp4netns
+    running) to join; None, a new empty one."""
+    flags = _SESSION_NAMESPACES if pid else _SESSION_NAMESPACES & ~linux.CLONE_NEWPID
     if network is not None:
         linux.setns(network, linux.CLONE_NEWNET)
         os.close(network)
-        linux.unshare(_SESSION_NAMESPACES & ~linux.CLONE_NEWNET)
+        linux.unshare(flags & ~linux.CLONE_NEWNET)
     else:
-        linux.unshare(_SESSION_NAMESPACES)
+        linux.unshare(flags)
     linux.sethostname("sandbox")
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
 
@@ -351,9 +353,10 @@ def _dup_high(fd: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
 
 
-def fresh_process_state() -> None:
+def fresh_process_state(user_site: bool = True) -> None:
     """What must differ between sessions forked from one template. `random` reseeds itself
-    at fork (os.register_at_fork); numpy's legacy global generator does not."""
+    at fork (os.register_at_fork); numpy's legacy global generator does not. `user_site`: a
+    session's home may hold packages it installed (a one-shot run's has none)."""
     numpy_random = sys.modules.get("numpy.random")
     if numpy_random is not None:
         numpy_random.seed()
@@ -361,6 +364,11 @@ def fresh_process_state() -> None:
     process = sys.modules.get("multiprocessing.process")
     if process is not None:
         process.current_process().authkey = os.urandom(32)
+    if user_site:
+        _put_user_site_on_path()
+
+
+def _put_user_site_on_path() -> None:
     # The user site (pip install --user) exists only in the session's home: put it where a
     # normal start would have, ahead of the runtime, with no stale "absent" cache entry.
     import importlib

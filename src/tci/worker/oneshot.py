@@ -1,19 +1,19 @@
-"""A one-shot run: a fork of the template becomes one program's sandbox, runs it, says how it
-ended, and is gone (the runs' counterpart of confine.py's sessions).
+"""A one-shot run: one fork of the runs' template becomes the program's sandbox and then the
+program itself (the runs' counterpart of confine.py's sessions).
 
-  keeper  (the template's fork, root, host pid namespace) joins the run's cgroup, makes the
-          namespaces, mounts the run's own /tmp, /dev/shm and /workspace (tmpfs, counted in
-          the run's memory), writes the run's files there, forks the program, starts the clock
-          once the program is confined, kills it at the time limit, then (as the run's uid,
-          never as root) reads back the files asked for and writes one report;
-  program (pid 1 of the run's pid namespace) confines itself exactly as a session's init
-          does, then runs the code as `python3 main.py` would (program.py). When it ends, the
-          kernel ends every process it left behind with its pid namespace.
+The template forks it as pid 1 of a pid namespace of its own (template.py unshares
+CLONE_NEWPID around the fork). As root, it joins the run's cgroup, makes the other namespaces,
+mounts its own /tmp, /dev/shm and /workspace (tmpfs, counted in its memory), writes the run's
+files; then it confines itself exactly as a session's init does (confine.confine_self), tells
+the server it runs confined (the server's clock starts), and runs the code as `python3 main.py`
+would (program.py). When it ends, the kernel ends every process it left behind with its pid
+namespace; the template reaps it and tells the server how it ended, and the server (which
+holds a pidfd on it) kills it at the time limit. The files asked back are read by the program
+process itself as it ends, with the run's own rights, onto the report pipe: a run killed at a
+limit brings none back.
 
-The keeper dies with the template and the program with the keeper (PR_SET_PDEATHSIG), so
-nothing of a run outlives the server. A report is one JSON object on the report pipe:
-{"exit": code|null, "signal": n|null, "timed_out": bool, "wall": s, "files": {path: b64}}, or
-{"error": why} when the system (never the program) failed.
+It dies with the template (PR_SET_PDEATHSIG, set again after the uid changes and kept by the
+seccomp filter), which dies with the server, so nothing of a run outlives the server.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import base64
 import contextlib
 import json
 import os
-import select
-import signal
 import struct
 import time
 
@@ -31,7 +29,7 @@ from . import confine, linux, program
 
 WORKSPACE = "/workspace"
 _PAYLOAD_HEADER = struct.Struct("<II")  # path length, content length
-_MAX_INFO = 1 << 16
+_REPORT_FD_FLOOR = 900  # the report pipe's number in the program: above what it opens
 _PROGRAM_OOM_SCORE = 1000
 
 
@@ -60,44 +58,68 @@ def pack_payload(files: list[tuple[str, bytes]]) -> bytes:
 
 def become_run(spec: dict, request: dict, fds: list[int], template_namespaces: dict[str, str],
                template: int) -> None:
-    """The keeper; `template` is a pidfd on the template (our parent). Never returns."""
-    stdin, stdout, stderr, report, payload, *network = fds
-    confine.die_with(os.dup(template))  # root all along: nothing clears it after this
-    steps = {"keeper": time.monotonic()}
+    """The run's only process, pid 1 of its own pid namespace; `template` is a pidfd on the
+    template (our parent). Never returns."""
+    stdin, stdout, stderr, info, report, payload, *network = fds
+    steps = {"forked": time.monotonic()}
     try:
+        confine.die_with(os.dup(template))  # set again after the uid changes (which clears it)
         files = read_payload(payload)
+        # The program must be the one the OOM killer picks on this host, ahead of anything of
+        # the host's (raising needs no privilege, lowering it back would).
+        linux.write_file("/proc/self/oom_score_adj", str(_PROGRAM_OOM_SCORE))
         confine.join_cgroups(spec["cgroup_fds"], request["cgroups"])
         steps["cgroup"] = time.monotonic()
-        confine.enter_namespaces(network[0] if network else None)
+        confine.enter_namespaces(network[0] if network else None, pid=False)
         steps["namespaces"] = time.monotonic()
         _mount_run(request)
         _write_files(files, request["uid"])
         os.chdir(WORKSPACE)
         linux.loopback_up()
         steps["mounts"] = time.monotonic()
-        info_r, info_w = os.pipe2(os.O_CLOEXEC)
-        keeper = os.pidfd_open(os.getpid())
-        program = os.fork()
-        if program == 0:
-            _become_program(spec, request, (stdin, stdout, stderr), info_w,
-                            template_namespaces, keeper)
-        os.close(keeper)
-        os.close(info_w)
-        for fd in (stdin, stdout, stderr):
-            os.close(fd)
-        result = _supervise(program, info_r, float(request["timeout"]))
-        if "error" not in result:
-            # Read back with the run's own rights: a link it planted to something only root
-            # may read gets nothing.
-            confine.drop_to(request["uid"])
-            result["files"] = _fetch(request["fetch"], int(request["fetch_max_bytes"]))
-            result["times"].update(steps)
-            result["times"]["fetched"] = time.monotonic()
-    except Exception as exc:
-        result = {"error": f"run setup failed: {exc} (at {_where(exc)})"}
+        linux.set_name("python3")
+        os.setsid()
+        problems = confine.confine_self(spec, request, template_namespaces,
+                                        lambda: confine.die_with(template), steps)
+        if problems:
+            raise OSError("sandbox confinement check failed: " + "; ".join(problems))
+        linux.prctl(linux.PR_SET_DUMPABLE, 1)  # the program's own /proc/self, as a script's
+        for source, target in zip((stdin, stdout, stderr), (0, 1, 2), strict=True):
+            os.dup2(source, target, inheritable=True)
+        report = _keep_high(report)
+        steps["confined"] = time.monotonic()
+        _write_all(info, json.dumps({"steps": steps}).encode())  # the server's clock starts
+        confine.close_all_but({0, 1, 2, report})
+        confine.fresh_process_state(user_site=False)
+        fetch, budget = list(request["fetch"]), int(request["fetch_max_bytes"])
+        code = program.run(f"{WORKSPACE}/{request['program']}",
+                           lambda: _report_files(report, fetch, budget))
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            _write_all(info, json.dumps(
+                {"error": f"run setup failed: {exc} (at {_where(exc)})"}).encode())
+        os._exit(confine.EXIT_SETUP_FAILED)
+    os._exit(code)
+
+
+def _keep_high(fd: int) -> int:
+    """The report pipe, out of the way of the fds a program's own files get."""
+    import fcntl
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, max(3, min(_REPORT_FD_FLOOR, soft - 1)))
+    os.close(fd)
+    return high
+
+
+def _report_files(report: int, paths: list[str], budget: int) -> None:
+    """As the program ends, the files asked back, read with its own rights (a link to what
+    it may not read gets nothing), one JSON object onto the report pipe."""
     with contextlib.suppress(OSError):
-        _write_all(report, json.dumps(result).encode())
-    os._exit(0)
+        _write_all(report, json.dumps({"files": _fetch(paths, budget)}).encode())
+    with contextlib.suppress(OSError):
+        os.close(report)
 
 
 def _mount_run(request: dict) -> None:
@@ -127,75 +149,6 @@ def _write_files(files: list[tuple[str, bytes]], uid: int) -> None:
             os.fchown(fd, uid, uid)
         finally:
             os.close(fd)
-
-
-def _become_program(spec: dict, request: dict, streams: tuple[int, int, int], info: int,
-                    template_namespaces: dict[str, str], keeper: int) -> None:
-    """pid 1 of the run: confined as a session's init is, tied to its keeper's life (the
-    seccomp filter keeps the program from cutting that tie). Never returns."""
-    try:
-        linux.set_name("python3")
-        # The keeper shares the run's cgroup: a program over its memory limit must be the one
-        # the OOM killer picks, never the keeper that reports it (raising needs no privilege,
-        # lowering it back would).
-        linux.write_file("/proc/self/oom_score_adj", str(_PROGRAM_OOM_SCORE))
-        os.setsid()
-        steps = {"forked": time.monotonic()}
-        problems = confine.confine_self(spec, request, template_namespaces,
-                                        lambda: confine.die_with(keeper), steps)
-        if problems:
-            _write_all(info, json.dumps({"error": "sandbox confinement check failed: "
-                                         + "; ".join(problems)}).encode())
-            os._exit(confine.EXIT_CONFINEMENT)
-        linux.prctl(linux.PR_SET_DUMPABLE, 1)  # the program's own /proc/self, as a script's
-        for source, target in zip(streams, (0, 1, 2), strict=True):
-            os.dup2(source, target, inheritable=True)
-        _write_all(info, json.dumps({"steps": steps}).encode())
-        os.close(info)  # the keeper starts the clock
-        confine.close_all_but({0, 1, 2})
-        confine.fresh_process_state()
-        code = program.run(f"{WORKSPACE}/{request['program']}")
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            _write_all(info, json.dumps(
-                {"error": f"run setup failed: {exc} (at {_where(exc)})"}).encode())
-        os._exit(confine.EXIT_SETUP_FAILED)
-    os._exit(code)
-
-
-def _supervise(program: int, info: int, timeout: float) -> dict:
-    """Wait for the program: confined (info closes empty), then its end or the time limit."""
-    said = b""
-    while len(said) <= _MAX_INFO and (chunk := os.read(info, 4096)):
-        said += chunk
-    os.close(info)
-    started = time.monotonic()
-    try:
-        told = json.loads(said)
-    except ValueError:
-        told = {}
-    if not isinstance(told, dict) or "steps" not in told:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(program, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(program, 0)
-        error = told.get("error") if isinstance(told, dict) else None
-        return {"error": error or "the run's sandbox did not start"}
-    pidfd = os.pidfd_open(program)
-    timed_out = not select.select([pidfd], [], [], timeout)[0]
-    if timed_out:
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    _, status = os.waitpid(program, 0)
-    wall = time.monotonic() - started
-    os.close(pidfd)
-    # CLOCK_MONOTONIC is the server's too: it times the start and the end from these.
-    times = {**told["steps"], "confined": started, "ended": started + wall}
-    if os.WIFSIGNALED(status):
-        return {"exit": None, "signal": os.WTERMSIG(status), "timed_out": timed_out,
-                "wall": wall, "times": times}
-    return {"exit": os.WEXITSTATUS(status), "signal": None, "timed_out": timed_out,
-            "wall": wall, "times": times}
 
 
 def _fetch(paths: list[str], budget: int) -> dict[str, str]:

@@ -19,6 +19,7 @@ import signal
 import sys
 import types
 import warnings
+from collections.abc import Callable
 from typing import Literal
 
 # An unflushable stdout at exit (a closed pipe...) gives this code, as CPython's does.
@@ -53,6 +54,7 @@ def _fresh_interpreter_state(path: str) -> dict:
     sys.displayhook = sys.__displayhook__
     sys.argv = [os.path.basename(path)]
     sys.path[0:0] = [os.path.dirname(path)]
+    sys.path_importer_cache.pop(os.path.dirname(path), None)  # the template's, of another dir
     for number in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(number, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -79,8 +81,8 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def _finish(code: int) -> int:
-    """The interpreter's shutdown, as far as a script can see it."""
+def _finish(code: int, at_end: Callable[[], None]) -> int:
+    """The interpreter's shutdown, as far as a script can see it; then `at_end`."""
     import threading
 
     with contextlib.suppress(BaseException):
@@ -94,11 +96,14 @@ def _finish(code: int) -> int:
             stream.flush()
         except Exception:
             code = EXIT_FLUSH_FAILED
+    with contextlib.suppress(BaseException):
+        at_end()
     return code
 
 
-def run(path: str) -> int:
-    """Run the program in `path` as __main__; its exit code (never raises)."""
+def run(path: str, at_end: Callable[[], None] = lambda: None) -> int:
+    """Run the program in `path` as __main__; its exit code (never raises). `at_end` runs
+    once the program and its exit handlers are done and its streams flushed."""
     _fresh_streams()
     namespace = _fresh_interpreter_state(path)
     try:
@@ -108,8 +113,12 @@ def run(path: str) -> int:
         status = 0
     except SystemExit as exc:
         status = _exit_code(exc)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(BaseException):
-            sys.excepthook(*sys.exc_info())
+            # From the program's own frames, as CPython prints it: not this runner's.
+            trace = exc.__traceback__
+            if trace is not None and trace.tb_frame.f_code is run.__code__:
+                trace = trace.tb_next
+            sys.excepthook(type(exc), exc.with_traceback(trace), trace)
         status = 1
-    return _finish(status)
+    return _finish(status, at_end)

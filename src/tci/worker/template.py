@@ -188,6 +188,8 @@ class ForkServer:
         self.own_namespaces = confine.namespace_ids()
         # Every session's init holds this, to tell that it was adopted by a living template.
         self.own_pidfd = os.pidfd_open(os.getpid())
+        self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self.runs: dict[int, int] = {}  # pid of a live run -> the id of its request
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -230,7 +232,10 @@ class ForkServer:
 
     def _spawn(self, request: dict, fds: list[int]) -> int:
         request["asked"] = time.monotonic()
-        pid = os.fork()
+        run = request.get("type") == "run"
+        pid = self._fork_in_own_pid_namespace() if run else os.fork()
+        if run and pid:
+            self.runs[pid] = request["id"]
         if pid == 0:
             try:
                 self.control.close()
@@ -238,8 +243,9 @@ class ForkServer:
                 os.close(self.wake_w)
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                if request.get("type") == "run":  # a one-shot run (oneshot.py)
+                if run:  # a one-shot run (oneshot.py)
                     os.close(self.lifeline)  # a run dies with the template, by the kernel
+                    os.close(self.own_pid_namespace)
                     self.oneshot.become_run(self.spec, request, fds, self.own_namespaces,
                                             self.own_pidfd)
                 self.confine.become_session(self.spec, request, fds, self.lifeline,
@@ -252,16 +258,35 @@ class ForkServer:
                 os._exit(self.confine.EXIT_SETUP_FAILED)
         return pid
 
+    def _fork_in_own_pid_namespace(self) -> int:
+        """A run's one process is pid 1 of a pid namespace of its own, made for this fork
+        alone: unshare(CLONE_NEWPID) puts only our next child there, and setns back to our
+        own pid namespace lets the next run have a new one."""
+        linux.unshare(linux.CLONE_NEWPID)
+        try:
+            pid = os.fork()
+        except BaseException:
+            linux.setns(self.own_pid_namespace, linux.CLONE_NEWPID)
+            raise
+        if pid:
+            linux.setns(self.own_pid_namespace, linux.CLONE_NEWPID)
+        return pid
+
     def _reap(self) -> None:
         while True:
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
-            # A session's setup process, or an init it left to us: the server learns of ends
-            # from each init's status socket, not from here.
+            # A run is our own child: the server learns here how it ended. (A session's setup
+            # process, or an init it left to us: the server learns of those ends from each
+            # init's status socket.)
+            request = self.runs.pop(pid, None)
+            if request is not None:
+                self._send({"type": "exited", "id": request, "at": time.monotonic(),
+                            "status": status})
 
     def _send(self, message: dict, fds: list[int] | None = None) -> None:
         socket.send_fds(self.control, [json.dumps(message).encode()], fds or [])

@@ -52,10 +52,11 @@ async def batch(request: Request, key: Annotated[KeyInfo, Depends(require_key)]
     runs: RunManager = request.app.state.runs
     specs = batch_specs(runs, body)
     runs.admit(len(specs))  # refused now (429), before the 200 is sent
+    tasks = runs.start_all(specs)
     usage = request.app.state.run_usage
 
     async def lines() -> AsyncIterator[bytes]:
-        async for index, result in runs.run_all(specs):
+        async for index, result in runs.as_finished(tasks):
             usage.record(key, result)
             yield json.dumps(result.line(index, bool(specs[index].fetch))).encode() + b"\n"
 

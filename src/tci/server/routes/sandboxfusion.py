@@ -48,7 +48,7 @@ async def run_code(body: sf.RunCodeRequest, request: Request) -> JSONResponse:
     except RunQueueFull as exc:  # 504: the one status verl's client retries
         return JSONResponse({"detail": exc.message}, status_code=504,
                             headers={"Retry-After": str(exc.retry_after)})
-    result = await unless_disconnected(request, runs.run(spec))
+    result = await unless_disconnected(request, runs.launch(spec))
     request.app.state.run_usage.record(key, result)
     return JSONResponse(sf.run_code_response(result, result.files))
 
