@@ -24,8 +24,8 @@ from . import creation, peers, report, tci_runs
 from .server import TciServer
 
 T = TypeVar("T")
-PARTS = ("warm", "start", "memory", "throughput", "burst", "creation", "cluster", "ipykernel",
-         "gateway")
+PARTS = ("warm", "start", "memory", "throughput", "burst", "creation", "cluster", "rl",
+         "ipykernel", "gateway")
 PLOT_NAME = "bench_latency.png"
 
 # name: (full run, --quick)
@@ -178,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
             run.creation = creation.measure(
                 work, _creation_options(args),
                 lambda label, action: part("creation", label, action), progress)
+
+        if "rl" not in args.skip:  # issue 18: HumanEval through runs, vs bare python -c
+            from . import rl
+
+            run.rl = part("rl", "RL scoring: HumanEval runs vs local python -c",
+                          lambda: rl.measure_with_server(work, progress))
 
         if "cluster" not in args.skip:  # issue 13: a Ray cluster in a private netns
             from . import cluster

@@ -45,6 +45,7 @@ class Run:
     gateway_start: Series | None = None
     creation: CreationRun | None = None  # issue 11's figures, fork vs bubblewrap
     cluster: Any = None  # issue 13's figures (bench/cluster.py's ClusterResult)
+    rl: Any = None  # issue 18's figures (bench/rl.py's RLResult)
     errors: dict[str, str] = field(default_factory=dict)
     duration: float = 0.0
     load_after: str = ""
@@ -264,13 +265,19 @@ def cluster_section(run: Run) -> str:
             "capacity: both share the same two cores.\n\n" + cluster.table(run.cluster))
 
 
+def rl_section(run: Run) -> str:
+    from . import rl
+
+    return rl.table(run.rl) if run.rl is not None else ""
+
+
 def summary(run: Run) -> str:
     """The tables as printed to the terminal."""
     parts = ["## Against the issue's targets", targets_table(run),
              "## Round trip of `x += 1`", round_trip_table(run), where_the_time_goes(run),
              "## Session start", start_table(run), details(run),
              creation_report.section(run.creation) if run.creation else "",
-             cluster_section(run)]
+             cluster_section(run), rl_section(run)]
     if run.errors:
         parts.append("## Parts that failed\n" + "\n".join(
             f"- {name}: {error}" for name, error in run.errors.items()))

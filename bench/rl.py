@@ -235,19 +235,26 @@ def table(result: RLResult) -> str:
     return "\n".join(lines)
 
 
+def measure_with_server(work: Path, progress: Callable[[str], None], rounds: int = 2
+                        ) -> RLResult:
+    """A server of its own (default settings), measured, stopped."""
+    server = TciServer(work, name="tci-server-rl")
+    try:
+        server.start()
+        server.settle(timeout=120)
+        return measure(server, rounds, progress)
+    finally:
+        server.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.rl", description=__doc__)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tci-bench-rl-") as work:
-        server = TciServer(Path(work))
-        try:
-            server.start()
-            server.settle(timeout=120)
-            result = measure(server, args.rounds,
-                             lambda text: print(text, file=sys.stderr, flush=True))
-        finally:
-            server.stop()
+        result = measure_with_server(Path(work),
+                                     lambda text: print(text, file=sys.stderr, flush=True),
+                                     args.rounds)
     print(table(result))
     return 0
 

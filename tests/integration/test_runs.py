@@ -296,3 +296,17 @@ def test_a_client_that_leaves_cancels_the_runs_not_started(server_factory) -> No
 
     wait_for(settled, "the batch's runs to stop after the client left", timeout=60)
     assert value("tci_runs_total") <= 3  # 20 were asked; the rest never started
+
+
+def test_a_port_a_run_left_in_time_wait_is_free_for_the_next(server_factory) -> None:
+    """Runs without a network reuse empty network namespaces; one where a run left a TCP
+    connection in TIME_WAIT is not reused, so the next run's bind() of that port (without
+    SO_REUSEADDR) works, as it would on a fresh machine. One slot: every run follows the last."""
+    single = server_factory(run_concurrency=1)
+    code = ("import socket\n"
+            "server = socket.socket()\nserver.bind(('127.0.0.1', 8000))\nserver.listen()\n"
+            "client = socket.create_connection(('127.0.0.1', 8000))\n"
+            "accepted, _ = server.accept()\naccepted.close()\nclient.close()\nprint('bound')")
+    for _ in range(3):
+        line = one(single, code)
+        assert (line["verdict"], line["stdout"]) == ("OK", "bound\n"), line["stderr"]
