@@ -94,7 +94,7 @@ def test_usage_sums_sessions_executions_and_cpu_across_hosts(cluster):
         with a.client(key) as client:
             return client.get("/v1/tci/usage").json()["data"]
     wait_for(lambda: (used()["sessions"], used()["executions"]) == (4, 8),
-             "usage to count 4 sessions and 8 executions", timeout=10)
+             "usage to count 4 sessions and 8 executions", timeout=30)
     assert used()["cpu_seconds"] > 0
 
 

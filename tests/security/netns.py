@@ -53,7 +53,7 @@ class Namespace:
         )
         self.path = f"/proc/{self.holder.pid}/ns/net"
         own = os.stat("/proc/self/ns/net").st_ino
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while self._inode() in (own, None):
             assert time.monotonic() < deadline, "unshare --net did not make a namespace"
             time.sleep(0.01)
@@ -292,7 +292,7 @@ class ListeningHost:
         with contextlib.suppress(BrokenPipeError):
             self.process.stdin.close()
         try:
-            self.process.wait(timeout=10)
+            self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()

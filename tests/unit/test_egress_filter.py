@@ -116,7 +116,7 @@ def listed(fd: int) -> set[str]:
 
 
 async def wait_listed(fd: int, entry: str) -> set[str]:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # a liveness bound, generous for a loaded machine
     while entry not in (found := listed(fd)):
         assert time.monotonic() < deadline, f"{entry} never appeared in {found}"
         await asyncio.sleep(0.05)

@@ -68,7 +68,7 @@ def test_an_sqlite_file_locked_by_another_writer_costs_the_timeout(tmp_path):
     with pytest.raises(StoreUnavailable, match=r"SQLite database tci.db is unavailable "
                                                 r"\(database is locked\)"):
         store.create_key("blocked")
-    assert 0.9 <= time.monotonic() - started < 10
+    assert time.monotonic() - started >= 0.9  # it waited its timeout (1 s) before giving up
     other.execute("ROLLBACK")
     other.close()
     store.create_key("after")
