@@ -277,6 +277,7 @@ class RunSandboxes:
             "tmp_bytes": self.settings.tmp_max_bytes,
             "work_bytes": self.settings.run_workspace_max_bytes,
             "niceness": 0, "rlimits": self.launcher.rlimits, "program": PROGRAM_NAME,
+            "unmount": False,
             "fetch": [path for _, path in spec.fetch],
             "fetch_max_bytes": self.settings.run_fetch_max_bytes,
         }

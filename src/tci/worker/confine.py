@@ -213,7 +213,8 @@ def confine_self(spec: dict, request: dict, template_namespaces: dict[str, str],
     credentials, which would clear it), seccomp, not dumpable; then reads all of it back.
     What is not as it must be (empty: all is in force)."""
     steps = steps if steps is not None else {}
-    linux.umount("/proc", linux.MNT_DETACH)  # the template's, of the host's pid namespace
+    if request.get("unmount", True):  # the template's, of the host's pid namespace
+        linux.umount("/proc", linux.MNT_DETACH)
     linux.mount("proc", "/proc", "proc", _MOUNT_FLAGS | linux.MS_NOEXEC)
     steps["proc"] = time.monotonic()
     _set_limits(request)
@@ -270,10 +271,11 @@ def _serve_as_init(worker: int, lifeline: int, status: int, wake: int) -> None:
                 os._exit(code)
 
 
-def mount_private_tmp(tmp_bytes: int) -> None:
+def mount_private_tmp(tmp_bytes: int, unmount: bool = True) -> None:
     """The sandbox's own /tmp and /dev/shm (capped tmpfs, counted in its memory) and ptys."""
     tmpfs = f"mode=1777,size={tmp_bytes}"
-    linux.umount("/tmp", linux.MNT_DETACH)
+    if unmount:
+        linux.umount("/tmp", linux.MNT_DETACH)
     linux.mount("tmpfs", "/tmp", "tmpfs", _MOUNT_FLAGS, tmpfs)
     linux.mount("tmpfs", "/dev/shm", "tmpfs", _MOUNT_FLAGS, tmpfs)
     linux.mount("devpts", "/dev/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,

@@ -123,7 +123,7 @@ def _report_files(report: int, paths: list[str], budget: int) -> None:
 
 
 def _mount_run(request: dict) -> None:
-    confine.mount_private_tmp(request["tmp_bytes"])
+    confine.mount_private_tmp(request["tmp_bytes"], unmount=False)
     linux.mount("tmpfs", WORKSPACE, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
                 f"mode=0755,size={request['work_bytes']},uid={request['uid']},"
                 f"gid={request['uid']}")
