@@ -19,6 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TCI = str(Path(sys.executable).with_name("tci"))
+TEST_WORKSPACE_BYTES = 256 << 20
 # Deadlines for a server's start and graceful stop: bounds that tell "stuck" from "slow" on a
 # busy 2-core machine, not speed claims (both usually take a few seconds).
 START_SECONDS = 120
@@ -124,6 +125,9 @@ def make_server(tmp_path: Path, **settings: str) -> Server:
     # Warm workers import numpy, pandas and matplotlib: on two cores, every test server
     # filling a pool would slow the whole suite. Only the shared server keeps one.
     env.setdefault("TCI_POOL_SIZE", "0")
+    # Each session's volume is reserved in full on the disk: at the default 1 GiB, the shared
+    # server's sessions of a whole run would commit more disk than a CI machine has free.
+    env.setdefault("TCI_WORKSPACE_MAX_BYTES", str(TEST_WORKSPACE_BYTES))
     created = cli(data_dir, "keys", "create", "--name", "test", env=env)
     assert created.returncode == 0, created.stderr
     server = Server(data_dir, free_port(), created.stdout.strip().splitlines()[-1], env)

@@ -16,7 +16,7 @@ import pytest
 
 from tests.cluster.netns import private_network
 from tests.cluster.raycluster import Node, RayCluster, ray_env, release_host
-from tests.conftest import TCI, Server, cli, free_port
+from tests.conftest import TCI, TEST_WORKSPACE_BYTES, Server, cli, free_port
 
 HOSTS = ("host-a", "host-b")
 
@@ -26,7 +26,8 @@ def host_env(root: Path, index: int) -> dict[str, str]:
     and sandbox directories (and cgroup parent) and its own sandbox uids."""
     return {"TCI_DATA_DIR": str(root / f"tci-{HOSTS[index]}"),
             "TCI_SANDBOX_UID_BASE": str(300_000 + 20_000 * index),
-            "TCI_POOL_SIZE": "0", "TCI_MAX_SESSIONS": "40", "TCI_NETWORK": "none"}
+            "TCI_POOL_SIZE": "0", "TCI_MAX_SESSIONS": "40", "TCI_NETWORK": "none",
+            "TCI_WORKSPACE_MAX_BYTES": str(TEST_WORKSPACE_BYTES)}
 
 
 @dataclass
