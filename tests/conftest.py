@@ -128,6 +128,9 @@ def make_server(tmp_path: Path, **settings: str) -> Server:
     # Each session's volume is reserved in full on the disk: at the default 1 GiB, the shared
     # server's sessions of a whole run would commit more disk than a CI machine has free.
     env.setdefault("TCI_WORKSPACE_MAX_BYTES", str(TEST_WORKSPACE_BYTES))
+    # Likewise each session's TCI_PIDS_LIMIT is kept for it out of the host's pids: half the
+    # default lets the shared server hold twice the sessions a run leaves alive.
+    env.setdefault("TCI_PIDS_LIMIT", "128")
     created = cli(data_dir, "keys", "create", "--name", "test", env=env)
     assert created.returncode == 0, created.stderr
     server = Server(data_dir, free_port(), created.stdout.strip().splitlines()[-1], env)
