@@ -34,11 +34,13 @@ def forked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server.stop()
 
 
-def template_pids(server: Server) -> list[int]:
-    """The server's fork template: runs template.py from the server's sandbox directory."""
+def template_pids(server: Server, kind: str = "sessions") -> list[int]:
+    """The server's fork template of sessions (or of one-shot runs): runs template.py from
+    the server's sandbox directory, its kind as its argument."""
     marker = "/var/tmp/tci/"
     return [pid for pid in all_pids()
             if "template.py" in cmdline(pid) and marker in cmdline(pid)
+            and cmdline(pid).rstrip(" \0").endswith(kind)
             and _parent(pid) == server.process.pid]
 
 
@@ -141,8 +143,9 @@ def test_forked_sessions_run_as_different_unprivileged_uids(forked):
             assert set(host_uids.split()[1:]) == {str(HostView(session_id).uid)}, (pid, status)
 
 
-def test_the_template_holds_no_server_secret(forked):
-    (template,) = template_pids(forked)
+@pytest.mark.parametrize("kind", ["sessions", "runs"])
+def test_the_template_holds_no_server_secret(forked, kind):
+    (template,) = template_pids(forked, kind)
     environ = Path(f"/proc/{template}/environ").read_bytes().split(b"\0")
     names = {entry.split(b"=", 1)[0].decode() for entry in environ if entry}
     assert SERVER_ONLY_VARIABLE not in names

@@ -148,7 +148,7 @@ class ForkServer:
                          0o600)
         try:
             process = await asyncio.create_subprocess_exec(
-                self.python, "-S", str(self.script),
+                self.python, "-S", str(self.script), self.spec.get("kind", "sessions"),
                 stdin=asyncio.subprocess.PIPE, stdout=log_fd, stderr=log_fd, env=self.env,
                 pass_fds=(theirs.fileno(), self.lifeline_r, program), start_new_session=True,
             )

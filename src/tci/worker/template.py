@@ -1,7 +1,8 @@
 """The fork template: one per server, preloaded once, forked for every new session.
 
 Started by the server as root with a clean environment (sandbox/forkserver.py):
-    python3.11 -S <exposed worker dir>/template.py
+    python3.11 -S <exposed worker dir>/template.py sessions|runs
+(the kind only names it for ps; the spec says the same)
 with a JSON spec on fd 0 and its channels at the fds the spec names. It then
 
 1. makes its own mount namespace and, in a tmpfs, exactly the filesystem sessions see (the
