@@ -14,7 +14,6 @@ import logging
 import posixpath
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 
 from tci.config import Settings
 from tci.errors import BadRequest, TooManySessions, Unprocessable
@@ -31,16 +30,6 @@ _WRITABLE_ROOTS = (WORKSPACE, "/tmp")
 
 class RunQueueFull(TooManySessions):
     """More runs are waiting than TCI_RUN_QUEUE_SIZE allows."""
-
-
-@dataclass
-class RunStats:
-    """Counters for /metrics and usage (per key: the store's; here: the server's)."""
-
-    started: int = 0
-    finished: int = 0
-    verdicts: dict[str, int] = field(default_factory=dict)
-    retried: int = 0
 
 
 def sandbox_path(name: str) -> str:
@@ -74,7 +63,6 @@ class RunManager:
         self._slots = asyncio.Semaphore(self.concurrency)
         self.waiting = 0
         self.running = 0
-        self.stats = RunStats()
 
     # -- requests to specs ----------------------------------------------------------------
 
@@ -149,16 +137,12 @@ class RunManager:
         place.give_back()
         waited = time.monotonic() - queued
         self.running += 1
-        self.stats.started += 1
         try:
             result = await self._run_with_retry(spec)
         finally:
             self.running -= 1
             self._slots.release()
         result.phases["queue"] = waited
-        self.stats.finished += 1
-        self.stats.verdicts[result.verdict.value] = (
-            self.stats.verdicts.get(result.verdict.value, 0) + 1)
         return result
 
     async def _run_with_retry(self, spec: RunSpec) -> RunResult:
@@ -173,8 +157,6 @@ class RunManager:
             except (RunSystemError, OSError, TooManySessions) as exc:
                 failure = str(exc)
                 log.warning("run failed for a system reason (attempt %d): %s", attempt, failure)
-                if attempt == 1:
-                    self.stats.retried += 1
                 continue
             except Exception as exc:
                 failure = getattr(exc, "message", str(exc))
