@@ -65,6 +65,20 @@ def test_an_uncaught_exception_is_a_runtime_error_with_its_traceback(server: Ser
     assert line["stderr"].rstrip().endswith("ValueError: nope")
 
 
+def test_the_program_ends_after_its_threads_and_exit_handlers(server: Server) -> None:
+    """As `python3 main.py`: non-daemon threads are joined and atexit handlers run before the
+    streams are flushed; a daemon thread is not waited for."""
+    code = ("import atexit, threading, time\n"
+            "atexit.register(lambda: print('atexit'))\n"
+            "def late():\n    time.sleep(0.2)\n    print('thread')\n"
+            "threading.Thread(target=late).start()\n"
+            "threading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n"
+            "print('main')\n")
+    line = one(server, code, timeout=30)
+    assert (line["verdict"], line["stdout"]) == ("OK", "main\nthread\natexit\n")
+    assert line["wall_s"] < 30
+
+
 def test_a_syntax_error_is_a_runtime_error(server: Server) -> None:
     line = one(server, "int a = 1")
     assert line["verdict"] == "RUNTIME_ERROR"

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -291,8 +293,6 @@ def _mount_session(request: dict, volume: tuple[int, int]) -> None:
 
 
 def _set_limits(request: dict) -> None:
-    import resource
-
     for name, (soft, hard) in request["rlimits"].items():
         resource.setrlimit(getattr(resource, name), (soft, hard))
     if request["niceness"]:
@@ -350,8 +350,6 @@ def _run_worker(spec: dict, channels: tuple[int, int, int, int], worker) -> None
 
 
 def _dup_high(fd: int) -> int:
-    import fcntl
-
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
 
 

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
+import resource
+import stat
 import struct
 import time
 
@@ -104,9 +107,6 @@ def become_run(spec: dict, request: dict, fds: list[int], template_namespaces: d
 
 def _keep_high(fd: int) -> int:
     """The report pipe, out of the way of the fds a program's own files get."""
-    import fcntl
-    import resource
-
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, max(3, min(_REPORT_FD_FLOOR, soft - 1)))
     os.close(fd)
@@ -180,8 +180,6 @@ def _read_up_to(fd: int, limit: int) -> bytes:
 
 
 def _is_regular(fd: int) -> bool:
-    import stat
-
     return stat.S_ISREG(os.fstat(fd).st_mode)
 
 

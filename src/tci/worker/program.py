@@ -83,10 +83,12 @@ def _exit_code(exc: SystemExit) -> int:
 
 def _finish(code: int, at_end: Callable[[], None]) -> int:
     """The interpreter's shutdown, as far as a script can see it; then `at_end`."""
-    import threading
-
-    with contextlib.suppress(BaseException):
-        threading._shutdown()  # type: ignore[attr-defined]  # joins non-daemon threads
+    # As CPython's own finalization: a program that never imported threading started no
+    # thread to wait for (and importing it here would cost every such run an import).
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        with contextlib.suppress(BaseException):
+            threading._shutdown()  # joins non-daemon threads
     try:
         atexit._run_exitfuncs()
     except SystemExit as exc:
