@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tci.kernel.limits import OutputLimits
+from tci.kernel.output_limits import OutputLimits
 
 MiB = 1024 * 1024
 _REPO_ROOT = Path(__file__).resolve().parents[2]

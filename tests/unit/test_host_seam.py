@@ -33,7 +33,7 @@ def test_the_host_contract_loads_nothing_of_the_local_host():
 
 
 def test_the_pure_self_check_loads_neither_kernel_nor_sessions():
-    modules = loaded_by("tci.sandbox.selfcheck")
+    modules = loaded_by("tci.sandbox.protections")
     assert [m for m in modules if m.startswith(("tci.kernel.driver", "tci.sessions",
                                                 "tci.hosts"))] == []
 

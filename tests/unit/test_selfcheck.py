@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from tci.errors import SandboxUnavailable
-from tci.sandbox.selfcheck import enforce, problems_in
+from tci.sandbox.protections import enforce, problems_in
 
 SAFE = {"uid": 1000, "cap_eff": "0000000000000000", "cap_bnd": "0000000000000000",
         "no_new_privs": "1", "seccomp": "2", "pid": 2, "interfaces": ["lo"],

@@ -32,10 +32,10 @@ from tci.hosts.base import (
 from tci.hosts.pool import ReadyWorker, WarmPool, start_worker
 from tci.kernel.driver import DeathCause
 from tci.sandbox.cgroups import CPU_WEIGHT_DEFAULT
+from tci.sandbox.counters import Counters, limits_hit
 from tci.sandbox.factory import make_launcher
 from tci.sandbox.launcher import Sandbox
-from tci.sandbox.limits import Counters, limits_hit
-from tci.sandbox.selfcheck import enforce
+from tci.sandbox.protections import enforce
 from tci.workspace import DecodedFile, FileListing, list_files, read_file, write_files
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from tci.config import Settings
 from tci.errors import SandboxUnavailable, WorkerDied
 from tci.kernel.driver import WorkerConnection
-from tci.kernel.limits import OutputLimits
+from tci.kernel.output_limits import OutputLimits
 from tci.sandbox.launcher import Sandbox, SandboxLauncher
 
 log = logging.getLogger(__name__)

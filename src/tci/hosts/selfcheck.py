@@ -1,6 +1,6 @@
 """Start-up self-check, orchestrated: a probe session started the way sessions start, its
-facts read from inside (sandbox/selfcheck.PROBE) and checked with the host's view of it
-(sandbox/selfcheck.problems_in); the server refuses untrusted code if a protection is missing,
+facts read from inside (sandbox/protections.PROBE) and checked with the host's view of it
+(sandbox/protections.problems_in); the server refuses untrusted code if a protection is missing,
 unless the operator set TCI_UNSAFE_ALLOW_MISSING_PROTECTIONS."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 from tci.config import Settings
 from tci.hosts.pool import start_worker
 from tci.sandbox.launcher import SandboxLauncher
-from tci.sandbox.selfcheck import PROBE, problems_in
+from tci.sandbox.protections import PROBE, problems_in
 
 
 async def probe(launcher: SandboxLauncher, settings: Settings) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from tci.errors import WorkerDied
 from tci.kernel.coalesce import LineCoalescer
 from tci.kernel.frames import Frame, FrameReader, JsonBudget, Skipped, bundle_of, text_of
-from tci.kernel.limits import OutputLimits
+from tci.kernel.output_limits import OutputLimits
 from tci.kernel.outputs import ERROR_RESERVE, RICH, OutputCollector
 from tci.sandbox.launcher import Sandbox
 from tci.worker.protocol import ProtocolError, encode

@@ -28,9 +28,9 @@ from tci.sandbox.bwrap import (
     prlimit_options,
 )
 from tci.sandbox.cgroups import CgroupDriver, CgroupLimits, SessionCgroup
+from tci.sandbox.counters import Counters
 from tci.sandbox.egress_filter import EgressFilter
 from tci.sandbox.hostdir import make_private_dir
-from tci.sandbox.limits import Counters
 from tci.sandbox.network import Egress, start_egress
 from tci.sandbox.pidfd import ProcessHandle, children_of
 from tci.sandbox.runtime_mounts import RuntimePaths

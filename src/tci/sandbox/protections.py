@@ -1,7 +1,8 @@
-"""Start-up self-check, the pure part: the probe a sandbox runs, the verdict on its facts and
-on the host's view of it, and the refusal. The server refuses untrusted code when a
-protection is missing, unless the operator set TCI_UNSAFE_ALLOW_MISSING_PROTECTIONS (named for
-the danger). Starting the probe is the session host's job (hosts/selfcheck.py)."""
+"""The protections every sandbox must have, checked at start-up (the pure part): the probe a
+sandbox runs, the verdict on its facts and on the host's view of it, and the refusal. The server
+refuses untrusted code when a protection is missing, unless the operator set
+TCI_UNSAFE_ALLOW_MISSING_PROTECTIONS (named for the danger). Starting the probe is the session
+host's job (hosts/selfcheck.py)."""
 
 from __future__ import annotations
 
