@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from tci.hosts.base import EndKind, EndReason, HostStats
-from tci.metering import KILL_REASONS, Metrics
+from tci.metrics import KILL_REASONS, Metrics
 
 
 @pytest.mark.parametrize(("kind", "text"), [

@@ -7,14 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from tci.errors import Unprocessable
-from tci.metering import (
-    BucketUsage,
-    RunCounts,
-    bucket_floor,
-    bucket_starts,
-    usage_series,
-    window,
-)
+from tci.metering import bucket_starts, runs_dict, usage_series, window
+from tci.storage.buckets import BucketUsage, RunCounts, bucket_floor
 
 T = datetime(2026, 3, 14, 15, 9, 26, 535897, tzinfo=UTC)
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
@@ -81,7 +75,7 @@ def test_series_is_zero_filled_and_sums_to_the_totals():
     data = usage.as_dict()
     assert data["series"][1] == {"start": starts[1].isoformat(), "sessions": 0,
                                  "executions": 0, "cpu_seconds": 0.0,
-                                 "runs": RunCounts().as_dict(), "cost_usd": 0.0}
+                                 "runs": runs_dict(RunCounts()), "cost_usd": 0.0}
     assert data["runs"]["verdicts"]["SANDBOX_ERROR"] == 0  # every verdict named
 
 

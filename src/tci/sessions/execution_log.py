@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
-from tci.metering import bucket_floor
+from tci.storage.buckets import bucket_floor
 from tci.storage.store import AsyncStore, ExecutionRow, RunUsageRow
 
 log = logging.getLogger(__name__)

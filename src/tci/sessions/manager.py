@@ -31,9 +31,11 @@ from tci.hosts.base import (
     SessionGone,
     SessionHost,
 )
-from tci.metering import BucketUsage, Metrics, Usage
+from tci.metering import Usage
+from tci.metrics import Metrics
 from tci.schemas import ExecuteRequest, FileInput
 from tci.sessions.execution_log import ExecutionLog, RunLog
+from tci.storage.buckets import BucketUsage
 from tci.storage.store import AsyncStore, KeyInfo
 from tci.workspace import FileListing, decode_files
 

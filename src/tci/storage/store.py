@@ -42,8 +42,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from tci.errors import BadRequest, NotFound, StoreUnavailable
-from tci.metering import Bucket, BucketUsage, RunCounts, bucket_floor
 from tci.storage import schema
+from tci.storage.buckets import Bucket, BucketUsage, RunCounts, bucket_floor
 from tci.storage.models import (
     ApiKey,
     ExecutionRecord,

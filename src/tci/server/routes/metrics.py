@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from tci.metering import CONTENT_TYPE
+from tci.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["metrics"])
 

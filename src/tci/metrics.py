@@ -1,0 +1,85 @@
+"""The server's Prometheus metrics: counters and a histogram fed on the hot path, gauges read
+from the session manager only when /metrics is scraped (server/routes/metrics.py). What each
+key used, for billing, is tci/metering.py's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sized
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from tci.hosts.base import EndKind, EndReason, HostStats
+
+OUTCOMES = ("ok", "error", "timeout", "died")
+KILL_REASONS = ("expired", "client", "shutdown", "worker_died", "memory_limit", "timeout",
+                "host_lost")
+# The metric's label for each way a session ends (the label values predate EndKind).
+_KILL_LABEL = {
+    EndKind.EXPIRED: "expired", EndKind.CLIENT: "client", EndKind.SHUTDOWN: "shutdown",
+    EndKind.RESTARTED: "shutdown", EndKind.WORKER_DIED: "worker_died",
+    EndKind.PROTOCOL: "worker_died", EndKind.CLIENT_GONE: "worker_died",
+    EndKind.OUT_OF_MEMORY: "memory_limit", EndKind.TIMEOUT: "timeout",
+    EndKind.HOST_LOST: "host_lost",
+}
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Seconds; a warm call takes about a millisecond, a busy one up to TCI_EXECUTE_TIMEOUT.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class _PoolHost(Protocol):
+    def stats(self) -> HostStats: ...
+
+
+class Observed(Protocol):
+    """What the gauges read of the session manager: its live sessions and its host's pool."""
+
+    @property
+    def sessions(self) -> Sized: ...
+
+    @property
+    def host(self) -> _PoolHost: ...
+
+
+class Metrics:
+    """One registry per app (never the process-global one), so several apps in one process
+    do not collide. The hot path costs a counter increment and a histogram observation; the
+    gauges are read only when /metrics is scraped."""
+
+    def __init__(self, manager: Observed) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        Gauge("tci_sessions_live", "Sessions currently live", registry=r).set_function(
+            lambda: len(manager.sessions))
+        Gauge("tci_pool_ready", "Warm sandboxes ready to be handed out",
+              registry=r).set_function(lambda: manager.host.stats().pool_ready)
+        Gauge("tci_pool_size", "Target size of the warm pool (TCI_POOL_SIZE)",
+              registry=r).set_function(lambda: manager.host.stats().pool_size)
+        self.sessions_created = Counter("tci_sessions_created", "Sessions created", registry=r)
+        self.executions = Counter("tci_executions", "Executions by outcome", ["outcome"],
+                                  registry=r)
+        self.latency = Histogram("tci_execute_duration_seconds",
+                                 "Time to run one execute call's code, in seconds",
+                                 buckets=_LATENCY_BUCKETS, registry=r)
+        self.killed = Counter("tci_sandboxes_killed", "Sandboxes ended, by reason", ["reason"],
+                              registry=r)
+        # Every label value present from the start (at 0), so dashboards see the series.
+        self._by_outcome = {o: self.executions.labels(o) for o in OUTCOMES}
+        self._by_reason = {k: self.killed.labels(k) for k in KILL_REASONS}
+
+    def session_created(self) -> None:
+        self.sessions_created.inc()
+
+    def executed(self, outcome: str, seconds: float) -> None:
+        counter = self._by_outcome.get(outcome) or self.executions.labels(outcome)
+        counter.inc()
+        self.latency.observe(seconds)
+
+    def session_ended(self, reason: EndReason) -> None:
+        self._by_reason[_KILL_LABEL[reason.kind]].inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
