@@ -10,18 +10,19 @@ A database that cannot be reached raises StoreUnavailable (503), converted in on
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import math
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, cast, overload
 
 from sqlalchemy import (
     URL,
@@ -55,6 +56,8 @@ from tci.storage.models import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
 KEY_PREFIX = "tci_"
 # What create_key makes: the prefix, then 32 random bytes as 43 base64url characters. Anything
 # else cannot be a key, so the server refuses it without asking the database.
@@ -208,9 +211,6 @@ class Store:
             if row is None or row.revoked_at is not None:
                 return None
             return _key_info(row)
-
-    def count_keys(self) -> int:
-        return len(self.list_keys())
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -501,21 +501,89 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.close()
 
 
+class _OnThread(Generic[P, R]):
+    """`name = _OnThread(Store.name)` in AsyncStore's body: `await async_store.name(...)` runs
+    the store's method on the store's thread. Its parameters and result are the method's own:
+    mypy reads them through ParamSpec (`Callable[P, Awaitable[R]]`), `inspect` through
+    `functools.wraps`, so a Store method is offered by one line and never written twice."""
+
+    def __init__(self, method: Callable[Concatenate[Store, P], R]) -> None:
+        self._name = self._attribute = method.__name__
+
+    def __set_name__(self, owner: type[AsyncStore], name: str) -> None:
+        self._attribute = name
+
+    @overload
+    def __get__(self, instance: None, owner: type[AsyncStore]) -> Self: ...
+
+    @overload
+    def __get__(self, instance: AsyncStore, owner: type[AsyncStore]
+                ) -> Callable[P, Awaitable[R]]: ...
+
+    def __get__(self, instance: AsyncStore | None, owner: type[AsyncStore]
+                ) -> Self | Callable[P, Awaitable[R]]:
+        if instance is None:
+            return self
+        method: Callable[P, R] = getattr(instance._store, self._name)
+        run = instance._run
+
+        @functools.wraps(method)
+        async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            return await run(functools.partial(method, *args, **kwargs))
+
+        # Kept on the instance (this descriptor has no __set__), so later calls skip __get__.
+        setattr(instance, self._attribute, call)
+        return call
+
+
+class _Queued(Generic[P]):
+    """`name_later = _Queued(Store.name)`: the write is queued on the store's thread and not
+    awaited; the one thread keeps it ahead of any later call, and a failure is logged."""
+
+    def __init__(self, method: Callable[Concatenate[Store, P], object]) -> None:
+        self._name = method.__name__
+
+    def __set_name__(self, owner: type[AsyncStore], name: str) -> None:
+        self._attribute = name
+
+    @overload
+    def __get__(self, instance: None, owner: type[AsyncStore]) -> Self: ...
+
+    @overload
+    def __get__(self, instance: AsyncStore, owner: type[AsyncStore]) -> Callable[P, None]: ...
+
+    def __get__(self, instance: AsyncStore | None, owner: type[AsyncStore]
+                ) -> Self | Callable[P, None]:
+        if instance is None:
+            return self
+        method: Callable[P, object] = getattr(instance._store, self._name)
+        fire = instance._fire
+
+        @functools.wraps(method)
+        def call(*args: P.args, **kwargs: P.kwargs) -> None:
+            fire(functools.partial(method, *args, **kwargs))
+
+        setattr(instance, self._attribute, call)
+        return call
+
+
 class AsyncStore:
-    """The store as the server's event loop uses it: every method runs on one thread, in the
-    order called; the `*_later` writes are queued without waiting for them (the single thread
-    keeps them ahead of any later read). Callers never reach the inner Store."""
+    """The store as the server's event loop uses it: every call runs on one thread, in the
+    order called, so SQLite sees a single writer and the loop never waits on I/O. Each Store
+    method is offered under its own name and signature, awaited; the `*_later` writes are
+    queued without waiting for them (the single thread keeps them ahead of any later read).
+    Callers never reach the inner Store."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tci-store")
         self._background: set[asyncio.Future[Any]] = set()
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    def _fire(self, fn: Callable[..., Any], *args: Any) -> None:
-        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    def _fire(self, fn: Callable[[], object]) -> None:
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
         self._background.add(future)
         future.add_done_callback(self._finished)
 
@@ -524,71 +592,42 @@ class AsyncStore:
         if not future.cancelled() and future.exception() is not None:
             log.error("a queued store write failed: %s", future.exception())
 
-    async def find_active_key(self, secret: str) -> KeyInfo | None:
-        return await self._call(self._store.find_active_key, secret)
+    # -- keys
+    create_key = _OnThread(Store.create_key)
+    list_keys = _OnThread(Store.list_keys)
+    revoke_key = _OnThread(Store.revoke_key)
+    find_active_key = _OnThread(Store.find_active_key)
+    find_key_by_name = _OnThread(Store.find_key_by_name)
 
-    async def find_key_by_name(self, name: str) -> KeyInfo | None:
-        return await self._call(self._store.find_key_by_name, name)
+    # -- sessions. add_session is awaited: a session other gateways must find, or one that
+    # must not exist unrecorded while the database is down, is recorded before the caller
+    # goes on.
+    add_session = _OnThread(Store.add_session)
+    reserve_session = _OnThread(Store.reserve_session)
+    release_reservation = _OnThread(Store.release_reservation)
+    # Queued: a failed start's error goes back at once; the place is freed before any later
+    # call of this server counts (one thread, in order), and if the database is down it
+    # stops counting once its hold runs out.
+    release_reservation_later = _Queued(Store.release_reservation)
+    end_session = _OnThread(Store.end_session)
+    end_session_later = _Queued(Store.end_session)
+    end_live = _OnThread(Store.end_live)
+    end_all_live = _OnThread(Store.end_all_live)
+    live_hosts = _OnThread(Store.live_hosts)
+    find_ended = _OnThread(Store.find_ended)
+    live_owner = _OnThread(Store.live_owner)
+    session_row = _OnThread(Store.session_row)
 
-    async def end_all_live(self, reason: str) -> int:
-        return await self._call(self._store.end_all_live, reason)
-
-    async def end_live(self, reason: str, host: str | None = None) -> int:
-        return await self._call(self._store.end_live, reason, host)
-
-    async def live_hosts(self) -> set[str | None]:
-        return await self._call(self._store.live_hosts)
-
-    async def add_session(self, session_id: str, key_id: int, started: datetime,
-                          expires: datetime, host: str | None = None,
-                          reservation: str | None = None) -> None:
-        """Recorded before the caller goes on (a session other gateways must find, or one
-        that must not exist unrecorded when the database is down)."""
-        await self._call(self._store.add_session, session_id, key_id, started, expires, host,
-                         reservation)
-
-    async def reserve_session(self, key_id: int, limit: int,
-                              hold_seconds: float) -> str | None:
-        return await self._call(self._store.reserve_session, key_id, limit, hold_seconds)
-
-    def release_reservation_later(self, reservation: str) -> None:
-        """Queued, not awaited: a failed start's error goes back at once; the place is
-        freed before any later call of this server counts (one thread, in order), and if
-        the database is down it stops counting once its hold runs out."""
-        self._fire(self._store.release_reservation, reservation)
+    # -- executions, runs and usage
+    record_executions = _OnThread(Store.record_executions)
+    record_runs = _OnThread(Store.record_runs)
+    usage = _OnThread(Store.usage)
+    usage_by_bucket = _OnThread(Store.usage_by_bucket)
 
     async def settled(self) -> None:
         """Returns once every write queued before it is done (they run in order on one
         thread), e.g. a session's end, which other servers then see."""
-        await self._call(lambda: None)
-
-    async def find_ended(self, session_id: str) -> EndedSession | None:
-        return await self._call(self._store.find_ended, session_id)
-
-    async def live_owner(self, session_id: str) -> int | None:
-        return await self._call(self._store.live_owner, session_id)
-
-    async def record_executions(self, rows: list[ExecutionRow]) -> int:
-        return await self._call(self._store.record_executions, rows)
-
-    async def record_runs(self, rows: list[RunUsageRow]) -> None:
-        await self._call(self._store.record_runs, rows)
-
-    async def usage(self, since: datetime, until: datetime,
-                    key_id: int | None = None) -> dict[int, UsageRow]:
-        return await self._call(self._store.usage, since, until, key_id)
-
-    async def usage_by_bucket(self, since: datetime, until: datetime, key_id: int,
-                              bucket: Bucket) -> dict[datetime, BucketUsage]:
-        return await self._call(self._store.usage_by_bucket, since, until, key_id, bucket)
-
-    def add_session_later(self, session_id: str, key_id: int, started: datetime,
-                          expires: datetime, host: str | None = None) -> None:
-        self._fire(self._store.add_session, session_id, key_id, started, expires, host)
-
-    def end_session_later(self, session_id: str, reason: str,
-                          cpu_seconds: float | None = None) -> None:
-        self._fire(self._store.end_session, session_id, reason, cpu_seconds)
+        await self._run(lambda: None)
 
     async def drain(self) -> None:
         if self._background:
