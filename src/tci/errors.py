@@ -48,12 +48,17 @@ class Unprocessable(TCIError):
     status_code = 422
 
 
-class TooManySessions(TCIError):
-    status_code = 429
+class RetryLater(TCIError):
+    """A refusal the client should retry after `retry_after` seconds (the Retry-After
+    header): load or a passing outage, not the request's fault."""
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TooManySessions(RetryLater):
+    status_code = 429
 
 
 class SandboxUnavailable(TCIError):
@@ -73,44 +78,32 @@ class SandboxUnavailable(TCIError):
         return self.message if self.public else self.public_text
 
 
-class ServerBusy(TCIError):
+class ServerBusy(RetryLater):
     """Too much of one kind of work is in flight to take this request now (e.g. API key
     look-ups, TCI_AUTH_MAX_LOOKUPS); the client should retry after `retry_after` seconds."""
 
     status_code = 503
-
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
     @property
     def client_message(self) -> str:  # says only which limit, for the client to wait out
         return self.message
 
 
-class StoreUnavailable(TCIError):
+class StoreUnavailable(RetryLater):
     """The database cannot be reached or used now (down, restarting, unreachable, locked):
     the request changed nothing there; the client should retry after `retry_after` seconds."""
 
     status_code = 503
     public_text = "the service is temporarily unavailable; nothing was changed, retry later"
 
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
-
-class HostUnreachable(TCIError):
+class HostUnreachable(RetryLater):
     """The host running the session cannot be reached now (on Ray: its actor is unavailable
     or a call to it timed out, but Ray has not said it died): the session is kept, and the
     client should retry after `retry_after` seconds."""
 
     status_code = 503
     public_text = "the session's host cannot be reached now; the session is kept, retry later"
-
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class WorkerDied(TCIError):
