@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from .creation import FIT_IN, ConfigResult, CreationRun, SustainedResult
 from .footprint import HELPER, SANDBOX, WORKER
-from .stats import Series, fmt_ratio, fmt_seconds
+from .stats import Series, fmt_met, fmt_ratio, fmt_seconds, markdown_table
 from .steps import START
 
 MiB = 1024 * 1024
@@ -31,16 +31,6 @@ PEERS = [
      "paper"),
 ]
 DAYTONA_BURST = 0.90
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _met(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("yes" if ok else "**no**")
 
 
 def _mb(value: float | None) -> str:
@@ -78,7 +68,7 @@ def targets_table(run: CreationRun) -> str:
         fork, bwrap = (value(run.result(start, network)) for start in ("fork", "bwrap"))
         rows.append([label, show(fork), show(bwrap),
                      _times(fork, bwrap, larger_is_better), target,
-                     _met(ok(fork) if ok is not None and fork is not None else None)])
+                     fmt_met(ok(fork) if ok is not None and fork is not None else None)])
 
     for network in ("egress", "none"):
         target = TARGET_RATE[network]
@@ -108,7 +98,8 @@ def targets_table(run: CreationRun) -> str:
         None, larger_is_better=True)
     add("warm execute `x += 1`, p50", "<= 1.5 ms", lambda r: _p50(r.warm) if r else None,
         fmt_seconds, lambda v: v <= TARGET_WARM)
-    return _table(["figure", "fork", "bwrap", "fork vs bwrap", "target", "met (fork)"], rows)
+    return markdown_table(
+        ["figure", "fork", "bwrap", "fork vs bwrap", "target", "met (fork)"], rows)
 
 
 def sustained_table(run: CreationRun) -> str:
@@ -128,12 +119,12 @@ def sustained_table(run: CreationRun) -> str:
         return ""
     seconds = run.options.seconds
     first, steady = seconds * 2 / 15, seconds / 3
-    return _table(["configuration", "clients", f"creations/s ({seconds:g} s)", "p50", "p99",
-                   f"first {first:g} s (pool full)",
-                   f"steady state ({steady:g}-{seconds:g} s)", "DELETE p50",
-                   "CPU ms per creation: server / template / sessions / bench / whole "
-                   "machine",
-                   "failed"], rows)
+    return markdown_table(["configuration", "clients", f"creations/s ({seconds:g} s)", "p50", "p99",
+                           f"first {first:g} s (pool full)",
+                           f"steady state ({steady:g}-{seconds:g} s)", "DELETE p50",
+                           "CPU ms per creation: server / template / sessions / bench / whole "
+                           "machine",
+                           "failed"], rows)
 
 
 def _cpu_cell(s: SustainedResult) -> str:
@@ -160,8 +151,8 @@ def burst_table(run: CreationRun) -> str:
     for peer, wall in (("Daytona", "0.90 s"), ("E2B", "1.59 s")):
         rows.append([f"{peer} (quoted, not measured here)", "100/100", wall, "", "",
                      "third-party measurement, cloud, 2026"])
-    return _table(["configuration", "answered", "last answer", "p50 per request", "failed",
-                   "vs Daytona / note"], rows)
+    return markdown_table(["configuration", "answered", "last answer", "p50 per request", "failed",
+                           "vs Daytona / note"], rows)
 
 
 def memory_table(run: CreationRun) -> str:
@@ -189,7 +180,7 @@ def memory_table(run: CreationRun) -> str:
         row(f"idle sessions in {FIT_IN // 1024**3} GiB (extrapolated)",
             lambda r: f"{r.memory.fit:,}" if r.memory.fit else "n/a"),
     ]
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def batch_table(run: CreationRun) -> str:
@@ -204,8 +195,8 @@ def batch_table(run: CreationRun) -> str:
                                         else "")])
     if not rows:
         return ""
-    return _table(["configuration", "snippets", "concurrency", "wall", "snippets/s", "failed"],
-                  rows)
+    return markdown_table(
+        ["configuration", "snippets", "concurrency", "wall", "snippets/s", "failed"], rows)
 
 
 def warm_table(run: CreationRun) -> str:
@@ -213,7 +204,7 @@ def warm_table(run: CreationRun) -> str:
              str(len(r.warm))] for r in run.results if r.warm is not None and r.warm.samples]
     if not rows:
         return ""
-    return _table(["configuration", "p50", "p99", "samples"], rows)
+    return markdown_table(["configuration", "p50", "p99", "samples"], rows)
 
 
 def profile_table(run: CreationRun) -> str:
@@ -244,7 +235,7 @@ def profile_table(run: CreationRun) -> str:
             one_client.append("")
     rows.append(["server's part of a 1-client HTTP creation (its p50 minus the first cell)",
                  *one_client])
-    return _table(["step (median ms)", *labels], rows)
+    return markdown_table(["step (median ms)", *labels], rows)
 
 
 def largest_steps(run: CreationRun, label: str = "fork, egress", count: int = 4) -> str:
@@ -324,7 +315,7 @@ def section(run: CreationRun) -> str:
         profile_table(run),
         largest_steps(run),
         "### Peers' published figures (quoted, not measured here)",
-        _table(["peer", "figure", "source"], [list(p) for p in PEERS]),
+        markdown_table(["peer", "figure", "source"], [list(p) for p in PEERS]),
         METHOD.format(clients=" and ".join(str(c) for c in o.clients), seconds=o.seconds,
                       burst=o.burst, cores=os.cpu_count(),
                       imports="import numpy, pandas, matplotlib.pyplot"),

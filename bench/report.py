@@ -14,7 +14,7 @@ from typing import Any
 from . import creation_report
 from .creation import CreationRun
 from .peers import QUICKACK_NOTE
-from .stats import Series, fmt_ratio, fmt_seconds
+from .stats import Series, fmt_met, fmt_ratio, fmt_seconds, markdown_table
 from .tci_runs import BurstResult, MemoryResult, ThroughputResult, WarmResult
 
 MiB = 1024 * 1024
@@ -86,16 +86,6 @@ def code_version() -> str:
 # -- tables -------------------------------------------------------------------------------------
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _met(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("yes" if ok else "**no**")
-
-
 def _versus(series: Series | None, tci: Series | None) -> str:
     """How tci's median compares with `series`'s."""
     if series is None or tci is None:
@@ -115,17 +105,17 @@ def targets_table(run: Run) -> str:
     warm = run.warm.raw if run.warm else None
     rows.append(["warm execute `x += 1` in a live session, p50",
                  fmt_seconds(warm.p50 if warm else None), "<= 1.5 ms",
-                 _met(warm.p50 <= TARGET_WARM if warm else None)])
+                 fmt_met(warm.p50 <= TARGET_WARM if warm else None)])
     rows.append(["warm execute `x += 1` in a live session, p99",
                  fmt_seconds(warm.p99 if warm else None), "<= 1.5 ms",
-                 _met(warm.p99 <= TARGET_WARM if warm else None)])
+                 fmt_met(warm.p99 <= TARGET_WARM if warm else None)])
     start = run.new_session
     rows.append(["new session, first `print(1)`, p50", fmt_seconds(start.p50 if start else None),
-                 "<= 10 ms", _met(start.p50 <= TARGET_START if start else None)])
+                 "<= 10 ms", fmt_met(start.p50 <= TARGET_START if start else None)])
     tp = run.throughput
     rows.append([f"throughput, {tp.sessions if tp else 32} live sessions doing `x += 1`",
                  f"{tp.rate:,.0f} executions/s" if tp else "n/a", ">= 1000 executions/s",
-                 _met(tp.rate >= TARGET_THROUGHPUT and not tp.failures if tp else None)])
+                 fmt_met(tp.rate >= TARGET_THROUGHPUT and not tp.failures if tp else None)])
     burst = run.burst
     if burst:
         answered = burst.requests - len(burst.errors)
@@ -133,12 +123,12 @@ def targets_table(run: Run) -> str:
                     f"{len(burst.errors)} failed")
     rows.append([f"{burst.requests if burst else 50} session creations at once",
                  measured if burst else "n/a", "all answered, none failed; report the time",
-                 _met(not burst.errors if burst else None)])
+                 fmt_met(not burst.errors if burst else None)])
     memory = _memory_headline(run.memory)
     rows.append(["memory per idle warm session (PSS, numpy+pandas+matplotlib imported)",
                  f"{memory / MiB:.1f} MB" if memory is not None else "n/a", "<= 60 MB",
-                 _met(memory <= TARGET_MEMORY if memory is not None else None)])
-    return _table(["figure", "measured", "target", "met"], rows)
+                 fmt_met(memory <= TARGET_MEMORY if memory is not None else None)])
+    return markdown_table(["figure", "measured", "target", "met"], rows)
 
 
 def round_trip_table(run: Run) -> str:
@@ -168,7 +158,7 @@ def round_trip_table(run: Run) -> str:
         if run.warm.run_cell is not None:
             rows.append(["IPython `run_cell('x += 1')` timed inside the worker",
                          fmt_seconds(run.warm.run_cell), "", "", ""])
-    return _table(["round trip of `x += 1`", "p50", "p99", "samples", "p50 vs tci"], rows)
+    return markdown_table(["round trip of `x += 1`", "p50", "p99", "samples", "p50 vs tci"], rows)
 
 
 def start_table(run: Run) -> str:
@@ -185,8 +175,8 @@ def start_table(run: Run) -> str:
         versus = _versus(series, tci) if series is not tci and "burst" not in label else ""
         rows.append([label, fmt_seconds(series.p50), fmt_seconds(series.p99),
                      fmt_seconds(series.max), str(len(series)), versus])
-    return _table(["start, to the output of the first `print(1)`", "p50", "p99", "max",
-                   "samples", "p50 vs tci"], rows)
+    return markdown_table(["start, to the output of the first `print(1)`", "p50", "p99", "max",
+                           "samples", "p50 vs tci"], rows)
 
 
 def where_the_time_goes(run: Run) -> str:
@@ -293,11 +283,11 @@ def markdown(run: Run, plot_name: str | None) -> str:
         "# Benchmarks",
         f"Written by `{run.command}` on {run.started:%Y-%m-%d %H:%M %Z} "
         f"({run.duration:.0f} s); rerun it rather than edit this file.",
-        "## Machine\n\n" + _table(["", ""], machine_rows),
+        "## Machine\n\n" + markdown_table(["", ""], machine_rows),
         "The machine is shared with other work and noisy: medians move by tens of percent "
         "between runs, and p99s more. Compare figures within one run (every peer below ran in "
         "the same run as tci, one after another on the same 2 cores), not across runs.",
-        "## Server under test\n\n" + _table(["", ""], settings_rows),
+        "## Server under test\n\n" + markdown_table(["", ""], settings_rows),
         summary(run).rstrip(),
     ]
     if plot_name:

@@ -51,3 +51,14 @@ def fmt_ratio(value: float | None) -> str:
     if value is None:
         return "n/a"
     return f"{value:.1f}x" if value < 100 else f"{value:.0f}x"
+
+
+def fmt_met(ok: bool | None) -> str:
+    """Whether a target is met, for a report's table ("n/a": not measured)."""
+    return "n/a" if ok is None else ("yes" if ok else "**no**")
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
