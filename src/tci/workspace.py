@@ -4,23 +4,21 @@ The workspace belongs to untrusted code, which may have planted symlinks, FIFOs 
 hardlinks in it. The server writes as root, so every path is walked one component at a
 time with `openat(O_NOFOLLOW)`: a symlink anywhere on the path is refused, never
 followed, even if it is swapped in between our check and our write.
+What a request may bring (how many files, how large) is checked before, in
+tci/request_files.py; here a name is only split into components that stay in the workspace.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import errno
 import os
 import stat
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tci.config import Settings
 from tci.errors import BadRequest, NotFound, PayloadTooLarge
-from tci.schemas import FileInput
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_COMPONENT = 255
@@ -59,49 +57,6 @@ def split_path(name: str, max_length: int) -> tuple[str, ...]:
     if name.endswith("/"):
         raise BadRequest(f"file name {name!r} names a directory, not a file")
     return parts
-
-
-def decode_files(files: Iterable[FileInput], settings: Settings) -> list[DecodedFile]:
-    """Check every file of a request before anything is written (all or nothing)."""
-    files = list(files)
-    if len(files) > settings.max_files_per_request:
-        raise PayloadTooLarge(
-            f"{len(files)} files in one request; the limit is {settings.max_files_per_request} "
-            "(TCI_MAX_FILES_PER_REQUEST)"
-        )
-    decoded: list[DecodedFile] = []
-    total = 0
-    seen: set[tuple[str, ...]] = set()
-    for item in files:
-        parts = split_path(item.name, settings.max_filename_length)
-        if parts in seen:
-            raise BadRequest(f"file {item.name!r} appears twice in the request")
-        seen.add(parts)
-        if item.encoding == "base64":
-            try:
-                content = base64.b64decode(item.content, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise BadRequest(f"file {item.name!r} is not valid base64: {exc}") from exc
-        else:
-            content = item.content.encode()
-        if len(content) > settings.max_file_bytes:
-            raise PayloadTooLarge(
-                f"file {item.name!r} is {len(content)} bytes; the limit is "
-                f"{settings.max_file_bytes} bytes per file (TCI_MAX_FILE_BYTES)"
-            )
-        total += len(content)
-        if total > settings.max_files_bytes:
-            raise PayloadTooLarge(
-                f"the files of this request exceed {settings.max_files_bytes} bytes in total "
-                "(TCI_MAX_FILES_BYTES)"
-            )
-        decoded.append(DecodedFile(parts, content))
-    # A name must not be both a file and a directory of another file in the same request.
-    for file in decoded:
-        for depth in range(1, len(file.parts)):
-            if file.parts[:depth] in seen:
-                raise BadRequest(f"{'/'.join(file.parts[:depth])!r} is both a file and a directory")
-    return decoded
 
 
 def _refuse(name: str, exc: OSError) -> BadRequest:

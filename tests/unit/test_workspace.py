@@ -8,8 +8,9 @@ import pytest
 
 from tci.config import Settings
 from tci.errors import BadRequest, PayloadTooLarge
+from tci.request_files import check_file, decode_files
 from tci.schemas import FileInput
-from tci.workspace import decode_files, list_files, split_path, write_files
+from tci.workspace import list_files, split_path, write_files
 
 
 @pytest.mark.parametrize("name", ["", " ", "/etc/passwd", "../x", "a/../../x", "a\x00b",
@@ -41,6 +42,22 @@ def test_decode_checks_base64_and_sizes():
     with pytest.raises(PayloadTooLarge, match="TCI_MAX_FILES_BYTES"):
         decode_files([FileInput(name="a", content="1234"), FileInput(name="b", content="123")],
                      settings)
+
+
+def test_a_raw_upload_keeps_its_bytes_and_meets_a_requests_limits():
+    """PUT .../files/<name> sends bytes as they are: not text, not base64, checked alike."""
+    raw = b"\xff\xfe\x00not utf-8"
+    checked = check_file("dir/blob.bin", raw, Settings())
+    assert (checked.parts, checked.content) == (("dir", "blob.bin"), raw)
+    with pytest.raises(BadRequest, match=r"contains '\.\.'"):
+        check_file("../escape", b"x", Settings())
+    with pytest.raises(PayloadTooLarge, match="TCI_MAX_FILE_BYTES"):
+        check_file("a", b"12345", Settings(max_file_bytes=4, max_files_bytes=6))
+    # A request's total limit holds for its one file too, even below the per-file limit.
+    with pytest.raises(PayloadTooLarge, match="TCI_MAX_FILES_BYTES"):
+        check_file("a", b"12345", Settings(max_file_bytes=8, max_files_bytes=4))
+    with pytest.raises(PayloadTooLarge, match="TCI_MAX_FILES_PER_REQUEST"):
+        check_file("a", b"x", Settings(max_files_per_request=0))
 
 
 def test_file_and_directory_of_the_same_name_conflict():

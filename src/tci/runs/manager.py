@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator, Sequence
 
 from tci.config import Settings
 from tci.errors import BadRequest, TooManySessions, Unprocessable
+from tci.request_files import decode_files
 from tci.runs.models import RUN_LANGUAGES, RunFile, RunRequest, RunResult, RunSpec
 from tci.runs.sandboxes import PROGRAM_NAME, RunSandboxes, RunSystemError
 from tci.runs.verdicts import Verdict, judge
-from tci.workspace import decode_files
 
 log = logging.getLogger(__name__)
 

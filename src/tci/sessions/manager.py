@@ -4,7 +4,6 @@ and nothing of where sessions run: that is the SessionHost's (tci/hosts)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import builtins
 import contextlib
 import logging
@@ -33,11 +32,12 @@ from tci.hosts.base import (
 )
 from tci.metering import Usage
 from tci.metrics import Metrics
-from tci.schemas import ExecuteRequest, FileInput
+from tci.request_files import check_file, decode_files
+from tci.schemas import ExecuteRequest
 from tci.sessions.execution_log import ExecutionLog, RunLog
 from tci.storage.buckets import BucketUsage
 from tci.storage.store import AsyncStore, KeyInfo
-from tci.workspace import FileListing, decode_files
+from tci.workspace import FileListing
 
 log = logging.getLogger(__name__)
 # A per-key reservation outlives the longest start (TCI_WORKER_START_TIMEOUT, plus the
@@ -327,11 +327,7 @@ class SessionManager:
 
     async def write_file(self, key: KeyInfo, session_id: str, path: str, content: bytes) -> int:
         session = await self.get(key, session_id)
-        files = decode_files(
-            [FileInput(name=path, encoding="base64", content=base64.b64encode(content).decode())],
-            self.settings,
-        )
-        await session.hosted.write_files(files)
+        await session.hosted.write_files([check_file(path, content, self.settings)])
         return len(content)
 
     def list(self, key: KeyInfo) -> list[dict[str, Any]]:
