@@ -4,7 +4,7 @@ Runs in a process of its own (`python -m bench.steps`, started by `run`), so tha
 the cgroups and the mounts it makes are gone with it. Timed on the host side: the volume and
 directories, the cgroup, the spawn, nosymfollow, the network (filter and slirp4netns), the
 worker's ready message, the pool's preload, the first cell, the teardown. On the fork path the
-spawn is cut further by the marks each fork reports (`ForkLauncher.last_steps`,
+spawn is cut further by the marks each fork reports (`ForkStarter.last_steps`,
 CLOCK_MONOTONIC, shared by every process): "a -> b" is the time from mark a to mark b.
 """
 
@@ -81,7 +81,8 @@ async def _profile(start: str, network: str, samples: int, data_dir: Path) -> Ti
     timer = Timer()
     launcher._make_dirs = timer.wrap("uid's directories and volume", launcher._make_dirs)
     launcher._make_cgroup = timer.wrap("cgroup (made, limits written)", launcher._make_cgroup)
-    launcher._spawn = timer.wrap(SPAWN, launcher._spawn)
+    starter = launcher.starter
+    starter.start = timer.wrap(SPAWN, starter.start)  # type: ignore[method-assign]
     launcher_module.volume.forbid_symlinks = timer.wrap(
         "nosymfollow on the host's view of the volume", launcher_module.volume.forbid_symlinks)
     launcher_module.start_egress = timer.wrap("network: slirp4netns started",
@@ -98,13 +99,16 @@ async def _profile(start: str, network: str, samples: int, data_dir: Path) -> Ti
                                             network_module.Egress.stop)
     launcher.prepare()
     await launcher.warm_up()
+    networks = getattr(starter, "networks", None)
+    if networks is not None:  # made at warm_up
+        networks.take = timer.wrap("network: taken from those made ahead", networks.take)
     preload = list(settings.pool_preload)
     try:
         for index in range(samples):
             began = time.perf_counter()
             sandbox = await launcher.start(f"ses_steps{index}")
             started = time.perf_counter() - began
-            marks = getattr(launcher, "last_steps", {})
+            marks = getattr(starter, "last_steps", {})
             names = list(marks)
             for first, then in itertools.pairwise(names):
                 timer.add(f"  fork: {first} -> {then}", marks[then] - marks[first])
@@ -125,21 +129,18 @@ async def _profile(start: str, network: str, samples: int, data_dir: Path) -> Ti
 
 
 def _wrap_network_pool(timer: Timer, launcher: Any) -> None:
-    from tci.sandbox import netns_pool
+    from tci.sandbox.fork import pools
 
     ahead = "network made ahead (off the path)"
     for row in (f"{ahead}: total", f"  {ahead}: namespace", f"  {ahead}: egress filter loaded",
                 f"  {ahead}: slirp4netns started"):
         timer.samples[row] = []  # the table's rows in this order
-    netns_pool.NetworkPool.make = timer.wrap(f"{ahead}: total", netns_pool.NetworkPool.make)
-    netns_pool.new_network_namespace = timer.wrap(f"  {ahead}: namespace",
-                                                  netns_pool.new_network_namespace)
+    pools.NetworkPool.make = timer.wrap(f"{ahead}: total", pools.NetworkPool.make)
+    pools.new_network_namespace = timer.wrap(f"  {ahead}: namespace",
+                                             pools.new_network_namespace)
     launcher.egress_filter.attach_fd = timer.wrap(f"  {ahead}: egress filter loaded",
                                                   launcher.egress_filter.attach_fd)
-    netns_pool.start_egress = timer.wrap(f"  {ahead}: slirp4netns started",
-                                         netns_pool.start_egress)
-    launcher._network_ahead = timer.wrap("network: taken from those made ahead",
-                                         launcher._network_ahead)
+    pools.start_egress = timer.wrap(f"  {ahead}: slirp4netns started", pools.start_egress)
 
 
 async def _timed(timer: Timer, name: str, awaitable: Any) -> Any:

@@ -28,9 +28,9 @@ import pytest
 import tci.worker
 from tci.errors import SandboxUnavailable
 from tci.sandbox.bwrap import PYTHON
-from tci.sandbox.forkserver import MAX_STATUS_BYTES, ForkedProcess
-from tci.sandbox.launcher import _read_to_eof
+from tci.sandbox.fork.template_process import MAX_STATUS_BYTES, ForkedInit
 from tci.sandbox.pidfd import ProcessHandle
+from tci.sandbox.startup_report import read_report
 from tests.conftest import make_server, stdout_of, wait_for
 from tests.host import all_pids, in_session
 from tests.security.conftest import LIMITS, HostView, new_session, run_json, status_of
@@ -186,7 +186,7 @@ def test_a_flooded_status_channel_ends_the_session_with_bounded_memory():
     async def read_flood() -> tuple[int, str | None, int]:
         handle = ProcessHandle.open(stand_in.pid)
         assert handle is not None
-        process = ForkedProcess(handle, ours.detach())
+        process = ForkedInit(handle, ours.detach())
         flooder = threading.Thread(target=_flood, args=(theirs, sent), daemon=True)
         tracemalloc.start()
         flooder.start()
@@ -228,7 +228,7 @@ def test_an_overlong_info_channel_fails_the_start():
     flooder.start()
     try:
         with pytest.raises(SandboxUnavailable, match="info"):
-            asyncio.run(asyncio.wait_for(_read_to_eof(read_end), timeout=30))
+            asyncio.run(asyncio.wait_for(read_report(read_end), timeout=30))
     finally:
         os.close(read_end)  # the flooder's next write fails: it stops
         flooder.join(30)

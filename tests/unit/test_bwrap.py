@@ -6,8 +6,8 @@ from tci.sandbox.bwrap import (
     SandboxSpec,
     build_argv,
     bwrap_can_disable_userns,
+    bwrap_env,
     prlimit_options,
-    sandbox_env,
 )
 
 
@@ -51,7 +51,7 @@ def test_host_paths_seen_are_the_allowed_ones():
 
 
 def test_environment_is_built_not_inherited():
-    env = sandbox_env(spec())
+    env = bwrap_env(spec())
     assert env["HOME"] == "/home/user"
     assert env["TCI_WORKER_FDS"] == "5,6"
     assert env["PIP_BREAK_SYSTEM_PACKAGES"] == "1"

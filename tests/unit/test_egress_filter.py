@@ -23,7 +23,7 @@ from tci.sandbox.egress_filter import (
     fixed_refusals,
     ruleset,
 )
-from tci.sandbox.netns_pool import new_network_namespace
+from tci.sandbox.fork.pools import new_network_namespace
 
 
 def refuses(networks: set, address: str) -> bool:

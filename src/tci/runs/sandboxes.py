@@ -4,15 +4,14 @@ request to the fork template, then what the run printed and how it ended.
 A run pays only for what it uses: one process (forked from a lean template, pid 1 of its own
 namespace), no volume (its /workspace is a tmpfs in its own memory limit), no session record,
 no shell, no worker protocol. The server holds a pidfd on it and kills it at its time limit;
-the template, its parent, says how it ended. Cgroups are kept between runs (a run's cgroup is
-empty once it ended), so the request path makes none and removes none.
+the template, its parent, says how it ended. Cgroups and empty network namespaces are kept
+between runs (sandbox/fork/pools.py), so the request path makes none and removes none.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -24,8 +23,11 @@ from tci.config import Settings
 from tci.errors import SandboxUnavailable
 from tci.runs.models import RunSpec
 from tci.runs.verdicts import Outcome
-from tci.sandbox.cgroups import CgroupLimits, SessionCgroup
-from tci.worker import linux
+from tci.sandbox.cgroups import SessionCgroup
+from tci.sandbox.fork.pools import EmptyNetwork, EmptyNetworks, RunCgroups, close_network
+from tci.sandbox.fork.starter import ForkStarter
+from tci.sandbox.launcher import SandboxLauncher
+from tci.sandbox.network import Egress
 from tci.worker.oneshot import pack_payload
 
 log = logging.getLogger(__name__)
@@ -91,154 +93,16 @@ class _Capped:
         return self.kept.decode(errors="replace")
 
 
-class RunCgroups:
-    """Empty cgroups for runs, reused: a run takes one, sets its memory limit, gives it back."""
-
-    def __init__(self, settings: Settings, launcher) -> None:
-        self.settings = settings
-        self.launcher = launcher
-        self._free: list[SessionCgroup] = []
-        self._limits: dict[str, CgroupLimits] = {}  # what each cgroup's files say now
-        self._names = itertools.count(1)
-
-    def take(self, memory_bytes: int) -> SessionCgroup | None:
-        driver = self.launcher.cgroups
-        if driver is None:
-            return None  # only with TCI_UNSAFE_ALLOW_MISSING_PROTECTIONS
-        limits = CgroupLimits(memory_bytes=memory_bytes, pids_max=self.settings.pids_limit,
-                              cpu_weight=self.settings.cpu_weight,
-                              io_weight=self.settings.io_weight)
-        while self._free:
-            cgroup = self._free.pop()
-            if self._limits.get(cgroup.name) == limits:
-                return cgroup  # as the last run left them (the usual case: one memory_mb)
-            try:
-                cgroup.set_limits(limits)
-            except (OSError, SandboxUnavailable):
-                self._discard(cgroup)
-                continue
-            self._limits[cgroup.name] = limits
-            return cgroup
-        cgroup = driver.create(f"run-{next(self._names)}", limits)
-        self._limits[cgroup.name] = limits
-        return cgroup
-
-    def give_back(self, cgroup: SessionCgroup) -> bool:
-        """True if the run left nothing behind (its uid may then serve another run)."""
-        if not cgroup.procs():
-            self._free.append(cgroup)
-            return True
-        # A run cancelled or given up on: whatever is left is killed; the cgroup is not reused.
-        emptied = cgroup.kill_all()
-        self._discard(cgroup)
-        return emptied
-
-    def _discard(self, cgroup: SessionCgroup) -> None:
-        self._limits.pop(cgroup.name, None)
-        with contextlib.suppress(OSError, SandboxUnavailable):
-            cgroup.kill_all()
-            cgroup.remove()
-
-    def close(self) -> None:
-        while self._free:
-            self._discard(self._free.pop())
-
-
-@dataclass
-class _EmptyNetwork:
-    namespace: int  # an fd on the namespace
-    socket_stats: tuple[int, ...]  # its /proc/net/sockstat and sockstat6, opened inside it
-
-
-class EmptyNetworks:
-    """Network namespaces holding only a loopback, for runs without a network: made once and
-    reused, one run at a time each, so no run pays for making one and tearing it down (the
-    kernel's dearest namespace). Nothing of a run stays in its namespace: its sockets close
-    with its processes, and it may change no setting there (no CAP_NET_ADMIN over it). A
-    namespace where a run left TCP connections behind (TIME_WAIT holds a port for a minute)
-    is not reused, so that the next run's bind() of that port never fails for it."""
-
-    def __init__(self) -> None:
-        self._free: list[_EmptyNetwork] = []
-
-    async def take(self) -> _EmptyNetwork:
-        if self._free:
-            return self._free.pop()
-        return await asyncio.to_thread(_in_a_thread, _new_empty_network)
-
-    def give_back(self, network: _EmptyNetwork) -> None:
-        if _holds_no_tcp(network):
-            self._free.append(network)
-        else:
-            _close_network(network)
-
-    def close(self) -> None:
-        while self._free:
-            _close_network(self._free.pop())
-
-
-def _in_a_thread(work):
-    """`work` in a thread of its own, which ends with it: a namespace it enters leaves with it
-    and never touches the server's other threads (namespaces are per thread)."""
-    import threading
-
-    outcome: list = []
-
-    def run() -> None:
-        try:
-            outcome.append((True, work()))
-        except BaseException as exc:
-            outcome.append((False, exc))
-
-    thread = threading.Thread(target=run, name="tci-netns")
-    thread.start()
-    thread.join()
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value
-
-
-def _new_empty_network() -> _EmptyNetwork:
-    linux.unshare(linux.CLONE_NEWNET)
-    # A /proc/net file shows the namespace it was opened in, read again at any time from
-    # anywhere: the check after each run needs no thread and no setns. sockstat's counts are
-    # the namespace's own and cost nothing to read (unlike /proc/net/tcp, which walks every
-    # TCP socket of the host).
-    stats = tuple(os.open(f"/proc/thread-self/net/{name}", os.O_RDONLY | os.O_CLOEXEC)
-                  for name in ("sockstat", "sockstat6")
-                  if os.path.exists(f"/proc/thread-self/net/{name}"))
-    return _EmptyNetwork(os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC),
-                         stats)
-
-
-def _holds_no_tcp(network: _EmptyNetwork) -> bool:
-    """No TCP socket in use and none in TIME_WAIT ("TCP: inuse 0 orphan 0 tw 0 ...",
-    "TCP6: inuse 0")."""
-    for stats in network.socket_stats:
-        for line in os.pread(stats, 4096, 0).decode().splitlines():
-            name, _, counts = line.partition(":")
-            if name not in ("TCP", "TCP6"):
-                continue
-            fields = counts.split()
-            values = dict(zip(fields[::2], fields[1::2], strict=False))
-            if values.get("inuse", "0") != "0" or values.get("tw", "0") != "0":
-                return False
-    return True
-
-
-def _close_network(network: _EmptyNetwork) -> None:
-    for fd in (network.namespace, *network.socket_stats):
-        os.close(fd)
-
-
 class RunSandboxes:
-    """Starts runs as forks of the fork launcher's template."""
+    """Starts runs as forks of the runs' template (the fork starter's); uids and cgroups come
+    from the sessions' launcher, egress networks from the starter's pool."""
 
-    def __init__(self, settings: Settings, launcher) -> None:
+    def __init__(self, settings: Settings, launcher: SandboxLauncher,
+                 starter: ForkStarter) -> None:
         self.settings = settings
         self.launcher = launcher
-        self.cgroups = RunCgroups(settings, launcher)
+        self.starter = starter
+        self.cgroups = RunCgroups(settings, lambda: launcher.cgroups)
         self.networks = EmptyNetworks()
 
     async def run(self, spec: RunSpec) -> RawRun:
@@ -261,9 +125,11 @@ class RunSandboxes:
         payload = _memfd("tci-files", pack_payload([(f.path, f.content) for f in spec.files]))
         (stdout_r, stdout_w), (stderr_r, stderr_w), (info_r, info_w), (report_r, report_w) = (
             os.pipe2(os.O_CLOEXEC) for _ in range(4))
-        network, empty = None, None
+        network: Egress | None = None
+        empty: EmptyNetwork | None = None
         if self.settings.run_network == "egress":
-            network = await self.launcher._network_ahead()
+            pool = self.starter.networks
+            network = await pool.take() if pool is not None else None
         else:
             empty = await self.networks.take()
         sent = [stdin, stdout_w, stderr_w, info_w, report_w, payload]
@@ -273,10 +139,10 @@ class RunSandboxes:
             sent.append(os.dup(empty.namespace))
         request = {
             "type": "run", "uid": uid,
-            "cgroups": self.launcher.cgroup_indexes(cgroup),
+            "cgroups": self.starter.cgroup_indexes(cgroup),
             "tmp_bytes": self.settings.tmp_max_bytes,
             "work_bytes": self.settings.run_workspace_max_bytes,
-            "niceness": 0, "rlimits": self.launcher.rlimits, "program": PROGRAM_NAME,
+            "niceness": 0, "rlimits": self.starter.rlimits, "program": PROGRAM_NAME,
             "unmount": False,
             "fetch": [path for _, path in spec.fetch],
             "fetch_max_bytes": self.settings.run_fetch_max_bytes,
@@ -291,7 +157,7 @@ class RunSandboxes:
         try:
             sent_at = time.monotonic()
             try:
-                _, pidfd, ended = await self.launcher.run_fork_server().spawn_run(request, sent)
+                pidfd, ended = await self.starter.runs_template().spawn_run(request, sent)
             finally:
                 for fd in sent:
                     os.close(fd)
@@ -323,7 +189,7 @@ class RunSandboxes:
                         and ended.exception() is None):
                     self.networks.give_back(empty)  # the run has ended: no process is in it
                 else:
-                    _close_network(empty)
+                    close_network(empty)
         code = os.waitstatus_to_exitcode(status)
         wall = max(ended_at - steps["confined"], 0.0)
         outcome = Outcome(exit_code=code if code >= 0 else None, timed_out=timed_out,

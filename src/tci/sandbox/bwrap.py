@@ -1,13 +1,16 @@
 """The bubblewrap command line for one session (pure: no I/O, easy to test and audit), and
-the resource limits it starts under. The one look at the host, whether the installed
-bubblewrap has `--disable-userns`, is made once and cached."""
+what every sandbox shares on either start path: its paths, environment and resource limits.
+The one look at the host, whether the installed bubblewrap has `--disable-userns`, is made
+once and cached."""
 
 from __future__ import annotations
 
 import functools
+import resource
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
@@ -34,22 +37,32 @@ ETC_RO = ("/etc/ld.so.cache", "/etc/ssl", "/etc/ca-certificates", "/etc/alternat
 # hidden so that sessions see exactly the pinned runtime and pip never mistakes them.
 DEBIAN_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 
-# Resource limits (prlimit(1) options) every sandbox starts under, hard and soft alike: the
-# sandbox has no CAP_SYS_RESOURCE, so it can lower them but never raise them again. The server
-# may run with generous limits of its own (root, a container's defaults); none of them leak in.
+class Rlimit(NamedTuple):
+    """One resource limit every sandbox starts under, hard and soft alike."""
+
+    resource: int  # resource.RLIMIT_*: what the fork path sets (setrlimit)
+    option: str  # prlimit(1)'s name for it: what the bubblewrap path passes
+    value: int
+
+
+# Resource limits every sandbox starts under, hard and soft alike: the sandbox has no
+# CAP_SYS_RESOURCE, so it can lower them but never raise them again. The server may run with
+# generous limits of its own (root, a container's defaults); none of them leak in.
 FIXED_RLIMITS = (
     # No core dumps: a crash must not hand the sandbox's memory to a file, or to the host's
     # crash handler (apport, systemd-coredump), which would run as root on the host.
-    "--core=0:0",
+    Rlimit(resource.RLIMIT_CORE, "core", 0),
     # No real-time scheduling, which would let one session starve every CPU of the host, and
     # no raising of its priority above what the server gave it (sessions may be reniced).
-    "--rtprio=0:0", "--rttime=0:0", "--nice=0:0",
+    Rlimit(resource.RLIMIT_RTPRIO, "rtprio", 0),
+    Rlimit(resource.RLIMIT_RTTIME, "rttime", 0),
+    Rlimit(resource.RLIMIT_NICE, "nice", 0),
     # mlock'd memory cannot be reclaimed: the kernel's own default since Linux 5.16 (8 MiB),
     # enough for the few libraries that lock secrets (gpg, libsodium). All of it, locked or
     # not, also counts against the session's memory cgroup.
-    f"--memlock={8 << 20}:{8 << 20}",
+    Rlimit(resource.RLIMIT_MEMLOCK, "memlock", 8 << 20),
     # Bytes in POSIX message queues: the kernel's default (800 KiB), whatever the server's.
-    f"--msgqueue={800 << 10}:{800 << 10}",
+    Rlimit(resource.RLIMIT_MSGQUEUE, "msgqueue", 800 << 10),
     # Not set: RLIMIT_FSIZE (the workspace volume and the /tmp tmpfs are capped, and SIGXFSZ
     # would kill a process where ENOSPC lets it report the error), RLIMIT_AS and RLIMIT_DATA
     # (the memory cgroup bounds what is used, not what is mapped: numba, JITs and OpenBLAS
@@ -57,9 +70,15 @@ FIXED_RLIMITS = (
 )
 
 
+def sandbox_rlimits(open_files: int) -> tuple[Rlimit, ...]:
+    """Every limit a sandbox starts under: the fixed ones and TCI_OPEN_FILES_LIMIT."""
+    return (Rlimit(resource.RLIMIT_NOFILE, "nofile", open_files), *FIXED_RLIMITS)
+
+
 def prlimit_options(open_files: int) -> list[str]:
-    """prlimit(1) options for a sandbox: the fixed limits and TCI_OPEN_FILES_LIMIT."""
-    return [f"--nofile={open_files}:{open_files}", *FIXED_RLIMITS]
+    """The same limits as prlimit(1) options, for the bubblewrap path's command line."""
+    return [f"--{limit.option}={limit.value}:{limit.value}"
+            for limit in sandbox_rlimits(open_files)]
 
 
 @functools.cache
@@ -100,8 +119,9 @@ class SandboxSpec:
     existing_etc: tuple[str, ...] = ETC_RO
 
 
-def sandbox_env(spec: SandboxSpec) -> dict[str, str]:
-    env = {
+def sandbox_env() -> dict[str, str]:
+    """The environment a sandbox's worker starts with, on either path (nothing inherited)."""
+    return {
         "HOME": SANDBOX_HOME,
         "USER": "user",
         "LOGNAME": "user",
@@ -124,10 +144,14 @@ def sandbox_env(spec: SandboxSpec) -> dict[str, str]:
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         "PIP_NO_WARN_SCRIPT_LOCATION": "1",
         "PIP_ROOT_USER_ACTION": "ignore",
-        "TCI_WORKER_FDS": f"{spec.command_fd},{spec.event_fd}",
     }
-    env.update(spec.extra_env)
-    return env
+
+
+def bwrap_env(spec: SandboxSpec) -> dict[str, str]:
+    """What bubblewrap sets: the sandbox's environment and where the worker finds its
+    channels (a forked worker is handed them at fixed numbers instead)."""
+    return {**sandbox_env(), "TCI_WORKER_FDS": f"{spec.command_fd},{spec.event_fd}",
+            **spec.extra_env}
 
 
 def build_argv(spec: SandboxSpec) -> list[str]:
@@ -175,7 +199,7 @@ def build_argv(spec: SandboxSpec) -> list[str]:
         "--chdir", WORKSPACE,
         "--clearenv",
     ]
-    for key, value in sandbox_env(spec).items():
+    for key, value in bwrap_env(spec).items():
         argv += ["--setenv", key, value]
     # The init runs isolated (no site, environment or cwd on its path), spawns the worker.
     argv += ["--", PYTHON, "-S", "-I", "-B", INIT, *WORKER_COMMAND]

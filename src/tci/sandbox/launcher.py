@@ -1,4 +1,9 @@
-"""Starting and tearing down one sandbox: directories, uid, pipes, the bwrap process, network.
+"""The one launcher: starting and tearing down one sandbox, whichever way it starts.
+
+The steps both start paths share live here, once: the uid, the session's directories and
+volume, its cgroup, its egress network, the teardown. How the sandbox's processes begin is the
+*starter's* (a `Starter`): `bwrap_starter.BwrapStarter` runs bubblewrap, `fork.starter.
+ForkStarter` forks the preloaded template; factory.py picks one from TCI_SANDBOX_START.
 
 Talking to the worker inside is the driver's job (kernel/driver.py); this module only owns
 the process tree and the host resources it uses.
@@ -8,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shutil
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -20,13 +25,7 @@ from typing import NamedTuple, Protocol
 from tci.config import Settings
 from tci.errors import SandboxUnavailable
 from tci.sandbox import runtime_mounts, volume
-from tci.sandbox.bwrap import (
-    SANDBOX_GID,
-    SANDBOX_UID,
-    SandboxSpec,
-    build_argv,
-    prlimit_options,
-)
+from tci.sandbox.bwrap import SANDBOX_GID, SANDBOX_UID
 from tci.sandbox.cgroups import CgroupDriver, CgroupLimits, SessionCgroup
 from tci.sandbox.counters import Counters
 from tci.sandbox.egress_filter import EgressFilter
@@ -34,17 +33,13 @@ from tci.sandbox.hostdir import make_private_dir
 from tci.sandbox.network import Egress, start_egress
 from tci.sandbox.pidfd import ProcessHandle, children_of
 from tci.sandbox.runtime_mounts import RuntimePaths
-from tci.sandbox.seccomp import build_filter, open_filter_fd
+from tci.sandbox.seccomp import build_filter
 from tci.sandbox.uids import UidPool, check_range
 from tci.sandbox.volume_images import VolumeImages
 
 log = logging.getLogger(__name__)
 
 USER_SITE = ".local/lib/python3.11/site-packages"
-# A sandbox's start-up report (bwrap's --info-fd; a fork's setup and init report a few JSON
-# lines of ids and timings, well under 1 KiB). A fixed protocol maximum, not a setting.
-MAX_INFO_BYTES = 1 << 16
-_TOOLS_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class SandboxProcess(Protocol):
@@ -77,7 +72,6 @@ class Sandbox:
     root: Path
     workspace: Path
     process: SandboxProcess
-    child_pid: int  # host pid of the sandbox's pid 1
     command_fd: int
     event_fd: int
     stdout_fd: int
@@ -87,7 +81,7 @@ class Sandbox:
     egress: Egress | None = None
     closed: bool = False
     outer: ProcessHandle | None = None  # bwrap's outer process (our child); none when forked
-    init: ProcessHandle | None = None  # the sandbox's pid 1 (child_pid)
+    init: ProcessHandle | None = None  # the sandbox's pid 1
     _worker_handle: ProcessHandle | None = None
 
     def counters(self) -> Counters:
@@ -146,6 +140,66 @@ class Sandbox:
                 handle.close()
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What the launcher made at prepare(), which a starter builds on."""
+
+    root: Path  # TCI_SANDBOX_DIR: generated /etc, an empty dir, each sandbox's directory
+    runtime: RuntimePaths  # where sandboxes bind the runtime and the worker from
+    cgroups: CgroupDriver | None  # None only with TCI_UNSAFE_ALLOW_MISSING_PROTECTIONS
+    egress_filter: EgressFilter | None  # with TCI_NETWORK=egress
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """One sandbox to start, its host resources already made by the launcher."""
+
+    name: str
+    uid: int
+    niceness: int
+    workspace: Path  # the volume's directories, owned by `uid`
+    home: Path
+    cgroup: SessionCgroup | None
+    channels: Channels  # the worker's ends (the launcher closes them once start returns)
+
+
+@dataclass
+class Started:
+    """A starter's answer: what the server waits on, and handles on the processes."""
+
+    process: SandboxProcess
+    init: ProcessHandle | None  # the sandbox's pid 1 (None: it did not come)
+    outer: ProcessHandle | None = None  # bwrap's outer process, our child
+    # A network the starter had made ahead and joined (else the launcher attaches one).
+    egress: Egress | None = None
+
+
+class Starter(Protocol):
+    """How a sandbox's processes begin: what differs between the two start paths."""
+
+    kind: str  # for messages: "bubblewrap", "the fork template"
+
+    def prepare(self, prepared: Prepared) -> None:
+        """Once, at server start, after the launcher's own preparation."""
+
+    async def start(self, request: StartRequest) -> Started:
+        """The sandbox's processes on `request.channels`; SandboxUnavailable if they fail
+        (nothing of them left running)."""
+
+
+class Service(Protocol):
+    """Something a starter keeps running beside the server (the fork path's templates and
+    the networks it makes ahead), started before the first sandbox."""
+
+    async def warm_up(self) -> None: ...
+
+    async def close(self) -> None:
+        """After every sandbox ended."""
+
+    def stop(self) -> None:
+        """At cleanup, the last step before the sandbox directory goes."""
+
+
 def _write_etc(etc_dir: Path, nameservers: list[str]) -> None:
     etc_dir.mkdir(parents=True, exist_ok=True)
     files = {
@@ -163,37 +217,6 @@ def _write_etc(etc_dir: Path, nameservers: list[str]) -> None:
         path = etc_dir / name
         path.write_text(text)
         path.chmod(0o644)
-
-
-async def _read_to_eof(fd: int, max_bytes: int = MAX_INFO_BYTES) -> bytes:
-    """A start-up info channel to its end: at most `max_bytes` (SandboxUnavailable beyond)."""
-    loop = asyncio.get_running_loop()
-    os.set_blocking(fd, False)
-    said = bytearray()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def on_readable() -> None:
-        try:
-            chunk = os.read(fd, max_bytes + 1 - len(said))
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            chunk = b""
-            log.debug("info fd read failed: %s", exc)
-        said.extend(chunk)
-        if len(said) > max_bytes and not done.done():
-            done.set_exception(SandboxUnavailable(
-                f"the sandbox broke the protocol: more than {max_bytes} bytes on its info "
-                "channel"))
-        elif not chunk and not done.done():
-            done.set_result(None)
-
-    loop.add_reader(fd, on_readable)
-    try:
-        await done
-    finally:
-        loop.remove_reader(fd)
-    return bytes(said)
 
 
 def _remove_cgroup(cgroup: SessionCgroup) -> bool:
@@ -220,16 +243,17 @@ def _check_reachable(path: Path) -> None:
 
 
 class SandboxLauncher:
-    """Creates sandboxes for sessions and frees everything they used."""
+    """Creates sandboxes for sessions and frees everything they used; `starter` starts
+    their processes, `services` are what it keeps running (started at warm_up)."""
 
-    kind = "bubblewrap"
-
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, starter: Starter,
+                 services: Sequence[Service] = ()) -> None:
         self.settings = settings
+        self.starter = starter
+        self.services = tuple(services)
         self.root = settings.resolved_sandbox_dir
         self.uids = UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count)
         self.runtime_site = settings.runtime_dir / "site"
-        self.runtime_bin = settings.runtime_dir / "site" / "bin"
         self.exposed: RuntimePaths | None = None  # where sandboxes bind them from (prepare)
         self.volumes = VolumeImages(self.root, settings.workspace_max_bytes,
                                     settings.workspace_max_files)
@@ -243,14 +267,18 @@ class SandboxLauncher:
             cpu_weight=settings.cpu_weight, io_weight=settings.io_weight,
         )
 
+    @property
+    def kind(self) -> str:
+        return self.starter.kind
+
     def prepare(self) -> None:
-        """Called once at server start: directories, generated /etc, stale leftovers."""
+        """Called once at server start: directories, generated /etc, stale leftovers, then
+        the starter's own preparation."""
         check_range(self.settings.sandbox_uid_base, self.settings.sandbox_uid_count)
         make_private_dir(self.root)  # refuses a path another local user could redirect
         for stale in self.root.glob("ses_*"):
             VolumeImages.destroy(stale)
             shutil.rmtree(stale, ignore_errors=True)
-        self._prepare_root()
         self.volumes.prepare()
         _write_etc(self.root / "etc", self.egress_filter.dns if self.egress_filter else [])
         (self.root / "empty").mkdir(mode=0o555, exist_ok=True)
@@ -264,20 +292,34 @@ class SandboxLauncher:
         self.exposed = runtime_mounts.expose(
             self.root, self.runtime_site, self.settings.worker_package_dir
         )
-        if shutil.which("bwrap") is None:
-            raise SandboxUnavailable("bubblewrap is not installed (apt-get install bubblewrap)")
         build_filter()  # fails now, clearly, if libseccomp is missing
-        # One cgroup parent per server (named like its sandbox dir), cleaned of leftovers.
+        self.cgroups = self._detect_cgroups()
+        if self.cgroups is not None:
+            self.cgroups.cleanup_stale()
+            if self.egress_filter is not None:
+                self.egress_filter.check()
+        self.starter.prepare(Prepared(self.root, self.exposed, self.cgroups,
+                                      self.egress_filter))
+
+    def _detect_cgroups(self) -> CgroupDriver | None:
+        """One cgroup parent per server (named like its sandbox dir)."""
         try:
-            self.cgroups = CgroupDriver.detect(f"tci-{self.root.name}")
+            return CgroupDriver.detect(f"tci-{self.root.name}")
         except SandboxUnavailable as exc:
             if not self.settings.unsafe_allow_missing_protections:
                 raise
             log.warning("UNSAFE: sessions run without cgroup limits: %s", exc.message)
-            return
-        self.cgroups.cleanup_stale()
-        if self.egress_filter is not None:
-            self.egress_filter.check()
+            return None
+
+    async def warm_up(self) -> None:
+        """Start, ahead of the first session, whatever the starter keeps running."""
+        for service in self.services:
+            await service.warm_up()
+
+    async def close(self) -> None:
+        """Stop what warm_up started (before cleanup, after every session ended)."""
+        for service in self.services:
+            await service.close()
 
     def cleanup(self) -> None:
         """Called at server stop, after every session ended: remove what prepare() made."""
@@ -290,25 +332,9 @@ class SandboxLauncher:
             return
         self.exposed = None
         self.volumes.close()
-        self._release_root()
+        for service in self.services:
+            service.stop()
         shutil.rmtree(self.root, ignore_errors=True)
-
-    async def warm_up(self) -> None:
-        """Hook: start, ahead of the first session, whatever sessions start from."""
-
-    async def close(self) -> None:
-        """Hook: stop what warm_up started (before cleanup, after every session ended)."""
-
-    def _prepare_root(self) -> None:
-        """Hook: what a launcher needs of the sandbox directory before anything is in it."""
-
-    def _release_root(self) -> None:
-        """Hook: undo _prepare_root, after every session ended."""
-
-    def _exposed(self) -> RuntimePaths:
-        if self.exposed is None:
-            raise SandboxUnavailable("the sandbox launcher was not prepared (no runtime mounts)")
-        return self.exposed
 
     def _make_cgroup(self, name: str) -> SessionCgroup | None:
         if self.cgroups is None:
@@ -348,16 +374,12 @@ class SandboxLauncher:
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         child_ends = Channels(command_r, event_w, stdout_w, stderr_w)
-        network: Egress | None = None
         try:
-            network = await self._network_ahead()
-            process, outer, init = await self._spawn(name, uid, niceness, workspace, home,
-                                                     cgroup, child_ends, network)
+            started = await self.starter.start(
+                StartRequest(name, uid, niceness, workspace, home, cgroup, child_ends))
         except BaseException:
             for fd in (command_w, event_r, stdout_r, stderr_r):
                 os.close(fd)
-            if network is not None:
-                await network.stop()
             if cgroup is not None:
                 await asyncio.to_thread(_remove_cgroup, cgroup)
             raise
@@ -365,12 +387,12 @@ class SandboxLauncher:
             for fd in child_ends:
                 os.close(fd)
         sandbox = Sandbox(
-            name=name, uid=uid, root=root, workspace=workspace, process=process,
-            child_pid=init.pid if init is not None else 0, command_fd=command_w, event_fd=event_r,
-            stdout_fd=stdout_r, stderr_fd=stderr_r, cgroup=cgroup, volume_path=workspace.parent,
-            outer=outer, init=init, egress=network,
+            name=name, uid=uid, root=root, workspace=workspace, process=started.process,
+            command_fd=command_w, event_fd=event_r, stdout_fd=stdout_r, stderr_fd=stderr_r,
+            cgroup=cgroup, volume_path=workspace.parent, outer=started.outer,
+            init=started.init, egress=started.egress,
         )
-        if init is None:
+        if started.init is None:
             await self.destroy(sandbox)
             raise SandboxUnavailable(f"{self.kind} did not start the sandbox (no init process)")
         # The sandbox cloned its mount namespace before it reported its init: from now on the
@@ -381,77 +403,12 @@ class SandboxLauncher:
             # The sandbox is in its new namespace by now (it reported its init after
             # making it), so neither the filter nor slirp4netns can touch the host's.
             try:
-                namespace = await self.egress_filter.attach(process.pid)
+                namespace = await self.egress_filter.attach(started.process.pid)
                 sandbox.egress = await start_egress(namespace, root / "network.log")
             except SandboxUnavailable:
                 await self.destroy(sandbox)
                 raise
         return sandbox
-
-    async def _network_ahead(self) -> Egress | None:
-        """Hook: an egress network made before the sandbox, for it to join (None: the
-        sandbox makes its own namespace and the network is attached to it afterwards)."""
-        return None
-
-    async def _spawn(self, name: str, uid: int, niceness: int, workspace: Path, home: Path,
-                     cgroup: SessionCgroup | None, channels: Channels, network: Egress | None
-                     ) -> tuple[SandboxProcess, ProcessHandle | None, ProcessHandle | None]:
-        """Start the sandbox's processes on `channels` (the worker's ends, closed by the
-        caller afterwards); returns what the server waits for, a handle on the outer process
-        if there is one, and a handle on the sandbox's init (its pid 1; None if none came)."""
-        info_r, info_w = os.pipe()
-        seccomp_fd = open_filter_fd()
-        runtime = self._exposed()
-        spec = SandboxSpec(
-            workspace=workspace, home=home, etc_dir=self.root / "etc",
-            empty_dir=self.root / "empty",
-            runtime_site=runtime.site, runtime_bin=runtime.bin, worker_dir=runtime.worker,
-            command_fd=channels.command, event_fd=channels.event, info_fd=info_w,
-            network=self.settings.network, seccomp_fd=seccomp_fd,
-            tmp_size_bytes=self.settings.tmp_max_bytes,
-        )
-        try:
-            # setpriv drops to the session's uid (uvloop has no user= for subprocesses).
-            drop_privileges = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                               "--"]
-            own_netns = ["unshare", "--net", "--"] if spec.network == "egress" else []
-            nice = ["nice", "-n", str(niceness)] if niceness else []
-            # Core dumps, real-time priority, locked memory... (bwrap.FIXED_RLIMITS) and files.
-            rlimits = ["prlimit", *prlimit_options(self.settings.open_files_limit), "--"]
-            enter_cgroup = cgroup.attach_argv() if cgroup else []
-            process = await asyncio.create_subprocess_exec(
-                *enter_cgroup, *nice, *rlimits, *own_netns, *drop_privileges, *build_argv(spec),
-                stdin=asyncio.subprocess.DEVNULL, stdout=channels.stdout,
-                stderr=channels.stderr,
-                # bwrap must not carry the server's environment (it runs as the session's
-                # uid; the sandbox gets only what --setenv gives): a PATH to find its tools.
-                env={"PATH": _TOOLS_PATH},
-                pass_fds=(channels.command, channels.event, info_w, seccomp_fd),
-                start_new_session=True,
-            )
-        except OSError as exc:
-            os.close(info_r)
-            raise SandboxUnavailable(f"could not start the sandbox: {exc}") from exc
-        finally:
-            os.close(info_w)
-            os.close(seccomp_fd)
-        try:
-            info = json.loads(await _read_to_eof(info_r) or b"{}")
-        except SandboxUnavailable:
-            # bwrap's outer process is our child; its sandbox dies with it (--die-with-parent).
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-            raise
-        finally:
-            os.close(info_r)
-        # Our own child: its number cannot be reused before we reap it.
-        outer = ProcessHandle.open(process.pid)
-        # With --as-pid-1 the child bwrap reports is our init (worker/bwrap_init.py), whose
-        # only child is the worker; it exits as the worker did, and bwrap with it.
-        init_pid = int(info.get("child-pid", 0))
-        init = ProcessHandle.open_child(outer, init_pid) if outer is not None else None
-        return process, outer, init
 
     async def destroy(self, sandbox: Sandbox) -> None:
         """Kill every process of the sandbox and free its uid, pipes and directory. The uid

@@ -16,6 +16,7 @@ from tci.hosts.local import LocalHost
 from tci.runs.manager import RunManager
 from tci.runs.sandboxes import RunSandboxes
 from tci.runs.usage import RunUsage
+from tci.sandbox.fork.starter import ForkStarter
 from tci.server import console, errors, mcp
 from tci.server.auth import ApiKeyAuth, Authenticator
 from tci.server.body_limit import BodyLimit
@@ -49,8 +50,8 @@ def session_host(settings: Settings, store: Store) -> SessionHost:
 def run_sandboxes(settings: Settings, host: SessionHost) -> RunSandboxes | None:
     """Runs fork from this machine's template; elsewhere (bubblewrap, a Ray gateway) they
     are not offered yet, and each run answers SANDBOX_ERROR saying so."""
-    if isinstance(host, LocalHost) and settings.sandbox_start == "fork":
-        return RunSandboxes(settings, host.launcher)
+    if isinstance(host, LocalHost) and isinstance(host.launcher.starter, ForkStarter):
+        return RunSandboxes(settings, host.launcher, host.launcher.starter)
     return None
 
 

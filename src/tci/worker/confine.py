@@ -96,7 +96,7 @@ def become_session(spec: dict, request: dict, fds: list[int], lifeline: int,
         pidfd = os.pidfd_open(init)
         socket.send_fds(socket.socket(fileno=status), [json.dumps({"init": init}).encode()],
                         [pidfd])
-        _report(info, {"init": init, "steps": steps})
+        _report(info, {"steps": steps})
     except OSError as exc:
         _report(info, {"error": f"sandbox setup failed: {exc}"})
         os._exit(EXIT_SETUP_FAILED)
@@ -237,7 +237,7 @@ def confine_self(spec: dict, request: dict, template_namespaces: dict[str, str],
     tie_to_parent()
     steps["adopted"] = time.monotonic()
     # The filter also refuses PR_SET_PDEATHSIG from here on: the tie cannot be cut.
-    linux.load_seccomp(bytes.fromhex(spec["seccomp"]))
+    linux.load_seccomp(spec["seccomp"])
     steps["seccomp"] = time.monotonic()
     # Out of the session's reach from here on: its code runs as our uid, but our memory was
     # made in the host's user namespace, where it has no CAP_SYS_PTRACE, so no ptrace, no
@@ -293,8 +293,8 @@ def _mount_session(request: dict, volume: tuple[int, int]) -> None:
 
 
 def _set_limits(request: dict) -> None:
-    for name, (soft, hard) in request["rlimits"].items():
-        resource.setrlimit(getattr(resource, name), (soft, hard))
+    for number, soft, hard in request["rlimits"]:  # resource.RLIMIT_* numbers
+        resource.setrlimit(number, (soft, hard))
     if request["niceness"]:
         os.setpriority(os.PRIO_PROCESS, 0, request["niceness"])
 

@@ -1,6 +1,7 @@
 """The fork template: one per server, preloaded once, forked for every new session.
 
-Started by the server as root with a clean environment (sandbox/forkserver.py):
+Started by the server as root with a clean environment (TemplateProcess in
+src/tci/sandbox/fork/template_process.py; the fork path's map is src/tci/sandbox/fork/__init__.py):
     python3.11 -S <exposed worker dir>/template.py sessions|runs
 (the kind only names it for ps; the spec says the same)
 with a JSON spec on fd 0 and its channels at the fds the spec names. It then
@@ -12,8 +13,9 @@ with a JSON spec on fd 0 and its channels at the fds the spec names. It then
 3. imports IPython, the worker and TCI_POOL_PRELOAD, builds the worker's shell, runs a silent
    warm-up cell, and freezes its heap (gc.freeze), so children share it page for page (a
    template of one-shot runs, kind "runs", imports only TCI_RUN_PRELOAD);
-4. serves "spawn" requests: each is a fork (confine.py takes it from there for a session,
-   oneshot.py for a one-shot run) whose pidfd goes back to the server, and reaps each child.
+4. serves spawn requests (SpawnLoop): each is a fork (confine.py takes it from there for a
+   session, oneshot.py for a one-shot run, whose pidfd goes back to the server), and reaps
+   each child (telling the server how each run ended).
 
 It dies with the server (PR_SET_PDEATHSIG), and every session's init dies with it in turn: a
 template that dies takes its sessions with it (the kernel's doing, so no session's code can
@@ -173,7 +175,7 @@ def _load_for_runs(spec: dict) -> None:
     gc.freeze()
 
 
-class ForkServer:
+class SpawnLoop:
     """Step 4. Requests arrive on a SOCK_SEQPACKET socket with the child's channel fds."""
 
     def __init__(self, spec: dict, control: socket.socket, lifeline: int, worker) -> None:
@@ -224,9 +226,13 @@ class ForkServer:
         finally:
             for fd in fds:
                 os.close(fd)
-        pidfd = os.pidfd_open(pid)
+        if request.get("type") != "run":
+            # A session's init reaches the server from its setup process, on its own socket.
+            self._send({"type": "spawn", "id": request["id"]})
+            return True
+        pidfd = os.pidfd_open(pid)  # the server kills a run at its time limit through it
         try:
-            self._send({"type": "spawn", "id": request["id"], "pid": pid}, [pidfd])
+            self._send({"type": "spawn", "id": request["id"]}, [pidfd])
         finally:
             os.close(pidfd)
         return True
@@ -321,7 +327,7 @@ def main() -> None:
     control = socket.socket(fileno=_out_of_the_way(spec["control_fd"]))
     lifeline = _out_of_the_way(spec["lifeline_fd"])
     with os.fdopen(spec["seccomp_fd"], "rb") as program:
-        spec["seccomp"] = program.read().hex()
+        spec["seccomp"] = program.read()  # loaded by every child as it confines itself
     # The cgroup parents stay reachable through these fds after the pivot hides /sys.
     spec["cgroup_fds"] = [
         _out_of_the_way(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
@@ -330,7 +336,7 @@ def main() -> None:
     # Each session's init is adopted here when its setup process exits, and reaped here.
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
     worker = load_runtime(spec)
-    ForkServer(spec, control, lifeline, worker).serve()
+    SpawnLoop(spec, control, lifeline, worker).serve()
 
 
 if __name__ == "__main__":

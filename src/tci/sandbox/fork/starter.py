@@ -1,11 +1,15 @@
-"""Sessions forked from a preloaded template (TCI_SANDBOX_START=fork).
+"""The fork start path (TCI_SANDBOX_START=fork): sessions forked from a preloaded template.
 
-Everything around the process tree is the bubblewrap launcher's: the uid, the volume, the
-cgroup, the egress network, the teardown. Only the start differs: instead of bwrap starting
-a new interpreter that imports the runtime (about a second of CPU), the template, which has
-imported it once, forks, and the fork confines itself (worker/confine.py) into exactly the
-sandbox bwrap would have made. Its mount view is the template's (made once from the same
-lists as bwrap's command line), so a forked session sees the same files.
+Everything around the process tree is the launcher's (sandbox/launcher.py): the uid, the
+volume, the cgroup, the teardown. Only the start differs: instead of bwrap starting a new
+interpreter that imports the runtime (about a second of CPU), the template, which has imported
+it once, forks, and the fork confines itself (worker/confine.py) into exactly the sandbox bwrap
+would have made. Its mount view is the template's (made once from the same lists as bwrap's
+command line), so a forked session sees the same files.
+
+`ForkStarter` is both the launcher's starter and a service it keeps running: two templates
+(one for sessions, a lean one for one-shot runs, runs/sandboxes.py), and the egress networks
+made ahead (pools.py).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from tci.config import Settings
 from tci.errors import SandboxUnavailable
@@ -30,22 +35,17 @@ from tci.sandbox.bwrap import (
     RUNTIME_SITE,
     SYSTEM_SYMLINKS,
     WORKER_MOUNT,
-    SandboxSpec,
-    prlimit_options,
     sandbox_env,
+    sandbox_rlimits,
 )
 from tci.sandbox.cgroups import SessionCgroup
-from tci.sandbox.forkserver import ForkedProcess, ForkServer
-from tci.sandbox.launcher import (
-    Channels,
-    SandboxLauncher,
-    SandboxProcess,
-    _read_to_eof,
-)
-from tci.sandbox.netns_pool import NetworkPool
+from tci.sandbox.fork.pools import NetworkPool
+from tci.sandbox.fork.template_process import ForkedInit, TemplateProcess
+from tci.sandbox.launcher import Prepared, Started, StartRequest
 from tci.sandbox.network import Egress
 from tci.sandbox.pidfd import ProcessHandle
 from tci.sandbox.seccomp import build_filter
+from tci.sandbox.startup_report import read_report
 from tci.worker import linux
 
 log = logging.getLogger(__name__)
@@ -53,57 +53,39 @@ log = logging.getLogger(__name__)
 TEMPLATE_SCRIPT = "template.py"
 # The worker's command and event channels have these numbers in every forked session.
 COMMAND_FD, EVENT_FD = 3, 4
-_RLIMITS = {"core": "RLIMIT_CORE", "rtprio": "RLIMIT_RTPRIO", "rttime": "RLIMIT_RTTIME",
-            "nice": "RLIMIT_NICE", "memlock": "RLIMIT_MEMLOCK", "msgqueue": "RLIMIT_MSGQUEUE",
-            "nofile": "RLIMIT_NOFILE"}
+# How long the setup process may take to send the init's pidfd once the template forked it.
+_INIT_SECONDS = 10
 
 
-def rlimits_of(options: list[str]) -> dict[str, tuple[int, int]]:
-    """prlimit(1) options ("--core=0:0") as resource-module limits, so that both launchers
-    apply the one list in bwrap.py."""
-    limits = {}
-    for option in options:
-        name, value = option.removeprefix("--").split("=", 1)
-        soft, hard = value.split(":")
-        limits[_RLIMITS[name]] = (int(soft), int(hard))
-    return limits
-
-
-class ForkLauncher(SandboxLauncher):
+class ForkStarter:
     kind = "the fork template"
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self.forks: ForkServer | None = None
-        self.run_forks: ForkServer | None = None
+        self.settings = settings
+        self._sessions: TemplateProcess | None = None
+        self._runs: TemplateProcess | None = None
         self.networks: NetworkPool | None = None
-        self._cgroup_parents: list[Path] = []
+        self._prepared: Prepared | None = None
         # CLOCK_MONOTONIC (shared by every process) when the last fork passed each step of its
-        # set-up, for the per-step profile of a creation (bench/).
+        # set-up, for the per-step profile of a creation (bench/steps.py).
         self.last_steps: dict[str, float] = {}
-        self.rlimits = rlimits_of(prlimit_options(settings.open_files_limit))
+        # (resource.RLIMIT_*, soft, hard) for each limit, as setrlimit takes them.
+        self.rlimits = [[limit.resource, limit.value, limit.value]
+                        for limit in sandbox_rlimits(settings.open_files_limit)]
 
-    def _release_root(self) -> None:
-        for forks in (self.forks, self.run_forks):
-            if forks is not None:
-                forks.close_now()
-        self.forks = self.run_forks = None
-
-    def prepare(self) -> None:
-        super().prepare()
+    def prepare(self, prepared: Prepared) -> None:
+        self._prepared = prepared
         # The template opens these before its pivot and keeps them: the sessions' cgroups
         # are made in them later, and each fork joins its own through them.
-        self._cgroup_parents = self.cgroups.parents if self.cgroups is not None else []
-        for parent in self._cgroup_parents:
+        for parent in self._cgroup_parents():
             parent.mkdir(exist_ok=True)
-        runtime = self._exposed()
-        settings = self.settings
-        spec = {
-            "root_dir": str(self.root / "template"),
-            "etc_dir": str(self.root / "etc"),
+        root, runtime, settings = prepared.root, prepared.runtime, self.settings
+        spec: dict[str, Any] = {
+            "root_dir": str(root / "template"),
+            "etc_dir": str(root / "etc"),
             "etc_ro": list(ETC_RO),
             "symlinks": [list(pair) for pair in SYSTEM_SYMLINKS],
-            "ro_binds": [[str(self.root / "empty"), DEBIAN_DIST_PACKAGES],
+            "ro_binds": [[str(root / "empty"), DEBIAN_DIST_PACKAGES],
                          [str(runtime.site), RUNTIME_SITE], [str(runtime.bin), RUNTIME_BIN],
                          [str(runtime.worker), WORKER_MOUNT]],
             "worker_mount": WORKER_MOUNT,
@@ -111,67 +93,83 @@ class ForkLauncher(SandboxLauncher):
             "preload": list(settings.pool_preload),
             "command_fd": COMMAND_FD,
             "event_fd": EVENT_FD,
-            "cgroup_parents": [str(path) for path in self._cgroup_parents],
+            "cgroup_parents": [str(path) for path in self._cgroup_parents()],
         }
-        env = sandbox_env(SandboxSpec(
-            workspace=Path(), home=Path(), etc_dir=Path(), empty_dir=Path(),
-            runtime_site=Path(), runtime_bin=Path(), worker_dir=Path(),
-            command_fd=COMMAND_FD, event_fd=EVENT_FD, info_fd=-1,
-        ))
-        env.pop("TCI_WORKER_FDS")
-        self.forks = ForkServer(
-            PYTHON, runtime.worker / TEMPLATE_SCRIPT, spec, env, build_filter(),
-            self.root / "template.log", settings.worker_start_timeout,
+        seccomp = build_filter()
+        self._sessions = TemplateProcess(
+            PYTHON, runtime.worker / TEMPLATE_SCRIPT, spec, sandbox_env(), seccomp,
+            root / "template.log", settings.worker_start_timeout,
         )
         # One-shot runs fork from a template of their own: no shell, a lean preload.
-        self.run_forks = ForkServer(
+        self._runs = TemplateProcess(
             PYTHON, runtime.worker / TEMPLATE_SCRIPT,
-            {**spec, "kind": "runs", "preload": list(settings.run_preload)}, env,
-            build_filter(), self.root / "template-runs.log", settings.worker_start_timeout,
+            {**spec, "kind": "runs", "preload": list(settings.run_preload)}, sandbox_env(),
+            seccomp, root / "template-runs.log", settings.worker_start_timeout,
         )
+
+    def _cgroup_parents(self) -> list[Path]:
+        cgroups = self._prepared.cgroups if self._prepared is not None else None
+        return list(cgroups.parents) if cgroups is not None else []
 
     async def warm_up(self) -> None:
         """Start the templates now rather than at the first session or run, and the
         networks."""
-        await asyncio.gather(self.fork_server().ensure_started(),
-                             self.run_fork_server().ensure_started())
-        if self.settings.network == "egress" and self.egress_filter is not None:
-            self.networks = NetworkPool(self.egress_filter, self.settings.network_pool_size,
-                                        self.root / "networks", self.settings.pool_retry_seconds)
+        await asyncio.gather(self.sessions_template().ensure_started(),
+                             self.runs_template().ensure_started())
+        if self._prepared is None:
+            raise SandboxUnavailable("the fork starter was not prepared")
+        egress_filter = self._prepared.egress_filter
+        if self.settings.network == "egress" and egress_filter is not None:
+            self.networks = NetworkPool(egress_filter, self.settings.network_pool_size,
+                                        self._prepared.root / "networks",
+                                        self.settings.pool_retry_seconds)
             self.networks.start()
-
-    def fork_server(self) -> ForkServer:
-        if self.forks is None:
-            raise SandboxUnavailable("the fork launcher was not prepared")
-        return self.forks
-
-    def run_fork_server(self) -> ForkServer:
-        if self.run_forks is None:
-            raise SandboxUnavailable("the fork launcher was not prepared")
-        return self.run_forks
-
-    def cgroup_indexes(self, cgroup: SessionCgroup | None) -> list[list]:
-        """A cgroup as the template names it: (index of the hierarchy's parent in the
-        template's list, the cgroup's name) for each hierarchy."""
-        if cgroup is None:
-            return []
-        return [[self._cgroup_parents.index(path.parent), path.name] for path in cgroup.paths]
-
-    async def _network_ahead(self) -> Egress | None:
-        return await self.networks.take() if self.networks is not None else None
 
     async def close(self) -> None:
         if self.networks is not None:
             await self.networks.close()
 
-    async def _spawn(self, name: str, uid: int, niceness: int, workspace: Path, home: Path,
-                     cgroup: SessionCgroup | None, channels: Channels, network: Egress | None
-                     ) -> tuple[SandboxProcess, ProcessHandle | None, ProcessHandle]:
-        request = {
-            "uid": uid,
-            "cgroups": self.cgroup_indexes(cgroup),
+    def stop(self) -> None:
+        for template in (self._sessions, self._runs):
+            if template is not None:
+                template.close_now()
+        self._sessions = self._runs = None
+
+    def sessions_template(self) -> TemplateProcess:
+        if self._sessions is None:
+            raise SandboxUnavailable("the fork starter was not prepared")
+        return self._sessions
+
+    def runs_template(self) -> TemplateProcess:
+        if self._runs is None:
+            raise SandboxUnavailable("the fork starter was not prepared")
+        return self._runs
+
+    def cgroup_indexes(self, cgroup: SessionCgroup | None) -> list[list[Any]]:
+        """A cgroup as the template names it: (index of the hierarchy's parent in the
+        template's list, the cgroup's name) for each hierarchy."""
+        if cgroup is None:
+            return []
+        parents = self._cgroup_parents()
+        return [[parents.index(path.parent), path.name] for path in cgroup.paths]
+
+    async def start(self, request: StartRequest) -> Started:
+        network = await self.networks.take() if self.networks is not None else None
+        try:
+            process, init = await self._spawn(request, network)
+        except BaseException:
+            if network is not None:
+                await network.stop()
+            raise
+        return Started(process, init, egress=network)
+
+    async def _spawn(self, request: StartRequest, network: Egress | None
+                     ) -> tuple[ForkedInit, ProcessHandle]:
+        asked = {
+            "uid": request.uid,
+            "cgroups": self.cgroup_indexes(request.cgroup),
             "tmp_bytes": self.settings.tmp_max_bytes,
-            "niceness": niceness,
+            "niceness": request.niceness,
             "rlimits": self.rlimits,
             "netns": network is not None,
         }
@@ -181,11 +179,12 @@ class ForkLauncher(SandboxLauncher):
         sent = [info_w, status_w]
         try:
             # The volume travels as detached mounts: the template never sees any volume.
-            sent += [linux.open_tree_clone(str(workspace)), linux.open_tree_clone(str(home))]
+            sent += [linux.open_tree_clone(str(request.workspace)),
+                     linux.open_tree_clone(str(request.home))]
             if network is not None:  # joined instead of a new, empty namespace
                 sent.append(os.dup(network.namespace.fd))
             sent_at = time.monotonic()
-            _, pidfd = await self.fork_server().spawn(request, [*channels, *sent])
+            await self.sessions_template().spawn_session(asked, [*request.channels, *sent])
         except BaseException:
             os.close(info_r)
             os.close(status_r)
@@ -193,15 +192,14 @@ class ForkLauncher(SandboxLauncher):
         finally:
             for fd in sent:
                 os.close(fd)
-        os.close(pidfd)  # the setup process's: it exits once the init runs
         try:
-            lines = (await _read_to_eof(info_r)).decode(errors="replace").splitlines()
+            lines = (await read_report(info_r)).decode(errors="replace").splitlines()
         except SandboxUnavailable as exc:  # the init (if one came) is killed below
             lines = [json.dumps({"error": exc.message})]
         finally:
             os.close(info_r)
-        init = await self._receive_init(status_r)
-        facts: dict = {}
+        init = await _receive_init(status_r)
+        facts: dict[str, Any] = {}
         steps: dict[str, float] = {}
         for line in lines:
             with contextlib.suppress(ValueError):
@@ -215,25 +213,29 @@ class ForkLauncher(SandboxLauncher):
                 init.close()
             os.close(status_r)
             raise SandboxUnavailable(facts.get("error") or "the forked sandbox did not start")
-        return ForkedProcess(init, status_r), None, init
+        return ForkedInit(init, status_r), init
 
-    @staticmethod
-    async def _receive_init(status: int) -> ProcessHandle | None:
-        """The init's pid and a pidfd on it, sent by the setup process (None if it failed)."""
-        loop = asyncio.get_running_loop()
-        readable = loop.create_future()
-        # Its value is dropped (mypy objects to it): `or` only skips a second set_result.
-        loop.add_reader(status, lambda: readable.done() or readable.set_result(None))  # type: ignore[func-returns-value]
-        try:
-            await asyncio.wait_for(readable, timeout=10)
-        except TimeoutError:
-            return None
-        finally:
-            loop.remove_reader(status)
-        with socket.socket(fileno=os.dup(status)) as channel:
-            message, fds, _, _ = socket.recv_fds(channel, 1024, 1)
-        if not message or not fds:
-            for fd in fds:
-                os.close(fd)
-            return None
-        return ProcessHandle(json.loads(message)["init"], fds[0])
+
+async def _receive_init(status: int) -> ProcessHandle | None:
+    """The init's pid and a pidfd on it, sent by the setup process (None if it failed)."""
+    loop = asyncio.get_running_loop()
+    readable: asyncio.Future[None] = loop.create_future()
+
+    def on_readable() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(status, on_readable)
+    try:
+        await asyncio.wait_for(readable, timeout=_INIT_SECONDS)
+    except TimeoutError:
+        return None
+    finally:
+        loop.remove_reader(status)
+    with socket.socket(fileno=os.dup(status)) as channel:
+        message, fds, _, _ = socket.recv_fds(channel, 1024, 1)
+    if not message or not fds:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return ProcessHandle(json.loads(message)["init"], fds[0])

@@ -1,13 +1,16 @@
-"""The server's side of the fork template (worker/template.py): start it, ask it for forks,
-restart it when it dies.
+"""The server's side of one fork template (worker/template.py, whose loop is `SpawnLoop`):
+`TemplateProcess` starts it, asks it for forks, restarts it when it dies; `ForkedInit` is a
+forked session's pid 1 as the server waits on it.
 
 The template is one root process per server, in its own mount namespace, that has imported
 the runtime once. Requests and answers are datagrams on a SOCK_SEQPACKET socket pair, the
-child's channel fds travelling with the request (SCM_RIGHTS) and the child's pidfd with the
-answer. The template dies with the server by the kernel's hand (PR_SET_PDEATHSIG), and every
-sandbox's init with the template, taking its pid namespace along: whatever killed the server,
-and whatever a session's code does, no session outlives it. (A "lifeline" pipe whose write end
-only the server holds also tells them, by end-of-file: the polite way, not the one relied on.)
+child's channel fds travelling with the request (SCM_RIGHTS); a one-shot run's pidfd comes
+back with the answer (a session's init is sent by its setup process, on the session's own
+status socket, so its answer carries none). The template dies with the server by the kernel's
+hand (PR_SET_PDEATHSIG), and every sandbox's init with the template, taking its pid namespace
+along: whatever killed the server, and whatever a session's code does, no session outlives
+it. (A "lifeline" pipe whose write end only the server holds also tells them, by end-of-file:
+the polite way, not the one relied on.)
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ MAX_STATUS_BYTES = 256
 _KILLED = 128 + signal.SIGKILL  # an outer process that ended without saying how
 
 
-class ForkedProcess:
+class ForkedInit:
     """A forked sandbox's init (its pid 1), adopted by the template, never the server's child.
     It sends its worker's exit code on a status socket as it ends; silence then end-of-file
     means it was killed (by us, the OOM killer, or the template's death).
@@ -95,18 +98,20 @@ class ForkedProcess:
 
 
 @dataclass
-class _Template:
+class _Running:
     process: asyncio.subprocess.Process
     control: socket.socket
-    pending: dict[int, asyncio.Future[tuple[int, int]]] = field(default_factory=dict)
+    # Answers to come, by request id: a run's pidfd, or None for a session.
+    pending: dict[int, asyncio.Future[int | None]] = field(default_factory=dict)
     # One-shot runs, the template's own children: their wait status as the template reaped
     # them, and when (CLOCK_MONOTONIC).
     exits: dict[int, asyncio.Future[tuple[int, float]]] = field(default_factory=dict)
     dead: bool = False
 
 
-class ForkServer:
-    """Spawns sandboxes by asking the template to fork; (re)starts the template on demand."""
+class TemplateProcess:
+    """One template (sessions' or runs'): spawns sandboxes by asking it to fork; (re)starts it
+    on demand."""
 
     def __init__(self, python: str, script: Path, spec: dict[str, Any], env: dict[str, str],
                  seccomp_program: bytes, log_path: Path, start_timeout: float) -> None:
@@ -118,10 +123,9 @@ class ForkServer:
         self.log_path = log_path
         self.start_timeout = start_timeout
         self.lifeline_r, self.lifeline_w = os.pipe2(os.O_CLOEXEC)
-        self._template: _Template | None = None
+        self._template: _Running | None = None
         self._starting: asyncio.Lock | None = None
         self._ids = itertools.count(1)
-        self.restarts = 0
 
     async def ensure_started(self) -> None:
         if self._template is not None and not self._template.dead:
@@ -132,12 +136,11 @@ class ForkServer:
             if self._template is not None and not self._template.dead:
                 return
             if self._template is not None:
-                self.restarts += 1
                 log.warning("the fork template died (its sessions ended with it); "
                             "starting a new one")
             self._template = await self._launch()
 
-    async def _launch(self) -> _Template:
+    async def _launch(self) -> _Running:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         program = os.memfd_create("tci-seccomp", os.MFD_CLOEXEC)
         os.write(program, self.seccomp_program)
@@ -160,7 +163,7 @@ class ForkServer:
         process.stdin.write(json.dumps(spec).encode())
         process.stdin.close()
         ours.setblocking(False)
-        template = _Template(process, ours)
+        template = _Running(process, ours)
         try:
             ready = await asyncio.wait_for(self._receive(template), self.start_timeout)
         except (TimeoutError, OSError, ValueError) as exc:
@@ -176,7 +179,7 @@ class ForkServer:
         return template
 
     @staticmethod
-    async def _receive(template: _Template) -> tuple[dict, list[int]] | None:
+    async def _receive(template: _Running) -> tuple[dict, list[int]] | None:
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -191,7 +194,7 @@ class ForkServer:
                 continue
             return (json.loads(message), fds) if message else None
 
-    def _on_message(self, template: _Template) -> None:
+    def _on_message(self, template: _Running) -> None:
         while True:
             try:
                 message, fds, _, _ = socket.recv_fds(template.control, _MAX_MESSAGE, 4)
@@ -219,9 +222,9 @@ class ForkServer:
                 future.set_exception(SandboxUnavailable(
                     f"the fork template could not fork: {answer['error']}"))
             else:
-                future.set_result((answer["pid"], fds[0]))
+                future.set_result(fds[0] if fds else None)
 
-    def _bury(self, template: _Template) -> None:
+    def _bury(self, template: _Running) -> None:
         """The template is gone (or never came up): no new fork from it. The sandboxes it
         made end with it (each init's parent-death signal): their sessions see their worker
         killed. The next start launches a new template."""
@@ -242,26 +245,26 @@ class ForkServer:
                 ended.set_exception(SandboxUnavailable("the fork template died"))
         template.exits.clear()
 
-    async def spawn(self, request: dict[str, Any], fds: list[int]) -> tuple[int, int]:
-        """Ask for one sandbox; returns the outer process's pid and a pidfd on it."""
-        pid, pidfd, _ = await self._spawn(request, fds, with_exit=False)
-        return pid, pidfd
+    async def spawn_session(self, request: dict[str, Any], fds: list[int]) -> None:
+        """Ask for one session's sandbox; its init comes on the status socket in `fds`."""
+        await self._spawn(request, fds, with_exit=False)
 
     async def spawn_run(self, request: dict[str, Any], fds: list[int]
-                        ) -> tuple[int, int, asyncio.Future[tuple[int, float]]]:
-        """A one-shot run: its pid, a pidfd on it, and its (wait status, end time) to come."""
-        pid, pidfd, ended = await self._spawn(request, fds, with_exit=True)
-        assert ended is not None
-        return pid, pidfd, ended
+                        ) -> tuple[int, asyncio.Future[tuple[int, float]]]:
+        """A one-shot run: a pidfd on it, and its (wait status, end time) to come."""
+        pidfd, ended = await self._spawn(request, fds, with_exit=True)
+        if pidfd is None or ended is None:
+            raise SandboxUnavailable("the fork template sent no pidfd for a run")
+        return pidfd, ended
 
     async def _spawn(self, request: dict[str, Any], fds: list[int], with_exit: bool
-                     ) -> tuple[int, int, asyncio.Future[tuple[int, float]] | None]:
+                     ) -> tuple[int | None, asyncio.Future[tuple[int, float]] | None]:
         await self.ensure_started()
         template = self._template
         assert template is not None
         request_id = next(self._ids)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[int, int]] = loop.create_future()
+        future: asyncio.Future[int | None] = loop.create_future()
         template.pending[request_id] = future
         ended: asyncio.Future[tuple[int, float]] | None = None
         if with_exit:
@@ -275,15 +278,11 @@ class ForkServer:
             self._bury(template)
             raise SandboxUnavailable(f"the fork template is gone: {exc}") from exc
         try:
-            pid, pidfd = await future
+            pidfd = await future
         except BaseException:
             template.exits.pop(request_id, None)
             raise
-        return pid, pidfd, ended
-
-    def template_pid(self) -> int | None:
-        template = self._template
-        return None if template is None or template.dead else template.process.pid
+        return pidfd, ended
 
     def close_now(self) -> None:
         """Stop the template; closing the lifeline also ends any sandbox still running."""
