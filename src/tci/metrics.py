@@ -11,19 +11,12 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from tci.hosts.base import EndKind, EndReason, HostStats
+from tci.hosts.base import EndReason, HostStats
+from tci.kernel.ends import kill_labels
 
 OUTCOMES = ("ok", "error", "timeout", "died")
-KILL_REASONS = ("expired", "client", "shutdown", "worker_died", "memory_limit", "timeout",
-                "host_lost")
-# The metric's label for each way a session ends (the label values predate EndKind).
-_KILL_LABEL = {
-    EndKind.EXPIRED: "expired", EndKind.CLIENT: "client", EndKind.SHUTDOWN: "shutdown",
-    EndKind.RESTARTED: "shutdown", EndKind.WORKER_DIED: "worker_died",
-    EndKind.PROTOCOL: "worker_died", EndKind.CLIENT_GONE: "worker_died",
-    EndKind.OUT_OF_MEMORY: "memory_limit", EndKind.TIMEOUT: "timeout",
-    EndKind.HOST_LOST: "host_lost",
-}
+# Each way a session ends has its label (values older than EndKind): kernel/ends.py.
+KILL_REASONS = kill_labels()
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Seconds; a warm call takes about a millisecond, a busy one up to TCI_EXECUTE_TIMEOUT.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -79,7 +72,7 @@ class Metrics:
         self.latency.observe(seconds)
 
     def session_ended(self, reason: EndReason) -> None:
-        self._by_reason[_KILL_LABEL[reason.kind]].inc()
+        self._by_reason[reason.label].inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

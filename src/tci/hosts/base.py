@@ -9,59 +9,21 @@ same interface, the callbacks adapted by its proxy.
 
 from __future__ import annotations
 
-import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
+# How calls and sessions end is the kernel's vocabulary, told across this line as it is.
+from tci.kernel.ends import CallResult, EndKind, EndReason, Outcome
+from tci.kernel.outputs import OutputSink
 from tci.workspace import DecodedFile, FileListing
 
-OutputListener = Callable[[dict[str, Any]], None]  # told each output as it is produced
-Outcome = Literal["ok", "error", "timeout", "died"]
+__all__ = ["CallResult", "EndKind", "EndReason", "Outcome"]  # re-exported for the hosts
 
-
-class EndKind(enum.Enum):
-    """Why a session ended, as a value code can branch on (metrics, retries, the Ray host)."""
-
-    EXPIRED = "expired"
-    CLIENT = "client"  # DELETE, the MCP tool, or exit()/quit() in the session's code
-    SHUTDOWN = "shutdown"  # the server stopped while the session lived
-    RESTARTED = "restarted"  # found live in the store by the next server
-    WORKER_DIED = "worker_died"  # the worker exited or was killed (signal, exit code)
-    OUT_OF_MEMORY = "out_of_memory"  # killed by the kernel at TCI_MEMORY_LIMIT_BYTES
-    TIMEOUT = "timeout"  # a timed-out cell ignored its interrupt and was killed
-    CLIENT_GONE = "client_gone"  # an abandoned cell ignored its interrupt and was killed
-    PROTOCOL = "protocol"  # the worker broke the protocol and was killed
-    HOST_LOST = "host_lost"  # the host running the session is gone
-
-
-# What users read (410 bodies, the store's end_reason) when a reason has no detail of its own.
-_TEXT = {
-    EndKind.EXPIRED: "expired",
-    EndKind.CLIENT: "ended by the client",
-    EndKind.SHUTDOWN: "server shut down",
-    EndKind.RESTARTED: "server restarted",
-    EndKind.WORKER_DIED: "the worker process ended",
-    EndKind.OUT_OF_MEMORY: "the worker ran out of memory",
-    EndKind.TIMEOUT: "execution timed out and the worker was killed",
-    EndKind.CLIENT_GONE: "its client went away and the worker was killed",
-    EndKind.PROTOCOL: "the worker broke the protocol",
-    EndKind.HOST_LOST: "host lost",
-}
-
-
-@dataclass(frozen=True)
-class EndReason:
-    """Why a session ended: `kind` for code, `str()` for people (the host's own words, such
-    as "the worker process was killed by SIGKILL", when it has them)."""
-
-    kind: EndKind
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return self.detail or _TEXT[self.kind]
+# Told each output as it is produced (the kernel's sink, as a host's caller sees it).
+OutputListener = OutputSink
 
 
 EndListener = Callable[[EndReason], None]
@@ -73,15 +35,6 @@ class SessionGone(Exception):  # a state the caller handles, like StopIteration
     def __init__(self, reason: EndReason) -> None:
         super().__init__(str(reason))
         self.reason = reason
-
-
-@dataclass
-class CallResult:
-    """One execute call, with the limits it ran into already added as `error` outputs."""
-
-    outputs: list[dict[str, Any]]
-    outcome: Outcome
-    ended: EndReason | None = None  # the call ended the session: outcome "died", or exit()
 
 
 @dataclass(frozen=True)

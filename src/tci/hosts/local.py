@@ -19,18 +19,16 @@ from tci.errors import SandboxUnavailable
 from tci.hosts import capacity, selfcheck
 from tci.hosts.base import (
     CallResult,
-    EndKind,
     EndListener,
-    EndReason,
     HostedSession,
     HostStats,
-    Outcome,
     OutputListener,
     SessionGone,
     SessionHost,
 )
-from tci.hosts.pool import ReadyWorker, WarmPool, start_worker
-from tci.kernel.driver import DeathCause
+from tci.hosts.pool import WarmPool
+from tci.hosts.worker_start import ReadyWorker, start_worker
+from tci.kernel.ends import EndKind, EndReason, death_notice
 from tci.sandbox.cgroups import CPU_WEIGHT_DEFAULT
 from tci.sandbox.counters import Counters, limits_hit
 from tci.sandbox.factory import make_launcher
@@ -39,15 +37,6 @@ from tci.sandbox.protections import enforce
 from tci.workspace import DecodedFile, FileListing, list_files, read_file, write_files
 
 log = logging.getLogger(__name__)
-
-_KIND_OF_DEATH: dict[DeathCause | None, EndKind] = {
-    None: EndKind.WORKER_DIED, "exited": EndKind.WORKER_DIED, "protocol": EndKind.PROTOCOL,
-    "timeout": EndKind.TIMEOUT, "client_gone": EndKind.CLIENT_GONE,
-}
-
-# Like an ipykernel, which exits after replying to the cell that called exit(); a notebook
-# server would then start a fresh kernel, but a new session is the client's to ask for.
-EXITED = EndReason(EndKind.CLIENT, "the session exited (its code called exit() or quit())")
 
 
 def sandbox_cpu_seconds(sandbox: Sandbox) -> float | None:
@@ -60,6 +49,17 @@ def sandbox_cpu_seconds(sandbox: Sandbox) -> float | None:
     except (OSError, ValueError) as exc:
         log.debug("could not read cpu seconds of %s: %s", sandbox.cgroup.name, exc)
         return None
+
+
+def told_death(death: EndReason, memory_error: str | None) -> tuple[EndReason, list[str]]:
+    """A call's death as the caller is told it, and its notice. With `memory_error` (the
+    kernel killed a process at the memory limit: limits_hit's MemoryError message), that is
+    the reason, not "killed by SIGKILL", and says it all; but a timeout's kill is ours and
+    keeps its own notice as well."""
+    if memory_error is None:
+        return death, [death_notice(death)]
+    notice = [death_notice(death)] if death.kind is EndKind.TIMEOUT else []
+    return EndReason(EndKind.OUT_OF_MEMORY, memory_error), notice
 
 
 class LocalSession(HostedSession):
@@ -76,18 +76,14 @@ class LocalSession(HostedSession):
         self._gone: EndReason | None = None  # how it died on its own, once known
         self._listener: EndListener | None = None
         self._worker.on_death = self._died_between_calls
-        if self._worker.dead_reason is not None:  # died between the pool's check and now
+        if self._worker.death is not None:  # died between the pool's check and now
             self._died_between_calls()
 
     # -- death -------------------------------------------------------------------------------
 
-    async def _death_reason(self) -> EndReason:
-        detail = await self._worker.exit_reason()
-        return EndReason(_KIND_OF_DEATH[self._worker.dead_cause], detail)
-
     def _died_between_calls(self) -> None:
         async def report() -> None:
-            self._gone = await self._death_reason()
+            self._gone = await self._worker.death_reason()
             self._tell_listener()
 
         self._host.spawn(report(), f"tci-death-{self.id}")
@@ -109,8 +105,8 @@ class LocalSession(HostedSession):
                       on_start: Callable[[], None] | None = None) -> CallResult:
         if self._ended is not None:
             raise SessionGone(self._ended)
-        if self._worker.dead_reason is not None:
-            raise SessionGone(await self._death_reason())
+        if self._worker.death is not None:
+            raise SessionGone(await self._worker.death_reason())
         if files:
             await self.write_files(files)
         if on_start is not None:
@@ -121,24 +117,19 @@ class LocalSession(HostedSession):
         )
         # The kernel's record of limits hit during the call, each named by its setting.
         self._counters = self._sandbox.counters()
-        died = result.worker_died is not None
         hit = limits_hit(self._settings, before, self._counters, self._sandbox.volume_usage(),
-                         died)
-        ended = None
-        if died:
-            ended = EndReason(_KIND_OF_DEATH[self._worker.dead_cause], result.worker_died or "")
-            if self._counters.oom_kills > before.oom_kills:
-                # The kernel says why the worker died: say that instead of "killed by SIGKILL"
-                # (hit[0] is the MemoryError message).
-                ended = EndReason(EndKind.OUT_OF_MEMORY, hit[0])
-                if result.outputs and result.outputs[-1]["data"].startswith("WorkerDied"):
-                    result.outputs.pop()
-        if result.exit_asked and ended is None:  # exit()/quit(): answered, then ended
-            ended = EXITED
-        result.outputs.extend({"type": "error", "data": message} for message in hit)
-        outcome: Outcome = "died" if died else (
-            "timeout" if result.timed_out else ("ok" if result.ok else "error"))
-        return CallResult(result.outputs, outcome, ended)
+                         result.outcome == "died")
+        ended, end, notices = result.ended, result.end, hit
+        if ended is not None and result.outcome == "died":
+            oom = self._counters.oom_kills > before.oom_kills
+            ended, last_words = told_death(ended, hit[0] if oom else None)
+            end, notices = ended.kind, [*last_words, *hit]
+        for message in notices:  # the server's last words, streamed like the code's own
+            output = {"type": "error", "data": message}
+            result.outputs.append(output)
+            if listener is not None:
+                listener(dict(output))
+        return CallResult(result.outputs, end, ended)
 
     async def interrupt(self) -> bool:
         return self._worker.interrupt()

@@ -14,32 +14,22 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from tci.errors import WorkerDied
 from tci.kernel.coalesce import LineCoalescer
+from tci.kernel.ends import EXITED, CallResult, EndKind, EndReason
 from tci.kernel.frames import Frame, FrameReader, JsonBudget, Skipped, bundle_of, text_of
 from tci.kernel.output_limits import OutputLimits
-from tci.kernel.outputs import ERROR_RESERVE, RICH, OutputCollector
+from tci.kernel.outputs import ERROR_RESERVE, RICH, OutputCollector, OutputSink
 from tci.sandbox.launcher import Sandbox
 from tci.worker.protocol import ProtocolError, encode
 
 _READ_SIZE = 1 << 16
 
-OutputListener = Callable[[dict[str, Any]], None]
 DeathListener = Callable[[], None]
-# How the worker came to die: it exited or was killed from outside ("exited"), or we killed it
-# because it broke the protocol, ignored a timeout's interrupt, or its client went away.
-DeathCause = Literal["exited", "protocol", "timeout", "client_gone"]
-
-
-@dataclass
-class ExecutionResult:
-    outputs: list[dict[str, Any]]
-    ok: bool
-    timed_out: bool = False
-    worker_died: str | None = None  # why the worker is gone, if it is
-    exit_asked: bool = False  # the cell called exit() or quit(): end the session after it
+# A death we did not cause: the kernel's words (signal, exit code) come with `death_reason`.
+_ENDED = EndReason(EndKind.WORKER_DIED)
 
 
 @dataclass
@@ -56,7 +46,7 @@ class _Pending:
 def _fail(future: asyncio.Future[Any], failure: WorkerDied) -> None:
     """Fail a future that may have no one left awaiting it (a call that timed out and was
     killed, a worker that died before it was ready): marked as retrieved, since the death is
-    reported through the call's result and `dead_reason`, and otherwise asyncio would log
+    reported through the call's result and `death`, and otherwise asyncio would log
     "Future exception was never retrieved" for every such death."""
     future.set_exception(failure)
     future.exception()
@@ -91,8 +81,10 @@ class WorkerConnection:
         self._decoders = {
             name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")
         }
-        self.dead_reason: str | None = None
-        self.dead_cause: DeathCause | None = None
+        # How the worker died, once it has: WORKER_DIED if it exited or was killed from
+        # outside (the kernel's words filled in by `death_reason`), or the kind of our own
+        # kill (PROTOCOL, TIMEOUT, CLIENT_GONE) with its words.
+        self.death: EndReason | None = None
         loop = asyncio.get_running_loop()
         for fd in (sandbox.event_fd, sandbox.stdout_fd, sandbox.stderr_fd):
             os.set_blocking(fd, False)
@@ -183,18 +175,17 @@ class WorkerConnection:
     def _protocol_failure(self, detail: str) -> None:
         self._stop_reading(self.sandbox.event_fd)  # nothing more is read from a broken channel
         self.sandbox.kill()
-        self._mark_dead(f"the worker broke the protocol ({detail})", "protocol")
+        self._mark_dead(EndReason(EndKind.PROTOCOL, f"the worker broke the protocol ({detail})"))
 
     def _stop_reading(self, fd: int) -> None:
         if fd in self._readers:
             self._readers.remove(fd)
             asyncio.get_running_loop().remove_reader(fd)
 
-    def _mark_dead(self, reason: str | None = None, cause: DeathCause = "exited") -> None:
-        if self.dead_reason is None:
-            self.dead_reason = reason or "the worker process ended"
-            self.dead_cause = cause
-        failure = WorkerDied(self.dead_reason)
+    def _mark_dead(self, death: EndReason = _ENDED) -> None:
+        if self.death is None:
+            self.death = death
+        failure = WorkerDied(str(self.death))
         if not self._ready.done():
             _fail(self._ready, failure)
         if self._pending is not None and not self._pending.done.done():
@@ -203,16 +194,18 @@ class WorkerConnection:
             on_death, self.on_death = self.on_death, None
             on_death()
 
-    async def exit_reason(self) -> str:
-        """The kernel's word on how the worker ended (signal or exit code)."""
+    async def death_reason(self) -> EndReason:
+        """How the worker died: our own words if we killed it, else the kernel's (signal or
+        exit code), read once the process has been reaped."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.sandbox.process.wait(), timeout=2)
-        if self.dead_reason not in (None, "the worker process ended"):
-            return self.dead_reason
+        if self.death is not None and self.death.detail:
+            return self.death
         # A sandbox the host killed for breaking its protocol says so (fork path's init).
         problem = getattr(self.sandbox.process, "problem", None)
-        self.dead_reason = problem or describe_exit(self.sandbox.process.returncode)
-        return self.dead_reason
+        kind = self.death.kind if self.death is not None else EndKind.WORKER_DIED
+        self.death = EndReason(kind, problem or describe_exit(self.sandbox.process.returncode))
+        return self.death
 
     def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -234,7 +227,7 @@ class WorkerConnection:
         after this one's "done" is read, a SIGINT sent while this one is pending can never
         reach the next cell: the worker drops a SIGINT that finds no cell running."""
         pending = self._pending
-        if pending is None or self.dead_reason is not None:
+        if pending is None or self.death is not None:
             return False
         if pending.started:
             return self.sandbox.interrupt()
@@ -245,7 +238,7 @@ class WorkerConnection:
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except WorkerDied:
-            raise WorkerDied(await self.exit_reason()) from None
+            raise WorkerDied(str(await self.death_reason())) from None
 
     def _send(self, message: dict[str, Any]) -> None:
         data = encode(message)
@@ -256,18 +249,20 @@ class WorkerConnection:
             try:
                 view = view[os.write(fd, view) :]
             except BrokenPipeError as exc:
-                raise WorkerDied(self.dead_reason or "the worker process ended") from exc
+                raise WorkerDied(str(self.death or _ENDED)) from exc
 
     async def request(
         self,
         message: dict[str, Any],
         timeout: float,
         grace: float,
-        listener: OutputListener | None = None,
-    ) -> ExecutionResult:
-        """Send one request and collect its outputs until done, timeout or death."""
-        if self.dead_reason is not None:
-            raise WorkerDied(self.dead_reason)
+        listener: OutputSink | None = None,
+    ) -> CallResult:
+        """Send one request and collect its outputs until done, timeout or death. A death
+        is the result's `ended`; its notice is the caller's to add (it may know better why,
+        e.g. the kernel's out-of-memory kill)."""
+        if self.death is not None:
+            raise WorkerDied(str(self.death))
         loop = asyncio.get_running_loop()
         request_id = next(self._ids)
         collector = OutputCollector(self.limits.max_bytes)
@@ -294,31 +289,30 @@ class WorkerConnection:
             self._pending = None
 
     async def _abandon(self, pending: _Pending, grace: float) -> None:
-        if self.dead_reason is not None or not self.interrupt():
+        if self.death is not None or not self.interrupt():
             return
         try:
             await asyncio.wait_for(asyncio.shield(pending.done), grace)
         except (TimeoutError, WorkerDied):
             self.sandbox.kill()
-            self._mark_dead(
+            self._mark_dead(EndReason(
+                EndKind.CLIENT_GONE,
                 f"its client went away and the cell did not stop within {grace:g} s of the "
-                "interrupt, so the worker was killed", "client_gone",
-            )
+                "interrupt, so the worker was killed",
+            ))
             self._pending = None
             if self.on_death is not None:
                 on_death, self.on_death = self.on_death, None
                 on_death()
 
-    async def _await_done(self, pending: _Pending, timeout: float, grace: float) -> ExecutionResult:
+    async def _await_done(self, pending: _Pending, timeout: float, grace: float) -> CallResult:
         collector = pending.collector
         try:
             done = await asyncio.wait_for(asyncio.shield(pending.done), timeout)
-            return ExecutionResult(collector.outputs, bool(done.get("ok")),
-                                   exit_asked=done.get("exit") is True)
+            end = EndKind.OK if done.get("ok") else EndKind.ERROR
+            return CallResult(collector.outputs, end, EXITED if done.get("exit") is True else None)
         except WorkerDied:
-            reason = await self.exit_reason()
-            collector.add_error(f"WorkerDied: {reason}; the session was ended.")
-            return ExecutionResult(collector.outputs, False, worker_died=reason)
+            return await self._died(collector)
         except TimeoutError:
             pass
         # Timed out: interrupt, give the code a grace period to unwind, then kill.
@@ -327,20 +321,20 @@ class WorkerConnection:
             await asyncio.wait_for(asyncio.shield(pending.done), grace)
         except TimeoutError:
             self.sandbox.kill()
-            reason = (
+            death = EndReason(EndKind.TIMEOUT, (
                 f"execution timed out after {timeout:g} s (TCI_EXECUTE_TIMEOUT) and did not stop "
                 f"within {grace:g} s of the interrupt, so the worker was killed"
-            )
-            self._mark_dead(reason, "timeout")
-            collector.add_error(f"TimeoutError: {reason}; the session was ended.")
-            return ExecutionResult(collector.outputs, False, timed_out=True, worker_died=reason)
+            ))
+            self._mark_dead(death)
+            return CallResult(collector.outputs, death.kind, death)
         except WorkerDied:
-            reason = await self.exit_reason()
-            collector.add_error(f"WorkerDied: {reason}; the session was ended.")
-            return ExecutionResult(collector.outputs, False, timed_out=True, worker_died=reason)
+            return await self._died(collector)
         collector.replace_interrupt_error(
             f"TimeoutError: execution timed out after {timeout:g} s (TCI_EXECUTE_TIMEOUT) and "
             "was interrupted; the session is still alive."
         )
-        return ExecutionResult(collector.outputs, False, timed_out=True)
+        return CallResult(collector.outputs, EndKind.INTERRUPTED)
 
+    async def _died(self, collector: OutputCollector) -> CallResult:
+        death = await self.death_reason()
+        return CallResult(collector.outputs, death.kind, death)

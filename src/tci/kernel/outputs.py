@@ -201,9 +201,6 @@ class OutputCollector:
         """The server's own word (a timeout, a death): always kept, and short."""
         self._append({"type": "error", "data": message})
 
-    def has_error(self) -> bool:
-        return any(o["type"] == "error" for o in self._outputs)
-
     def replace_interrupt_error(self, message: str) -> None:
         """After a timeout, the KeyboardInterrupt traceback becomes a timeout message that
         still shows where the code was."""
