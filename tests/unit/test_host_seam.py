@@ -7,7 +7,7 @@ import sys
 
 # Where sessions run: fds, pids, uids, cgroups, paths, the worker protocol.
 HOST_SIDE = ("tci.sandbox", "tci.kernel.driver", "tci.hosts.local", "tci.hosts.pool",
-             "tci.hosts.selfcheck", "tci.worker")
+             "tci.hosts.worker_start", "tci.hosts.selfcheck", "tci.worker")
 
 
 def loaded_by(module: str) -> list[str]:

@@ -1,9 +1,14 @@
-"""Warm pool: sandboxed workers started ahead of demand, heavy packages already imported.
+"""Warm pool: sessions' sandboxes and workers started ahead of demand.
 
-A new session takes a ready worker in microseconds instead of paying ~0.3 s of sandbox and
-interpreter start plus ~1 s of imports. Each pooled worker is fresh (never used by anyone
-before), so nothing of a previous user can leak through it. Refills run one at a time in
-the background so that they never starve live sessions of the two cores.
+A new session takes a ready worker in microseconds instead of waiting for its start (a
+fork from the template, or a bubblewrap sandbox and a new interpreter). Each pooled worker
+is fresh (never used by anyone before), so nothing of a previous user can leak through it.
+Refills start a moment after a take and run niced, up to TCI_POOL_REFILL_CONCURRENCY starts
+at once, so that they do not starve live sessions of the CPU.
+
+What a pooled worker has imported: on the fork path, whatever the template imported and
+warmed up (TCI_POOL_PRELOAD), inherited by the fork, so nothing is sent to it; a bubblewrap
+worker is a new interpreter, so the pool has it import TCI_POOL_PRELOAD before it is ready.
 """
 
 from __future__ import annotations
@@ -11,70 +16,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-import string
-from dataclasses import dataclass
 
 from tci.config import Settings
-from tci.errors import SandboxUnavailable, WorkerDied
-from tci.kernel.driver import WorkerConnection
-from tci.kernel.output_limits import OutputLimits
-from tci.sandbox.launcher import Sandbox, SandboxLauncher
+from tci.errors import SandboxUnavailable
+from tci.hosts.worker_start import ReadyWorker, start_worker
+from tci.sandbox.launcher import SandboxLauncher
 
 log = logging.getLogger(__name__)
 
-_ID_ALPHABET = string.ascii_letters + string.digits
-_ID_LENGTH = 24  # ~143 bits: unguessable
 
-
-def new_session_id() -> str:
-    return "ses_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
-
-
-@dataclass
-class ReadyWorker:
-    """A started sandbox and its connected, ready worker; its name becomes the session id."""
-
-    name: str
-    sandbox: Sandbox
-    worker: WorkerConnection
-
-
-async def start_worker(
-    launcher: SandboxLauncher, limits: OutputLimits, start_timeout: float,
-    preload: tuple[str, ...] = (), niceness: int = 0,
-) -> ReadyWorker:
-    """Start one sandbox + worker; with `preload`, import those modules in it first."""
-    name = new_session_id()
-    sandbox = await launcher.start(name, niceness)
-    worker = WorkerConnection(sandbox, limits)
-    try:
-        await worker.wait_ready(start_timeout)
-        if preload:
-            result = await worker.request(
-                {"op": "preload", "modules": list(preload)}, timeout=start_timeout, grace=1.0
-            )
-            if result.worker_died:
-                raise WorkerDied(result.worker_died)
-    except BaseException as exc:
-        worker.close()
-        await asyncio.shield(launcher.destroy(sandbox))
-        if isinstance(exc, WorkerDied | TimeoutError):
-            raise SandboxUnavailable(f"the session's worker did not start: {exc}") from exc
-        raise
-    return ReadyWorker(name, sandbox, worker)
+def preload_of(settings: Settings) -> tuple[str, ...]:
+    """The modules a pooled worker must still be told to import: none for a fork of the
+    template, which imported them and ran the warm-up cell before it forked."""
+    return () if settings.sandbox_start == "fork" else tuple(settings.pool_preload)
 
 
 class WarmPool:
     def __init__(self, launcher: SandboxLauncher, settings: Settings) -> None:
         self.launcher = launcher
         self.size = settings.pool_size
-        self.preload = tuple(settings.pool_preload)
+        self.preload = preload_of(settings)
         self.limits = settings.output_limits()
         self.start_timeout = settings.worker_start_timeout
         # Refills start a moment after a take, so the new session's first call has the CPU,
-        # and run niced: on two cores a refill (interpreter start + imports) must not slow
-        # live calls.
+        # and run niced: on two cores a refill must not slow live calls.
         self.refill_delay = settings.pool_refill_delay_seconds
         self.refill_niceness = settings.pool_refill_niceness
         self.retry_delay = settings.pool_retry_seconds
@@ -95,7 +60,7 @@ class WarmPool:
         while self.ready:
             item = self.ready.pop(0)
             self._wake.set()
-            if item.worker.dead_reason is None:
+            if item.worker.death is None:
                 item.sandbox.set_priority(0)
                 return item
             task = asyncio.create_task(self._discard(item))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from tci.config import Settings
-from tci.hosts.pool import start_worker
+from tci.hosts.worker_start import start_worker
 from tci.sandbox.launcher import SandboxLauncher
 from tci.sandbox.protections import PROBE, problems_in
 
