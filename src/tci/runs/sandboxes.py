@@ -17,7 +17,9 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from tci.config import Settings
 from tci.errors import SandboxUnavailable
@@ -31,6 +33,7 @@ from tci.sandbox.network import Egress
 from tci.worker.oneshot import pack_payload
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROGRAM_NAME = "main.py"
 _REPORT_OVERHEAD = 1 << 16
@@ -261,7 +264,7 @@ def _kill(pidfd: int) -> None:
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
 
 
-async def _within(awaitable, seconds: float, what: str):
+async def _within(awaitable: Awaitable[T], seconds: float, what: str) -> T:
     try:
         return await asyncio.wait_for(awaitable, seconds)
     except TimeoutError:

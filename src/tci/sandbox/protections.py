@@ -7,7 +7,7 @@ host's job (hosts/selfcheck.py)."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tci.errors import SandboxUnavailable
 from tci.worker.confine import INIT_NAME
@@ -44,7 +44,7 @@ print(json.dumps(facts))
 """
 
 
-def problems_in(facts: dict, sandbox: Sandbox, network: str) -> list[str]:
+def problems_in(facts: dict[str, Any], sandbox: Sandbox, network: str) -> list[str]:
     problems = []
     if facts.get("uid") == 0:
         problems.append("the sandbox runs as uid 0")

@@ -179,7 +179,7 @@ class TemplateProcess:
         return template
 
     @staticmethod
-    async def _receive(template: _Running) -> tuple[dict, list[int]] | None:
+    async def _receive(template: _Running) -> tuple[dict[str, Any], list[int]] | None:
         loop = asyncio.get_running_loop()
         while True:
             try:
