@@ -493,7 +493,8 @@ def _engine_options(url: URL, timeout: float) -> dict[str, Any]:
     return options
 
 
-def _sqlite_pragmas(connection, _record) -> None:
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    """A new SQLite connection (a DB-API one, untyped) set for one writer and many readers."""
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
