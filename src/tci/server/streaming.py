@@ -1,6 +1,7 @@
 """`"stream": true`: the execute call as Server-Sent Events.
 
-Events: `output` (one TCI output, stdout chunks as they are written), then one `result`
+Events: `output` (one TCI output, stdout lines as they are written, and the server's own
+`error` outputs as the call ends: a limit it ran into, its worker's death), then one `result`
 holding the whole TCI response ({"data": ..., "errors": null}), or `error` ({"data": null,
 "errors": [...]}) if the call failed after it started. A comment line keeps quiet
 connections alive (after TCI_STREAM_KEEPALIVE_SECONDS without output). A client that
@@ -37,14 +38,14 @@ async def stream_execute(
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
-    def listener(event: dict[str, Any]) -> None:
-        queue.put_nowait({"type": event["type"], "data": event["data"]})
-
     def on_start(session_id: str) -> None:
         if not started.done():
             started.set_result(session_id)
 
-    task = asyncio.create_task(manager.execute(key, body, listener, on_start))
+    # Each output is queued as the host hands it over (a dict of its own, never changed
+    # after), and written once as its event; the `result` repeats them all because a
+    # client may read only that event (the wire format).
+    task = asyncio.create_task(manager.execute(key, body, queue.put_nowait, on_start))
     first: set[asyncio.Future[Any]] = {started, task}
     await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
     if not started.done():
