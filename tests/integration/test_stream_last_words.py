@@ -4,6 +4,8 @@ the `result`, so that a client that only renders events sees why its call ended.
 
 import json
 
+from prometheus_client.parser import text_string_to_metric_families
+
 # Threads until the session's pids limit refuses one: the kernel counts the refusal.
 THREADS_TO_THE_LIMIT = """
 import threading, time
@@ -61,3 +63,32 @@ def test_a_worker_death_is_streamed_once_as_in_the_result(server):
         gone = client.post("/v1/tci/execute", json={"language": "python", "code": "x",
                                                     "session_id": session_id})
     assert gone.status_code == 410, gone.text
+
+
+def killed_by_reason(server) -> dict[str, float]:
+    with server.client() as client:
+        text = client.get("/metrics").text
+    return {sample.labels["reason"]: sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "tci_sandboxes_killed"
+            for sample in family.samples if sample.name.endswith("_total")}
+
+
+def test_a_worker_the_kernel_killed_at_the_memory_limit_says_so_and_only_that(server_factory):
+    server = server_factory(memory_limit_bytes=str(256 << 20))
+    session_id = server.run("x = 1")["session_id"]
+    before = killed_by_reason(server)
+    streamed, result = streamed_call(server, "hog = bytearray(1 << 30)", session_id)
+    [notice] = errors(result["data"]["outputs"])
+    # The kernel's reason, not "WorkerDied: ... killed by SIGKILL".
+    assert notice == ("MemoryError: memory limit of 256 MiB exceeded (TCI_MEMORY_LIMIT_BYTES): "
+                      "the worker was killed and the session ended."), notice
+    assert errors(streamed) == [notice]
+    with server.client() as client:
+        gone = client.post("/v1/tci/execute", json={"language": "python", "code": "x",
+                                                    "session_id": session_id})
+    assert gone.status_code == 410, gone.text
+    assert "MemoryError: memory limit of 256 MiB exceeded" in gone.text
+    after = killed_by_reason(server)
+    assert after["memory_limit"] == before["memory_limit"] + 1
+    assert after["worker_died"] == before["worker_died"]
