@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -20,6 +18,7 @@ from time import perf_counter
 from typing import Any
 
 import httpx
+from tests.process import http_ok, stop_process, wait_until_up
 
 from .server import BenchError, free_port
 from .stats import Series
@@ -143,26 +142,12 @@ class KernelGateway:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError(f"kernel gateway exited early; see {self.log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/api", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise BenchError(f"kernel gateway did not answer in {timeout:g} s")
+        wait_until_up(self.process, lambda: http_ok(f"{self.url}/api"), timeout=timeout,
+                      what="kernel gateway", log=lambda: f"see {self.log_path}",
+                      error=BenchError)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_process(self.process, signal.SIGTERM, timeout=30)
 
     def create_kernel(self) -> str:
         response = httpx.post(f"{self.url}/api/kernels", json={"name": _KERNEL}, timeout=60)

@@ -3,7 +3,6 @@ stopped (with every sandbox it started) when the run ends, however it ends."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tests.process import http_ok, stop_process, wait_until_up
 
 from . import footprint
 from .http import HOST, Connection, encode_json, encode_request
@@ -101,26 +101,12 @@ class TciServer:
                 [*_tci_command(), "serve", "--port", str(self.port)],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError(f"tci serve exited early; see {self.log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise BenchError(f"tci serve did not become healthy in {timeout:g} s")
+        wait_until_up(self.process, lambda: http_ok(f"{self.url}/health"), timeout=timeout,
+                      what="tci serve", log=lambda: f"see {self.log_path}", error=BenchError)
 
     def stop(self) -> None:
         """SIGTERM (the server ends its sessions), then SIGKILL to its process group."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process(self.process, signal.SIGTERM, timeout=60)
         self._data.cleanup()
 
     # -- API -------------------------------------------------------------------------------

@@ -3,12 +3,13 @@ real sandboxes and real workers. Nothing under test is mocked."""
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.process import http_ok, stop_process, wait_until_up
+
 REPO = Path(__file__).resolve().parents[1]
 TCI = str(Path(sys.executable).with_name("tci"))
 TEST_WORKSPACE_BYTES = 256 << 20
@@ -24,6 +27,8 @@ TEST_WORKSPACE_BYTES = 256 << 20
 # busy 2-core machine, not speed claims (both usually take a few seconds).
 START_SECONDS = 120
 STOP_SECONDS = 60
+# How long a background call may take to return: past the client's own 120 s timeout.
+CALL_SECONDS = 130
 
 
 def free_port() -> int:
@@ -88,34 +93,59 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def argv(self) -> list[str]:
+        return [TCI, "serve", "--port", str(self.port)]
+
     def start(self) -> None:
         self.log_path = self.data_dir / "server.log"
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [TCI, "serve", "--port", str(self.port)],
-            env={**os.environ, "TCI_DATA_DIR": str(self.data_dir), **self.env},
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv(), env={**os.environ, "TCI_DATA_DIR": str(self.data_dir), **self.env},
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         # Generous: the start-up self-check starts a probe session, slow on a loaded machine.
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tci serve exited early:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"tci serve did not become healthy:\n{self.log()}")
+        wait_until_up(self.process, lambda: http_ok(f"{self.url}/health"),
+                      timeout=START_SECONDS, what="tci serve", log=self.log)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
+        stop_process(self.process, sig, STOP_SECONDS)
+
+
+class Call(threading.Thread):
+    """One execute call running in the background, started at once, so a test can look at or
+    act on the session while the code runs (the code says where it is by creating files in
+    its workspace); `sent` is set once the whole request is on the wire."""
+
+    def __init__(self, server: Server, code: str, session_id: str) -> None:
+        super().__init__(daemon=True)
+        self.server, self.code, self.session_id = server, code, session_id
+        self.sent = threading.Event()
+        self.response: httpx.Response | None = None
+        self.failure: BaseException | None = None
+        self.start()
+
+    def _trace(self, event_name: str, info: dict) -> None:
+        if event_name == "http11.send_request_body.complete":
+            self.sent.set()
+
+    def run(self) -> None:
+        body = {"language": "python", "code": self.code, "session_id": self.session_id}
         try:
-            self.process.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            with self.server.client() as client:
+                self.response = client.post("/v1/tci/execute", json=body,
+                                            extensions={"trace": self._trace})
+        except BaseException as exc:  # reported by result()
+            self.failure = exc
+            self.sent.set()
+
+    def result(self) -> dict:
+        """The call's `data`, asserting it returned (within a generous bound) with 200."""
+        self.join(CALL_SECONDS)
+        assert not self.is_alive(), "the call did not return"
+        assert self.failure is None, repr(self.failure)
+        assert self.response is not None
+        assert self.response.status_code == 200, self.response.text
+        return self.response.json()["data"]
 
 
 def make_server(tmp_path: Path, **settings: str) -> Server:
@@ -169,6 +199,48 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = 30.0) 
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout:g} s waiting for: {what}")
+
+
+def run_json(server: Server, code: str, session_id: str | None = None) -> tuple[str, object]:
+    """Run code whose last line prints one JSON value; return (session id, value)."""
+    data = server.run(code, session_id)
+    assert not outputs_of(data, "error"), data
+    return data["session_id"], json.loads(stdout_of(data))
+
+
+def assert_streams_while_running(stream_from: Server, release_through: Server,
+                                 session_id: str) -> None:
+    """A streamed cell prints 'first', then waits for a file 'go': 'first' must arrive, as
+    one whole-line output event, while the cell still runs (the test writes 'go' only then,
+    through `release_through`), and the stream ends with the result of both lines."""
+    code = ("print('first', flush=True)\n"
+            "while not os.path.exists('go'):\n    time.sleep(0.05)\nprint('second')")
+    body = {"language": "python", "code": code, "stream": True, "session_id": session_id}
+    with stream_from.client() as client, \
+            client.stream("POST", "/v1/tci/execute", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = response.iter_lines()
+        assert next(lines) == "event: output"
+        # The whole line, as one event (kernel/coalesce.py).
+        first = json.loads(next(lines).removeprefix("data: "))
+        assert first == {"type": "stdout", "data": "first\n"}
+        with release_through.client() as other:
+            put = other.put(f"/v1/tci/sessions/{session_id}/files/go", content=b"")
+            assert put.status_code < 300, put.text
+        rest = [line for line in lines if line]
+    assert rest[-2] == "event: result"
+    assert stdout_of(json.loads(rest[-1].removeprefix("data: "))["data"]) == "first\nsecond\n"
+
+
+# What a sandbox's /proc lists, as [pid, comm] pairs: only its own two processes. pid 1 is the
+# sandbox's init, bubblewrap's or the fork template's ("tci-init"); pid 2 the worker.
+LIST_PROC = (
+    "import os, json\n"
+    "pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"
+    "print(json.dumps([[p, open(f'/proc/{p}/comm').read().strip()] for p in pids]))"
+)
+SANDBOX_PROCESSES = ([[1, "bwrap"], [2, "python3.11"]], [[1, "tci-init"], [2, "python3.11"]])
 
 
 def outputs_of(data: dict, kind: str) -> list:

@@ -21,7 +21,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import psycopg
 import pytest
 
 from tests.conftest import free_port
+from tests.process import stop_process, wait_until_up
 
 SUPERUSER = "tci"
 # Test data need not survive a crash: no fsync makes initdb and every commit much cheaper.
@@ -89,28 +89,18 @@ class Postgres:
             preexec_fn=_die_with_the_tests, **self._user,
         )
         log.close()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"postgres exited early:\n{self.log()}")
-            try:
-                with psycopg.connect(self.url_for("postgres", driver=False), connect_timeout=2):
-                    return
-            except psycopg.OperationalError:
-                time.sleep(0.1)
-        raise RuntimeError(f"postgres did not start:\n{self.log()}")
+        wait_until_up(self.process, self._accepts, timeout=60, what="postgres", log=self.log)
+
+    def _accepts(self) -> bool:
+        try:
+            with psycopg.connect(self.url_for("postgres", driver=False), connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT): sessions are cut, as when a database server goes away."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_process(self.process, signal.SIGINT, timeout=30)
 
     def destroy(self) -> None:
         self.stop()

@@ -4,7 +4,6 @@ nothing; a host node that dies ends its own sessions, with "host lost", and only
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 import uuid
@@ -13,7 +12,7 @@ import pytest
 from together import Together
 
 from tests.cluster.netns import interfaces
-from tests.conftest import stdout_of, wait_for
+from tests.conftest import assert_streams_while_running, stdout_of, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -50,23 +49,8 @@ def test_a_session_made_through_one_gateway_runs_through_the_other(cluster):
 def test_streaming_through_a_gateway_sends_output_while_the_cell_runs(cluster):
     a, b = cluster.gateways
     session = a.run("import os, time")["session_id"]
-    code = ("print('first', flush=True)\n"
-            "while not os.path.exists('go'):\n    time.sleep(0.05)\nprint('second')")
-    body = {"language": "python", "code": code, "stream": True, "session_id": session}
-    with b.client() as client, client.stream("POST", "/v1/tci/execute", json=body) as response:
-        assert response.status_code == 200
-        lines = response.iter_lines()
-        assert next(lines) == "event: output"
-        assert json.loads(next(lines).removeprefix("data: ")) == {"type": "stdout",
-                                                                  "data": "first\n"}
-        # Only with 'first' in hand does the test let the cell finish, through the other
-        # gateway (a file written while the cell runs).
-        with a.client() as other:
-            assert other.put(f"/v1/tci/sessions/{session}/files/go",
-                             content=b"").status_code < 300
-        rest = [line for line in lines if line]
-    assert rest[-2] == "event: result"
-    assert stdout_of(json.loads(rest[-1].removeprefix("data: "))["data"]) == "first\nsecond\n"
+    # Streamed through one gateway; the cell is let finish through the other.
+    assert_streams_while_running(b, a, session)
 
 
 def test_the_official_together_sdk_works_through_a_gateway(cluster):

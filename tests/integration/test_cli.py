@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import TCI, cli, free_port, stdout_of
+from tests.process import http_ok, wait_until_up
 
 
 def create_key(data_dir: Path, name: str, env: dict | None = None) -> str:
@@ -139,17 +139,9 @@ class Serve:
             )
 
     def wait_healthy(self) -> str:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"tci serve exited:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    return self.log.read_text()
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"tci serve never became healthy:\n{self.log.read_text()}")
+        wait_until_up(self.process, lambda: http_ok(f"http://127.0.0.1:{self.port}/health"),
+                      timeout=60, what="tci serve", log=self.log.read_text)
+        return self.log.read_text()
 
     def stop(self) -> None:
         """SIGTERM, as an init system would: the server shuts down cleanly."""

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -57,13 +58,17 @@ def end_session(server, session_id: str) -> None:
     server.execute("import os; os._exit(0)", session_id)
 
 
-@pytest.fixture
-def session_id(server):
-    """A fresh session whose workspace is empty."""
+def fresh_session(server) -> Iterator[str]:
+    """A fresh session whose workspace is empty, ended once the test is done with it."""
     data = server.run("pass")
     assert workspace_of(server, data["session_id"]) == []
     yield data["session_id"]
     end_session(server, data["session_id"])
+
+
+@pytest.fixture
+def session_id(server):
+    yield from fresh_session(server)
 
 
 # -- what is written --------------------------------------------------------------------
@@ -349,10 +354,7 @@ def small(tmp_path_factory):
 
 @pytest.fixture
 def small_session(small):
-    data = small.run("pass")
-    assert workspace_of(small, data["session_id"]) == []
-    yield data["session_id"]
-    end_session(small, data["session_id"])
+    yield from fresh_session(small)
 
 
 def test_file_at_size_limit_accepted(small, small_session):

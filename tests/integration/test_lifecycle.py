@@ -10,14 +10,12 @@ import glob
 import os
 import signal
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import make_server, outputs_of, stdout_of, wait_for
+from tests.conftest import Call, make_server, outputs_of, stdout_of, wait_for
 from tests.host import all_pids, cmdline, in_session, pid_ns, session_processes
 
 
@@ -243,40 +241,6 @@ def test_exit_ends_session(server):
 # -- concurrency ---------------------------------------------------------------------------
 
 
-class Call(threading.Thread):
-    """One execute call in a thread; `sent` is set once the request is on the wire."""
-
-    def __init__(self, server, code: str, session_id: str) -> None:
-        super().__init__(daemon=True)
-        self.server, self.code, self.session_id = server, code, session_id
-        self.sent = threading.Event()
-        self.response: httpx.Response | None = None
-        self.failure: BaseException | None = None
-
-    def _trace(self, event_name: str, info: dict) -> None:
-        if event_name == "http11.send_request_body.complete":
-            self.sent.set()
-
-    def run(self) -> None:
-        body = {"language": "python", "code": self.code, "session_id": self.session_id}
-        try:
-            with self.server.client(timeout=60) as client:
-                self.response = client.post(
-                    "/v1/tci/execute", json=body, extensions={"trace": self._trace}
-                )
-        except BaseException as exc:  # reported by result()
-            self.failure = exc
-            self.sent.set()
-
-    def result(self) -> dict:
-        self.join(90)
-        assert not self.is_alive(), "the call did not return"
-        assert self.failure is None, repr(self.failure)
-        assert self.response is not None
-        assert self.response.status_code == 200, self.response.text
-        return self.response.json()["data"]
-
-
 def test_calls_to_one_session_run_one_at_a_time(server):
     session_id = server.run("import os, time\norder = []")["session_id"]
     workspace = workspace_of(session_id)
@@ -290,10 +254,8 @@ def test_calls_to_one_session_run_one_at_a_time(server):
         "value = 'from first'\n"
         "print('first done')"
     ), session_id)
-    first.start()
     wait_for((workspace / "first-started").exists, "the first call to start")
     second = Call(server, "order.append('second')\nprint(value, order)", session_id)
-    second.start()
     assert second.sent.wait(30), "the second request was not sent"
     (workspace / "release").touch()
 
@@ -313,7 +275,6 @@ def test_sessions_run_in_parallel(server):
         "    time.sleep(0.01)\n"
         "print('released')"
     ), blocked_id)
-    blocked.start()
     wait_for((blocked_workspace / "waiting").exists, "the blocked call to start")
 
     # Session A only finishes once this call has returned.

@@ -10,11 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ import pytest
 
 from tci.config import Settings
 from tests.conftest import REPO, free_port, outputs_of, stdout_of
+from tests.process import http_ok, stop_process, wait_until_up
 
 
 @dataclass
@@ -103,24 +102,11 @@ def serving(private: PrivateClone) -> Iterator[tuple[subprocess.Popen, str]]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"tci serve exited early:\n{log_path.read_text()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
+        wait_until_up(process, lambda: http_ok(f"{url}/health"), timeout=90, what="tci serve",
+                      log=log_path.read_text)
         yield process, url
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout=30)
 
 
 def execute(url: str, key: str, code: str) -> dict:

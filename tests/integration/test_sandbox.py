@@ -5,7 +5,6 @@ other sessions' files and processes, a read-only system, and no route to host se
 from __future__ import annotations
 
 import glob
-import json
 import os
 import select
 import socket
@@ -15,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_server, outputs_of, stdout_of
+from tests.conftest import (
+    LIST_PROC,
+    SANDBOX_PROCESSES,
+    make_server,
+    run_json,
+    stdout_of,
+)
 from tests.host import sandbox_worker
 
 # What the sandbox sets itself; anything else would have leaked in from the server.
@@ -35,13 +40,6 @@ def offline_server(tmp_path_factory):
     )
     yield instance
     instance.stop()
-
-
-def run_json(server, code: str, session_id: str | None = None) -> tuple[str, object]:
-    """Run code whose last line prints one JSON value; return (session id, value)."""
-    data = server.run(code, session_id)
-    assert not outputs_of(data, "error"), data
-    return data["session_id"], json.loads(stdout_of(data))
 
 
 def workspace_of(session_id: str) -> Path:
@@ -218,13 +216,8 @@ def test_hostname_is_sandbox(server):
 
 
 def test_only_the_sandbox_processes_are_visible(server):
-    _, processes = run_json(server, (
-        "import os, json\n"
-        "pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"
-        "print(json.dumps([[p, open(f'/proc/{p}/comm').read().strip()] for p in pids]))"
-    ))
-    # pid 1 is the sandbox's init: bubblewrap's, or the fork template's ("tci-init").
-    assert processes in ([[1, "bwrap"], [2, "python3.11"]], [[1, "tci-init"], [2, "python3.11"]])
+    _, processes = run_json(server, LIST_PROC)
+    assert processes in SANDBOX_PROCESSES
 
 
 # -- network -------------------------------------------------------------------------------

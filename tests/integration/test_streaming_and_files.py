@@ -5,7 +5,7 @@ import threading
 
 import httpx
 
-from tests.conftest import stdout_of
+from tests.conftest import assert_streams_while_running, stdout_of
 
 
 def read_events(response: httpx.Response) -> list[tuple[str, dict]]:
@@ -20,24 +20,7 @@ def read_events(response: httpx.Response) -> list[tuple[str, dict]]:
 
 def test_stream_sends_output_while_the_cell_runs_then_the_whole_response(server):
     session_id = server.run("import os, time")["session_id"]
-    code = ("print('first', flush=True)\n"
-            "while not os.path.exists('go'):\n    time.sleep(0.05)\nprint('second')")
-    body = {"language": "python", "code": code, "stream": True, "session_id": session_id}
-    with server.client() as client, client.stream("POST", "/v1/tci/execute", json=body) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        lines = response.iter_lines()
-        assert next(lines) == "event: output"
-        # The whole line, as one event (kernel/coalesce.py).
-        first = json.loads(next(lines).removeprefix("data: "))
-        assert first == {"type": "stdout", "data": "first\n"}
-        # Only now, with 'first' in hand, does the test let the cell finish.
-        with server.client() as other:
-            other.put(f"/v1/tci/sessions/{session_id}/files/go", content=b"")
-        rest = [line for line in lines if line]
-    assert rest[-2] == "event: result"
-    result = json.loads(rest[-1].removeprefix("data: "))
-    assert stdout_of(result["data"]) == "first\nsecond\n"
+    assert_streams_while_running(server, server, session_id)
 
 
 def test_stream_result_event_holds_the_tci_response(server):

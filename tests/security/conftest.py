@@ -14,18 +14,22 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
-import json
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
-from tests.conftest import Server, make_server, outputs_of, stdout_of, wait_for
+from tests.conftest import Server, make_server, outputs_of, wait_for
+from tests.conftest import run_json as run_json  # the security tests' own, shared
 from tests.host import all_pids, children_of, in_session, pid_ns, session_processes
+
+if TYPE_CHECKING:
+    from tests.security.netns import Namespace
 
 MiB = 1 << 20
 LIVENESS_SECONDS = 5.0
@@ -65,6 +69,17 @@ def hardened(tmp_path_factory) -> Iterator[Server]:
     instance = start_hardened(tmp_path_factory)
     yield instance
     instance.stop()
+
+
+@pytest.fixture(scope="module")
+def server_ns() -> Iterator[Namespace]:
+    """A network namespace of the module's own, "the host" of a server started inside it
+    (netns.start_namespaced); the egress tests change its network freely."""
+    from tests.security.netns import Namespace  # netns.py builds on this module
+
+    namespace = Namespace()
+    yield namespace
+    namespace.close()
 
 
 # -- the canary ----------------------------------------------------------------------------
@@ -166,13 +181,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
 # -- calls ---------------------------------------------------------------------------------
 
 
-def run_json(server: Server, code: str, session_id: str | None = None) -> tuple[str, object]:
-    """Run code whose last line prints one JSON value; return (session id, value)."""
-    data = server.run(code, session_id)
-    assert not outputs_of(data, "error"), data
-    return data["session_id"], json.loads(stdout_of(data))
-
-
 def new_session(server: Server, code: str = "x = 1") -> str:
     data = server.run(code)
     assert not outputs_of(data, "error"), data
@@ -185,32 +193,6 @@ def ended_message(server: Server, session_id: str) -> str:
     body = response.json()
     assert body["data"] is None and len(body["errors"]) == 1, body
     return body["errors"][0]
-
-
-class Call(threading.Thread):
-    """One execute call running in the background, so the host can look at the session while
-    the code runs (the code says where it is by creating files in its workspace)."""
-
-    def __init__(self, server: Server, code: str, session_id: str) -> None:
-        super().__init__(daemon=True)
-        self.server, self.code, self.session_id = server, code, session_id
-        self.response: httpx.Response | None = None
-        self.failure: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.response = self.server.execute(self.code, self.session_id)
-        except BaseException as exc:  # reported by result()
-            self.failure = exc
-
-    def result(self) -> dict:
-        self.join(120)
-        assert not self.is_alive(), "the call did not return"
-        assert self.failure is None, repr(self.failure)
-        assert self.response is not None
-        assert self.response.status_code == 200, self.response.text
-        return self.response.json()["data"]
 
 
 # -- the host's view of a session ----------------------------------------------------------

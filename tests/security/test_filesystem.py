@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import outputs_of, stdout_of
+from tests.conftest import LIST_PROC, SANDBOX_PROCESSES, outputs_of, stdout_of
 from tests.security.conftest import (
     SECRET,
     HostView,
@@ -328,13 +328,8 @@ def test_dev_holds_only_harmless_devices(hardened):
 
 
 def test_proc_shows_only_the_sandbox(hardened):
-    session_id, seen = run_json(hardened, (
-        "import json, os\n"
-        "pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"
-        "print(json.dumps([[p, open(f'/proc/{p}/comm').read().strip()] for p in pids]))"
-    ))
-    # pid 1 is the sandbox's init: bubblewrap's, or the fork template's ("tci-init").
-    assert seen in ([[1, "bwrap"], [2, "python3.11"]], [[1, "tci-init"], [2, "python3.11"]])
+    session_id, seen = run_json(hardened, LIST_PROC)
+    assert seen in SANDBOX_PROCESSES
     # The host sees exactly those two in the sandbox's pid namespace, with their inner pids.
     host = HostView(session_id)
     inner = sorted(int(status_of_nspid(pid)) for pid in host.inner_processes())

@@ -19,9 +19,8 @@ import pyseccomp
 import pytest
 
 from tci.sandbox.seccomp import _UNIFIED_NUMBERS, CLONE_NAMESPACE_FLAGS, DENIED_SYSCALLS
-from tests.conftest import stdout_of
+from tests.conftest import Call, stdout_of
 from tests.security.conftest import (
-    Call,
     HostView,
     ended_message,
     new_session,

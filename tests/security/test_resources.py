@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 
 from tci.kernel.outputs import OUTPUT_FRAME
-from tests.conftest import outputs_of, stdout_of
+from tests.conftest import Call, outputs_of, stdout_of
 from tests.security.conftest import (
     LIMITS,
-    Call,
     HostView,
     ended_message,
     new_session,
