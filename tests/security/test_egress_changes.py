@@ -19,16 +19,14 @@ from collections.abc import Iterator
 import pytest
 
 from tests.security.conftest import HostView, new_session
-from tests.security.netns import (
-    REFUSED,
+from tests.security.egress import (
     ListeningHost,
-    Namespace,
-    assert_only_sentinel,
-    attempt,
-    link,
-    sentinels,
-    start_namespaced,
+    assert_all_refused,
+    assert_reached,
+    assert_refused,
+    host_listener,
 )
+from tests.security.netns import linked, start_namespaced
 
 PORT = 18094
 # Addresses outside every refused range (TEST-NET-2 counts as the internet), so that only
@@ -48,18 +46,9 @@ OUTSIDE = [*METADATA.values(), OPERATOR_REFUSED, ALLOWED_PEER]
 
 
 @pytest.fixture(scope="module")
-def server_ns() -> Iterator[Namespace]:
-    namespace = Namespace()
-    yield namespace
-    namespace.close()
-
-
-@pytest.fixture(scope="module")
 def outside(server_ns) -> Iterator[ListeningHost]:
     """The outside world: each of its addresses a /32 routed from the server's namespace."""
-    world = Namespace()
-    try:
-        link(server_ns, world, "tea0", "teb0")
+    with linked(server_ns, "tea0", "teb0") as world:
         server_ns.run("ip", "addr", "add", f"{ALLOWED_HOST_SIDE}/32", "dev", "tea0")
         world.run("ip", "route", "add", f"{ALLOWED_HOST_SIDE}/32", "dev", "teb0")
         # The world is reached through a gateway on a private link: an on-link route would
@@ -70,13 +59,8 @@ def outside(server_ns) -> Iterator[ListeningHost]:
             world.run("ip", "addr", "add", f"{address}/32", "dev", "teb0")
             server_ns.run("ip", "route", "add", f"{address}/32", "via", GATEWAY,
                           "src", ALLOWED_HOST_SIDE)
-        host = ListeningHost(world, PORT)
-        try:
+        with ListeningHost(world, PORT) as host:
             yield host
-        finally:
-            host.close()
-    finally:
-        world.close()
 
 
 @pytest.fixture(scope="module")
@@ -126,16 +110,12 @@ def wait_until_refused(session_id: str, address: str, timeout: float = 10.0) -> 
 def test_address_added_after_start_is_refused_in_live_and_new_sessions(hardened, server_ns):
     live = new_session(hardened)
     server_ns.run("ip", "addr", "add", f"{ADDED_LATER}/32", "dev", "lo")
-    with server_ns.listener(ADDED_LATER) as listener:
-        port = listener.getsockname()[1]
+    with host_listener(server_ns, ADDED_LATER) as port:
         wait_until_refused(live, ADDED_LATER)
-        _, results, _, _ = attempt(hardened, [ADDED_LATER], port, session_id=live)
-        assert results[ADDED_LATER][0] in REFUSED, ("live session", results)
+        assert_all_refused(hardened, [ADDED_LATER], port, session_id=live)
         # A session started after the change gets it in its first rules, before its network
         # exists: no wait at all.
-        _, results, _, _ = attempt(hardened, [ADDED_LATER], port)
-        assert results[ADDED_LATER][0] in REFUSED, ("new session", results)
-        assert_only_sentinel(server_ns, listener)
+        assert_all_refused(hardened, [ADDED_LATER], port)
 
 
 def test_prefix_made_local_by_route_is_refused(hardened, server_ns):
@@ -143,30 +123,19 @@ def test_prefix_made_local_by_route_is_refused(hardened, server_ns):
     address of the prefix. Only a filter that follows routes sees it."""
     live = new_session(hardened)
     server_ns.run("ip", "route", "add", "local", LOCAL_PREFIX, "dev", "lo")
-    with server_ns.listener(IN_LOCAL_PREFIX) as listener:
-        port = listener.getsockname()[1]
+    with host_listener(server_ns, IN_LOCAL_PREFIX) as port:
         wait_until_refused(live, IN_LOCAL_PREFIX)
         for session_id in (live, None):
-            _, results, _, _ = attempt(hardened, [IN_LOCAL_PREFIX], port, session_id=session_id)
-            assert results[IN_LOCAL_PREFIX][0] in REFUSED, (session_id, results)
-        assert_only_sentinel(server_ns, listener)
+            assert_all_refused(hardened, [IN_LOCAL_PREFIX], port, session_id=session_id)
 
 
 def test_outside_world_is_reachable_control(hardened, server_ns, outside):
     """The control: the sandbox reaches the outside namespace on an allowed address."""
-    _, results, payload, markers = attempt(hardened, [ALLOWED_PEER], PORT, MARKERS_TO)
-    assert results == {ALLOWED_PEER: ["connected", "sent"]}
-    events = outside.drain_until(markers + sentinels(server_ns, [ALLOWED_PEER], PORT))
-    assert sorted((e["proto"], e["data"]) for e in events) == [
-        ("tcp", payload), ("udp", payload)]
+    assert_reached(hardened, server_ns, outside, ALLOWED_PEER, MARKERS_TO)
 
 
 @pytest.mark.parametrize("target", [*METADATA, "TCI_EGRESS_REFUSE"])
 def test_metadata_endpoints_and_operator_refusals_are_unreachable(
         hardened, server_ns, outside, target):
-    address = METADATA.get(target, OPERATOR_REFUSED)
-    _, results, _, markers = attempt(hardened, [address], PORT, MARKERS_TO)
-    assert results[address][0] in REFUSED, results
-    # Nothing from the sandbox arrived (up to its markers), although the server's namespace
-    # reaches the address (the sentinels).
-    assert outside.drain_until(markers + sentinels(server_ns, [address], PORT)) == []
+    assert_refused(hardened, server_ns, outside, METADATA.get(target, OPERATOR_REFUSED),
+                   MARKERS_TO)

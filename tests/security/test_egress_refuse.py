@@ -15,27 +15,22 @@ and the database stay refused. Nothing is sent anywhere but loopback and these n
 from __future__ import annotations
 
 import json
-import os
 import socket
 import struct
-import subprocess
 import threading
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import TCI, free_port
-from tests.security.conftest import LIMITS, run_json
-from tests.security.netns import (
-    REFUSED,
+from tests.security.conftest import run_json
+from tests.security.egress import (
     ListeningHost,
-    Namespace,
-    NamespacedServer,
-    _pump,
-    attempt,
-    link,
-    sentinels,
+    assert_all_refused,
+    assert_reached,
+    assert_refused,
+    host_listener,
 )
+from tests.security.netns import Namespace, Relay, linked, start_namespaced
 
 pytest_plugins = ("tests.pg",)
 
@@ -51,17 +46,8 @@ ALLOW = [ONLINK, "169.254.0.0/16", "198.51.100.0/24"]
 
 
 @pytest.fixture(scope="module")
-def server_ns() -> Iterator[Namespace]:
-    namespace = Namespace()
-    yield namespace
-    namespace.close()
-
-
-@pytest.fixture(scope="module")
 def lan(server_ns) -> Iterator[Namespace]:
-    neighbour = Namespace()
-    try:
-        link(server_ns, neighbour, "tra0", "trb0")
+    with linked(server_ns, "tra0", "trb0") as neighbour:
         server_ns.run("ip", "addr", "add", f"{HOST_SIDE}/24", "dev", "tra0")
         neighbour.run("ip", "addr", "add", f"{NEIGHBOUR}/24", "dev", "trb0")
         for address in BEHIND_GATEWAY:
@@ -69,44 +55,18 @@ def lan(server_ns) -> Iterator[Namespace]:
             # Through a gateway: a route of scope universe, not an on-link one.
             server_ns.run("ip", "route", "add", f"{address}/32", "via", NEIGHBOUR)
         yield neighbour
-    finally:
-        neighbour.close()
 
 
 @pytest.fixture(scope="module")
 def listening(lan) -> Iterator[ListeningHost]:
-    host = ListeningHost(lan, PORT)
-    yield host
-    host.close()
-
-
-class Forward:
-    """A TCP listener in a namespace of ours, relayed to a port on the real host's loopback."""
-
-    def __init__(self, namespace: Namespace, address: str, port: int, target: int) -> None:
-        self.target = target
-        self.listener = namespace.listener(address, port)
-        threading.Thread(target=self._accept, daemon=True, name="forward").start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
-            upstream.settimeout(None)
-            threading.Thread(target=_pump, args=(upstream, conn), daemon=True).start()
-            threading.Thread(target=_pump, args=(conn, upstream), daemon=True).start()
-
-    def close(self) -> None:
-        self.listener.close()
+    with ListeningHost(lan, PORT) as host:
+        yield host
 
 
 @pytest.fixture(scope="module")
 def database_url(lan, postgres) -> Iterator[str]:
     """A database whose host, for the server, is DATABASE:5432 behind the gateway."""
-    forward = Forward(lan, DATABASE, 5432, postgres.port)
+    forward = Relay.out_of(lan, DATABASE, 5432, postgres.port)
     url = postgres.create_database()
     yield url.replace(f"127.0.0.1:{postgres.port}", f"{DATABASE}:5432")
     forward.close()
@@ -142,86 +102,49 @@ def resolver(lan) -> Iterator[list[bytes]]:
     sock.close()
 
 
-def start_namespaced(tmp_path_factory, namespace: Namespace, **overrides: str
-                     ) -> NamespacedServer:
-    """As netns.start_namespaced, but its key is made inside the namespace too: the database
-    is reachable only from there (and nothing may be sent to its address from the real host)."""
-    data_dir = tmp_path_factory.mktemp("tci-refuse") / f"data-{free_port()}"
-    data_dir.mkdir(parents=True)
-    settings = {**LIMITS, "network": "egress", "max_sessions": 200, **overrides}
-    env = {f"TCI_{name.upper()}": str(value) for name, value in settings.items()}
-    created = subprocess.run(
-        namespace.argv(TCI, "keys", "create", "--name", data_dir.name), capture_output=True,
-        text=True, timeout=60, env={**os.environ, "TCI_DATA_DIR": str(data_dir), **env})
-    assert created.returncode == 0, created.stderr
-    server = NamespacedServer(data_dir, free_port(), created.stdout.strip().splitlines()[-1],
-                              env, namespace=namespace)
-    server.start()
-    return server
-
-
 @pytest.fixture(scope="module")
 def hardened(tmp_path_factory, server_ns, listening, resolver, database_url):
-    instance = start_namespaced(tmp_path_factory, server_ns, database_url=database_url,
-                                egress_dns=json.dumps([NEIGHBOUR]))
+    instance = start_namespaced(tmp_path_factory, server_ns, key_inside=True,
+                                database_url=database_url, egress_dns=json.dumps([NEIGHBOUR]))
     yield instance
     instance.stop()
 
 
 @pytest.fixture(scope="module")
 def allowing(tmp_path_factory, server_ns, listening, database_url):
-    instance = start_namespaced(tmp_path_factory, server_ns, database_url=database_url,
-                                egress_allow=json.dumps(ALLOW))
+    instance = start_namespaced(tmp_path_factory, server_ns, key_inside=True,
+                                database_url=database_url, egress_allow=json.dumps(ALLOW))
     yield instance
     instance.stop()
 
 
-def assert_refused(server, server_ns, listening, address: str) -> None:
-    _, results, _, markers = attempt(server, [address], PORT, MARKERS_TO)
-    assert results[address][0] in REFUSED, results
-    # Nothing from the sandbox arrived (up to its markers), although the server's namespace
-    # reaches the address (the sentinels).
-    assert listening.drain_until(markers + sentinels(server_ns, [address], PORT)) == []
-
-
-def assert_reached(server, server_ns, listening, address: str) -> None:
-    _, results, payload, markers = attempt(server, [address], PORT, MARKERS_TO)
-    assert results == {address: ["connected", "sent"]}
-    events = listening.drain_until(markers + sentinels(server_ns, [address], PORT))
-    assert sorted((e["proto"], e["data"]) for e in events) == [
-        ("tcp", payload), ("udp", payload)]
-
-
 def test_internet_through_the_gateway_is_reachable_control(hardened, server_ns, listening):
-    assert_reached(hardened, server_ns, listening, INTERNET)
+    assert_reached(hardened, server_ns, listening, INTERNET, MARKERS_TO)
 
 
 @pytest.mark.parametrize("address", [NEIGHBOUR, DATABASE, METADATA],
                          ids=["on-link neighbour", "database host", "metadata"])
 def test_cluster_network_is_unreachable_by_default(hardened, server_ns, listening, address):
-    assert_refused(hardened, server_ns, listening, address)
+    assert_refused(hardened, server_ns, listening, address, MARKERS_TO)
 
 
 def test_database_port_is_unreachable(hardened):
     """The very port the server's store uses (the server itself is connected through it)."""
-    _, results, _, _ = attempt(hardened, [DATABASE], 5432)
-    assert results[DATABASE][0] in REFUSED, results
+    assert_all_refused(hardened, [DATABASE], 5432)
 
 
 def test_allowed_on_link_neighbour_is_reachable(allowing, server_ns, listening):
-    assert_reached(allowing, server_ns, listening, NEIGHBOUR)
+    assert_reached(allowing, server_ns, listening, NEIGHBOUR, MARKERS_TO)
 
 
 @pytest.mark.parametrize("address", [DATABASE, METADATA], ids=["database host", "metadata"])
 def test_allow_does_not_open_database_or_metadata(allowing, server_ns, listening, address):
-    assert_refused(allowing, server_ns, listening, address)
+    assert_refused(allowing, server_ns, listening, address, MARKERS_TO)
 
 
 def test_allow_does_not_open_the_host_itself(allowing, server_ns):
-    with server_ns.listener(HOST_SIDE) as listener:
-        port = listener.getsockname()[1]
-        _, results, _, _ = attempt(allowing, [HOST_SIDE], port)
-        assert results[HOST_SIDE][0] in REFUSED, results
+    with host_listener(server_ns, HOST_SIDE) as port:
+        assert_all_refused(allowing, [HOST_SIDE], port)
 
 
 def test_dns_goes_to_the_named_resolver_only(hardened, resolver):

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import Server, make_server, stdout_of, wait_for
 from tests.host import all_pids, cmdline, in_session, session_processes
 from tests.security.conftest import HostView, new_session, run_json
-from tests.security.netns import REFUSED
+from tests.security.egress import REFUSED
 
 SERVER_ONLY_VARIABLE = "TCI_TEST_SERVER_ONLY_VALUE"
 

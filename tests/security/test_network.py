@@ -21,16 +21,14 @@ from collections.abc import Iterator
 import pytest
 
 from tests.security.conftest import HostView, run_json
-from tests.security.netns import (
-    REFUSED,
+from tests.security.egress import (
     ListeningHost,
-    Namespace,
-    assert_only_sentinel,
-    attempt,
-    link,
-    sentinels,
-    start_namespaced,
+    assert_all_refused,
+    assert_reached,
+    assert_refused,
+    host_listener,
 )
+from tests.security.netns import linked, start_namespaced
 
 PORT = 18093
 # (server side, test host side, prefix) of each subnet on the veth pair.
@@ -50,18 +48,9 @@ MARKERS_TO = (ALLOWED_PEER, PORT)
 
 
 @pytest.fixture(scope="module")
-def server_ns() -> Iterator[Namespace]:
-    namespace = Namespace()
-    yield namespace
-    namespace.close()
-
-
-@pytest.fixture(scope="module")
 def test_host(server_ns) -> Iterator[ListeningHost]:
     """The test host: a namespace of our own joined to the server's by a veth pair."""
-    neighbour = Namespace()
-    try:
-        link(server_ns, neighbour, "tsa0", "tsb0")
+    with linked(server_ns, "tsa0", "tsb0") as neighbour:
         for host_side, peer_side, prefix in SUBNETS.values():
             extra = ["nodad"] if ":" in host_side else []
             server_ns.run("ip", "addr", "add", f"{host_side}/{prefix}", "dev", "tsa0", *extra)
@@ -73,13 +62,8 @@ def test_host(server_ns) -> Iterator[ListeningHost]:
         server_ns.run("ip", "route", "add", f"{ALLOWED_PEER}/32", "via", SUBNETS["10/8"][1],
                       "src", ALLOWED_HOST_SIDE)
         neighbour.run("ip", "route", "add", f"{ALLOWED_HOST_SIDE}/32", "dev", "tsb0")
-        host = ListeningHost(neighbour, PORT)
-        try:
+        with ListeningHost(neighbour, PORT) as host:
             yield host
-        finally:
-            host.close()
-    finally:
-        neighbour.close()
 
 
 @pytest.fixture(scope="module")
@@ -92,42 +76,27 @@ def hardened(tmp_path_factory, server_ns, test_host):
 
 def test_allowed_destination_is_reachable_control(hardened, server_ns, test_host):
     """The control: the sandbox's path to the test host works for an allowed address."""
-    _, results, payload, markers = attempt(hardened, [ALLOWED_PEER], PORT, MARKERS_TO)
-    assert results == {ALLOWED_PEER: ["connected", "sent"]}
-    events = test_host.drain_until(markers + sentinels(server_ns, [ALLOWED_PEER], PORT))
-    assert sorted((e["proto"], e["peer"], e["data"]) for e in events) == [
-        ("tcp", ALLOWED_HOST_SIDE, payload), ("udp", ALLOWED_HOST_SIDE, payload)]
+    assert_reached(hardened, server_ns, test_host, ALLOWED_PEER, MARKERS_TO,
+                   peer=ALLOWED_HOST_SIDE)
 
 
 @pytest.mark.parametrize("subnet", SUBNETS)
 def test_private_test_host_is_unreachable(hardened, server_ns, test_host, subnet):
-    address = SUBNETS[subnet][1]
-    _, results, _, markers = attempt(hardened, [address], PORT, MARKERS_TO)
-    tcp, _udp = results[address]
-    assert tcp in REFUSED, results
-    # The test host got nothing from the sandbox (up to its markers), although the server's
-    # namespace reaches it on that very address (the sentinels).
-    assert test_host.drain_until(markers + sentinels(server_ns, [address], PORT)) == []
+    assert_refused(hardened, server_ns, test_host, SUBNETS[subnet][1], MARKERS_TO)
 
 
 def test_host_own_address_is_unreachable(hardened, server_ns, test_host):
     """An address of the host outside every private range (the veth's server side)."""
-    with server_ns.listener(ALLOWED_HOST_SIDE) as listener:
-        port = listener.getsockname()[1]
-        _, results, _, _ = attempt(hardened, [ALLOWED_HOST_SIDE], port)
-        assert results[ALLOWED_HOST_SIDE][0] in REFUSED, results
-        assert_only_sentinel(server_ns, listener)
+    with host_listener(server_ns, ALLOWED_HOST_SIDE) as port:
+        assert_all_refused(hardened, [ALLOWED_HOST_SIDE], port)
 
 
 def test_host_loopback_service_is_unreachable(hardened, server_ns):
-    with server_ns.listener("127.0.0.1") as listener:
-        port = listener.getsockname()[1]
+    with host_listener(server_ns, "127.0.0.1") as port:
         # 127.0.0.1 and ::1 are the sandbox's own loopback; 10.0.2.2 is where slirp4netns
         # would forward to the host's loopback (disabled, and filtered).
         targets = ["127.0.0.1", "::1", "::ffff:127.0.0.1", "0.0.0.0", "10.0.2.2"]
-        session_id, results, _, _ = attempt(hardened, targets, port)
-        assert all(result[0] in REFUSED for result in results.values()), results
-        assert_only_sentinel(server_ns, listener)
+        session_id = assert_all_refused(hardened, targets, port)
     # The session's network namespace is neither the server's nor the real host's.
     worker = HostView(session_id).worker_pid()
     assert os.stat(f"/proc/{worker}/ns/net").st_ino not in (
