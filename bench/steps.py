@@ -72,6 +72,7 @@ class Timer:
 async def _profile(start: str, network: str, samples: int, data_dir: Path) -> Timer:
     from tci.config import Settings
     from tci.kernel.driver import WorkerConnection
+    from tci.kernel.output_limits import OutputLimits
     from tci.sandbox import launcher as launcher_module
     from tci.sandbox import network as network_module
     from tci.sandbox.factory import make_launcher
@@ -113,7 +114,7 @@ async def _profile(start: str, network: str, samples: int, data_dir: Path) -> Ti
             for first, then in itertools.pairwise(names):
                 timer.add(f"  fork: {first} -> {then}", marks[then] - marks[first])
             timer.add(START, started)
-            worker = WorkerConnection(sandbox, settings.output_limits())
+            worker = WorkerConnection(sandbox, OutputLimits.of(settings))
             await _timed(timer, "worker ready", worker.wait_ready(60))
             await _timed(timer, f"pool's preload ({', '.join(preload)})", worker.request(
                 {"op": "preload", "modules": preload}, timeout=120, grace=1))

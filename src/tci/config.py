@@ -11,8 +11,6 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tci.kernel.output_limits import OutputLimits
-
 MiB = 1024 * 1024
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -230,10 +228,6 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'tci.db'}"
         return self
-
-    def output_limits(self) -> OutputLimits:
-        return OutputLimits(self.max_output_bytes, self.max_output_json_values,
-                            self.stream_partial_line_seconds)
 
     @cached_property
     def resolved_sandbox_dir(self) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tci.config import Settings
 from tci.hosts.worker_start import start_worker
+from tci.kernel.output_limits import OutputLimits
 from tci.sandbox.factory import make_launcher
 
 IN_THE_SLEEP = re.compile(r"Traceback \(most recent call last\):\n  Cell In\[\d+\], line 3\n"
@@ -30,7 +31,7 @@ def stdout_of(result) -> str:
 async def scenario(settings: Settings) -> None:
     launcher = make_launcher(settings)
     launcher.prepare()
-    ready = await start_worker(launcher, settings.output_limits(), 60)
+    ready = await start_worker(launcher, OutputLimits.of(settings), 60)
     worker = ready.worker
     try:
         for attempt in range(10):

@@ -29,6 +29,7 @@ from tci.hosts.base import (
 from tci.hosts.pool import WarmPool
 from tci.hosts.worker_start import ReadyWorker, start_worker
 from tci.kernel.ends import EndKind, EndReason, death_notice
+from tci.kernel.output_limits import OutputLimits
 from tci.sandbox.cgroups import CPU_WEIGHT_DEFAULT
 from tci.sandbox.counters import Counters, limits_hit
 from tci.sandbox.factory import make_launcher
@@ -258,7 +259,7 @@ class LocalHost(SessionHost):
                 # theirs in milliseconds, so wait for those rather than refuse.
                 await asyncio.wait(set(self._teardowns), return_when=asyncio.FIRST_COMPLETED)
             ready = await start_worker(
-                self.launcher, self.settings.output_limits(), self.settings.worker_start_timeout,
+                self.launcher, OutputLimits.of(self.settings), self.settings.worker_start_timeout,
             )
         return LocalSession(self, ready)
 

@@ -20,6 +20,7 @@ import logging
 from tci.config import Settings
 from tci.errors import SandboxUnavailable
 from tci.hosts.worker_start import ReadyWorker, start_worker
+from tci.kernel.output_limits import OutputLimits
 from tci.sandbox.launcher import SandboxLauncher
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class WarmPool:
         self.launcher = launcher
         self.size = settings.pool_size
         self.preload = preload_of(settings)
-        self.limits = settings.output_limits()
+        self.limits = OutputLimits.of(settings)
         self.start_timeout = settings.worker_start_timeout
         # Refills start a moment after a take, so the new session's first call has the CPU,
         # and run niced: on two cores a refill must not slow live calls.

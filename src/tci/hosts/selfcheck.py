@@ -9,13 +9,14 @@ import json
 
 from tci.config import Settings
 from tci.hosts.worker_start import start_worker
+from tci.kernel.output_limits import OutputLimits
 from tci.sandbox.launcher import SandboxLauncher
 from tci.sandbox.protections import PROBE, problems_in
 
 
 async def probe(launcher: SandboxLauncher, settings: Settings) -> list[str]:
     """Start one sandbox + worker through `launcher`, run PROBE in it, tear it down."""
-    ready = await start_worker(launcher, settings.output_limits(), settings.worker_start_timeout)
+    ready = await start_worker(launcher, OutputLimits.of(settings), settings.worker_start_timeout)
     try:
         result = await ready.worker.request({"op": "execute", "code": PROBE}, timeout=60, grace=1)
         text = "".join(o["data"] for o in result.outputs if o["type"] == "stdout")

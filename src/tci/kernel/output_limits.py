@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tci.config import Settings
 
 
 @dataclass(frozen=True)
@@ -10,3 +14,8 @@ class OutputLimits:
     max_bytes: int  # TCI_MAX_OUTPUT_BYTES
     max_json_values: int = 1_000_000  # TCI_MAX_OUTPUT_JSON_VALUES
     line_delay: float = 0.05  # TCI_STREAM_PARTIAL_LINE_SECONDS
+
+    @classmethod
+    def of(cls, settings: Settings) -> OutputLimits:
+        return cls(settings.max_output_bytes, settings.max_output_json_values,
+                   settings.stream_partial_line_seconds)
