@@ -21,7 +21,8 @@ from pydantic import ValidationError
 from tci.client import BadRequestError, Client, RunResult, RunsIncompleteError, TCIClientError
 from tci.runs.models import RunRequest
 
-_PROGRESS_EVERY = 0.1  # seconds between redraws of the bar
+# Ten redraws a second look live; more would spend the terminal's time on the bar.
+_PROGRESS_EVERY_SECONDS = 0.1
 
 
 class BadInput(Exception):
@@ -78,7 +79,7 @@ class Progress:
         self.verdicts[result.verdict] += 1
         if self.tty:
             now = time.monotonic()
-            if now - self._drawn >= _PROGRESS_EVERY or self.done == self.total:
+            if now - self._drawn >= _PROGRESS_EVERY_SECONDS or self.done == self.total:
                 self._drawn = now
                 self._draw()
         elif self.done * 10 // self.total > self._tenths:

@@ -72,7 +72,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     app = create_app(settings, store)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
-                    log_config=None, access_log=args.access_log, timeout_graceful_shutdown=10)
+                    log_config=None, access_log=args.access_log,
+                    timeout_graceful_shutdown=settings.shutdown_grace_seconds)
     except SystemExit:
         # A start-up refusal (no sandbox can start here, a protection is missing, settings
         # the machine cannot honour): said plainly, exit status 1, as for any other error.

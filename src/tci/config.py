@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     runtime_dir: Path = _REPO_ROOT / ".runtime"
     host: str = "127.0.0.1"
     port: int = 8000
+    # How long `tci serve`, told to stop (SIGTERM, Ctrl-C), lets requests in flight finish
+    # before it cancels them and ends the sessions. Whole seconds: uvicorn's unit.
+    shutdown_grace_seconds: int = Field(default=10, ge=0)
 
     # Sessions.
     session_lifetime_seconds: float = 3600.0

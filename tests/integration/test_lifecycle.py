@@ -340,6 +340,30 @@ def test_graceful_stop_ends_sessions(server_factory):
         assert "server shut down" in ended_message(server, session_id)
 
 
+def test_stop_lets_a_call_finish_within_the_shutdown_grace(server_factory):
+    """TCI_SHUTDOWN_GRACE_SECONDS: a call running when the server is told to stop is still
+    answered if it ends within the grace. The cell runs 12 s past the SIGTERM, beyond the
+    default grace of 10 s, so the test fails if the setting is not applied."""
+    server = server_factory(shutdown_grace_seconds="60")
+    session_id = server.run("import os, time")["session_id"]
+    workspace = workspace_of(session_id)
+    call = Call(server, (
+        "open('started', 'w').close()\n"
+        "while not os.path.exists('stop-sent'):\n"
+        "    time.sleep(0.01)\n"
+        "time.sleep(12)\n"
+        "print('finished')"
+    ), session_id)
+    wait_for((workspace / "started").exists, "the call to start")
+    server.process.send_signal(signal.SIGTERM)
+    (workspace / "stop-sent").touch()
+
+    assert call.result()["outputs"] == [{"type": "stdout", "data": "finished\n"}]
+    server.stop()
+    assert "timeout graceful shutdown exceeded" not in server.log()
+    assert "Application shutdown complete" in server.log()
+
+
 # -- per-session packages ------------------------------------------------------------------
 
 

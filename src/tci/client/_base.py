@@ -26,7 +26,10 @@ C = TypeVar("C")
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 # A call may run TCI_EXECUTE_TIMEOUT (120 s by default) plus the interrupt grace: wait longer.
-DEFAULT_TIMEOUT = httpx.Timeout(180.0, connect=10.0)
+REQUEST_TIMEOUT_SECONDS = 180.0
+# A server that accepts no connection within this is down or unreachable, not busy.
+CONNECT_TIMEOUT_SECONDS = 10.0
+DEFAULT_TIMEOUT = httpx.Timeout(REQUEST_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS)
 
 Timeout = float | httpx.Timeout | None
 

@@ -14,7 +14,12 @@ from typing import Any
 
 import httpx
 
-from tci.client._base import RequestSpec, Timeout
+from tci.client._base import (
+    CONNECT_TIMEOUT_SECONDS,
+    REQUEST_TIMEOUT_SECONDS,
+    RequestSpec,
+    Timeout,
+)
 from tci.client._calls import batch_runs, run_body
 from tci.client._errors import (
     APIConnectionError,
@@ -38,8 +43,12 @@ DEFAULT_MAX_RETRIES = 5
 # No read timeout: the server writes nothing between two results, and a request's runs may
 # wait behind others in its queue for longer than any fixed bound. Each run is bounded by its
 # own time limit on the server. Connecting and sending keep bounds.
-DEFAULT_RUNS_TIMEOUT = httpx.Timeout(180.0, connect=10.0, read=None)
-_MAX_BACKOFF = 30.0
+DEFAULT_RUNS_TIMEOUT = httpx.Timeout(REQUEST_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS,
+                                     read=None)
+# Without a Retry-After, the first retry waits this long and each next one twice as long, up
+# to _MAX_BACKOFF_SECONDS: a full queue drains in seconds, not minutes.
+_FIRST_BACKOFF_SECONDS = 0.5
+_MAX_BACKOFF_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -86,8 +95,8 @@ def retry_delay(exc: RateLimitError, attempt: int, max_retries: int) -> float | 
     jitter so that requests refused together do not all come back together."""
     if attempt >= max_retries:
         return None
-    base = exc.retry_after if exc.retry_after is not None else 0.5 * 2 ** attempt
-    return min(base, _MAX_BACKOFF) * random.uniform(1.0, 1.25)
+    base = exc.retry_after if exc.retry_after is not None else _FIRST_BACKOFF_SECONDS * 2 ** attempt
+    return min(base, _MAX_BACKOFF_SECONDS) * random.uniform(1.0, 1.25)
 
 
 _RUN_INDEX = re.compile(r"\bruns(\[|\.)(\d+)")

@@ -13,12 +13,20 @@ from tci.kernel.output_limits import OutputLimits
 from tci.sandbox.launcher import SandboxLauncher
 from tci.sandbox.protections import PROBE, problems_in
 
+# The probe reads a few files and syscalls' answers (milliseconds); the bound only tells a
+# stuck probe from a slow one on a machine busy starting up, and failing it stops the start.
+_PROBE_TIMEOUT_SECONDS = 60.0
+# Our own code, which ignores no interrupt: past its timeout it is killed almost at once.
+_PROBE_GRACE_SECONDS = 1.0
+
 
 async def probe(launcher: SandboxLauncher, settings: Settings) -> list[str]:
     """Start one sandbox + worker through `launcher`, run PROBE in it, tear it down."""
     ready = await start_worker(launcher, OutputLimits.of(settings), settings.worker_start_timeout)
     try:
-        result = await ready.worker.request({"op": "execute", "code": PROBE}, timeout=60, grace=1)
+        result = await ready.worker.request({"op": "execute", "code": PROBE},
+                                            timeout=_PROBE_TIMEOUT_SECONDS,
+                                            grace=_PROBE_GRACE_SECONDS)
         text = "".join(o["data"] for o in result.outputs if o["type"] == "stdout")
         try:
             facts = json.loads(text.strip().splitlines()[-1])

@@ -26,6 +26,10 @@ from tci.sandbox.launcher import Sandbox
 from tci.worker.protocol import ProtocolError, encode
 
 _READ_SIZE = 1 << 16
+# How long a death report waits for the sandbox's process to be reaped so the kernel's words
+# (signal, exit code) can be read: a dead process is reaped within milliseconds; the bound
+# keeps a report from hanging on one stuck exiting (then it says only that it ended).
+_REAP_WAIT_SECONDS = 2.0
 
 DeathListener = Callable[[], None]
 # A death we did not cause: the kernel's words (signal, exit code) come with `death_reason`.
@@ -198,7 +202,7 @@ class WorkerConnection:
         """How the worker died: our own words if we killed it, else the kernel's (signal or
         exit code), read once the process has been reaped."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.sandbox.process.wait(), timeout=2)
+            await asyncio.wait_for(self.sandbox.process.wait(), timeout=_REAP_WAIT_SECONDS)
         if self.death is not None and self.death.detail:
             return self.death
         # A sandbox the host killed for breaking its protocol says so (fork path's init).
@@ -268,7 +272,7 @@ class WorkerConnection:
         collector = OutputCollector(self.limits.max_bytes)
         coalescer = None
         if listener is not None:
-            coalescer = LineCoalescer(listener, self.limits.line_delay, collector.spend)
+            coalescer = LineCoalescer(listener, self.limits.line_delay_seconds, collector.spend)
             collector.on_output = coalescer
         pending = _Pending(
             request_id, collector, loop.create_future(),

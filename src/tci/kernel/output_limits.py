@@ -11,9 +11,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class OutputLimits:
+    """Built from the settings only (`of`): no defaults here to drift from config.py's."""
+
     max_bytes: int  # TCI_MAX_OUTPUT_BYTES
-    max_json_values: int = 1_000_000  # TCI_MAX_OUTPUT_JSON_VALUES
-    line_delay: float = 0.05  # TCI_STREAM_PARTIAL_LINE_SECONDS
+    max_json_values: int  # TCI_MAX_OUTPUT_JSON_VALUES
+    line_delay_seconds: float  # TCI_STREAM_PARTIAL_LINE_SECONDS
 
     @classmethod
     def of(cls, settings: Settings) -> OutputLimits:

@@ -15,8 +15,9 @@ from tci.mcp.tools import build_server, file_json, sessions_json
 
 T = TypeVar("T")
 # A call may run for the server's whole execute timeout (TCI_EXECUTE_TIMEOUT, which this side
-# does not know): only connecting and sending are bounded.
-TIMEOUT = httpx.Timeout(30.0, read=None)
+# does not know): only connecting and sending are bounded, generously for a remote server.
+_CONNECT_AND_SEND_SECONDS = 30.0
+TIMEOUT = httpx.Timeout(_CONNECT_AND_SEND_SECONDS, read=None)
 
 
 class ClientBackend:

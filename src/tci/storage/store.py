@@ -127,11 +127,17 @@ def _key_info(row: ApiKey) -> KeyInfo:
     return KeyInfo(row.id, row.name, row.prefix, row.created_at, row.revoked_at)
 
 
+# TCI_DATABASE_TIMEOUT_SECONDS's default, for a store opened without settings (tests, tools).
+DEFAULT_TIMEOUT_SECONDS = 5.0
+# libpq counts its connect_timeout in whole seconds and treats less than 2 as 2.
+_LIBPQ_MIN_CONNECT_SECONDS = 2
+
+
 class Store:
     """`timeout`: seconds a call waits for the database (PostgreSQL: to connect; SQLite: for
     another writer's lock) before it fails with StoreUnavailable."""
 
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         parsed = make_url(url)
         self.description = describe(parsed)
         if parsed.get_backend_name() == "sqlite" and parsed.database:
@@ -488,8 +494,8 @@ def _engine_options(url: URL, timeout: float) -> dict[str, Any]:
     # instead of failing the first call after the database came back.
     options: dict[str, Any] = {"pool_pre_ping": True}
     if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
-        # libpq counts whole seconds, at least 2.
-        options["connect_args"] = {"connect_timeout": max(2, math.ceil(timeout))}
+        options["connect_args"] = {
+            "connect_timeout": max(_LIBPQ_MIN_CONNECT_SECONDS, math.ceil(timeout))}
     return options
 
 
