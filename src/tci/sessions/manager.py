@@ -1,5 +1,7 @@
 """Session lifecycle: creation, ownership, one call at a time, expiry, ending. No HTTP, no SQL,
-and nothing of where sessions run: that is the SessionHost's (tci/hosts)."""
+and nothing of where sessions run: that is the SessionHost's (tci/hosts). The table of live
+sessions (lock, expiry, end once, the recently ended) is sessions/table.py, shared with the
+Ray host actor."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from tci import metering
@@ -35,6 +37,7 @@ from tci.metrics import Metrics
 from tci.request_files import check_file, decode_files
 from tci.schemas import ExecuteRequest
 from tci.sessions.execution_log import ExecutionLog, RunLog
+from tci.sessions.table import SessionTable, utcnow
 from tci.storage.buckets import BucketUsage
 from tci.storage.store import AsyncStore, KeyInfo
 from tci.workspace import FileListing
@@ -46,10 +49,6 @@ RESERVATION_SLACK_SECONDS = 60.0
 # A session made by a call whose client left before the answer: no one can ever use its id.
 CLIENT_LEFT = EndReason(EndKind.CLIENT_GONE,
                         "its client went away before it learned the new session's id")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -81,12 +80,10 @@ class SessionManager:
         self.host = host
         self.executions = ExecutionLog(store, settings.store_flush_seconds)
         self.run_log = RunLog(store, settings.store_flush_seconds)  # one-shot runs' usage
-        self.sessions: dict[str, LiveSession] = {}
-        # Recently ended: id -> (key id, reason), oldest first, TCI_REMEMBER_ENDED_SESSIONS.
-        self._ended: dict[str, tuple[int, str]] = {}
+        # Live sessions, and the last TCI_REMEMBER_ENDED_SESSIONS ended ones with why.
+        self.sessions: SessionTable[LiveSession] = SessionTable(
+            settings.remember_ended_sessions, self._finish)
         self._starting = 0
-        self._ending: set[asyncio.Task[None]] = set()
-        self._reaper: asyncio.Task[None] | None = None
         self.metrics = Metrics(self)
 
     # -- lifecycle of the manager ------------------------------------------------------------
@@ -97,35 +94,21 @@ class SessionManager:
         ended = await self.store.end_all_live(restarted)
         if ended:
             log.info("marked %d sessions of the previous run as ended (%s)", ended, restarted)
-        self._reaper = asyncio.create_task(self._reap_forever(), name="tci-reaper")
+        self.sessions.start_reaper(self.settings.reap_interval_seconds)
         self.executions.start()
         self.run_log.start()
 
     async def shutdown(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        await self.sessions.stop_reaper()
         if not self.host.keeps_sessions:  # a Ray gateway's sessions go on without it
-            await asyncio.gather(
-                *(self.end(s, EndReason(EndKind.SHUTDOWN)) for s in list(self.sessions.values())),
-                return_exceptions=True,
-            )
+            await self.sessions.end_all(EndReason(EndKind.SHUTDOWN))
         await self.host.stop()
         await self.executions.close()
         await self.run_log.close()
         await self.store.drain()
 
-    async def _reap_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.reap_interval_seconds)
-            await self.reap_expired()
-
     async def reap_expired(self) -> None:
-        now = utcnow()
-        for session in list(self.sessions.values()):
-            if session.expires_at <= now and not session.lock.locked():
-                await self.end(session, EndReason(EndKind.EXPIRED))
+        await self.sessions.reap_expired()
 
     # -- sessions ------------------------------------------------------------------------------
 
@@ -164,7 +147,7 @@ class SessionManager:
             self.store.end_session_later(session_id, str(reason))
             raise
         session = LiveSession(session_id, key.id, started, expires, hosted)
-        self.sessions[session_id] = session
+        self.sessions.add(session)
         hosted.on_end(lambda reason: self._ended_on_its_own(session, reason))
         self.metrics.session_created()
         log.info("session started", extra={"session": session_id, "key": key.name})
@@ -210,7 +193,8 @@ class SessionManager:
                 raise SessionEnded(f"session {session_id} has expired")
             return session
         if session is None:
-            key_id, reason = self._ended.get(session_id, (None, None))
+            gone = self.sessions.gone(session_id)
+            key_id, reason = (None, None) if gone is None else (gone.key_id, str(gone.reason))
             if key_id is None:
                 ended = await self.store.find_ended(session_id)
                 if ended is not None:
@@ -225,7 +209,7 @@ class SessionManager:
         single machine). Whose it is comes first, from its record: another key's id (or a
         made-up one) adopts nothing and reaches no host, so it can neither make this gateway
         hold the session nor have its host's sessions ended."""
-        if session_id in self._ended or not self.host.keeps_sessions:
+        if self.sessions.gone(session_id) is not None or not self.host.keeps_sessions:
             return None
         if await self.store.live_owner(session_id) != key.id:
             return None
@@ -236,41 +220,29 @@ class SessionManager:
         if session is None:
             session = LiveSession(session_id, found.key_id, found.started_at, found.expires_at,
                                   found.session, found.execute_count)
-            self.sessions[session_id] = session
+            self.sessions.add(session)
             found.session.on_end(lambda reason: self._ended_on_its_own(session, reason))
         return session
 
     async def end(self, session: LiveSession, reason: EndReason) -> None:
-        if session.ended is not None:
-            return
-        session.ended = reason
-        text = str(reason)
-        # Remembered before it leaves the live table, so no call in between sees "not found".
-        self._ended[session.id] = (session.key_id, text)
-        if len(self._ended) > self.settings.remember_ended_sessions:
-            self._ended.pop(next(iter(self._ended)))
-        self.sessions.pop(session.id, None)
+        """End the session once (the table remembers why); later calls answer 410."""
+        await self.sessions.end(session, reason)
+
+    async def _finish(self, session: LiveSession, reason: EndReason) -> float | None:
+        """What ending a session does once the table has marked it ended: its host frees
+        it, its record and the metrics say how it ended."""
         used = await session.hosted.end(reason)
-        self.store.end_session_later(session.id, text, used)
+        self.store.end_session_later(session.id, str(reason), used)
         self.metrics.session_ended(reason)
-        log.info("session ended", extra={"session": session.id, "reason": text,
+        log.info("session ended", extra={"session": session.id, "reason": str(reason),
                                          "cpu_seconds": used})
+        return used
 
     def _ended_on_its_own(self, session: LiveSession, reason: EndReason) -> None:
         """The session's process ended while no call was running: end the session now,
         freeing its slot and what its host held at once; later calls answer 410 with the
         reason."""
-        self._end_soon(session, reason)
-
-    def _end_soon(self, session: LiveSession, reason: EndReason) -> None:
-        """End the session in the background, once no call holds its lock."""
-        async def end_with_reason() -> None:
-            async with session.lock:  # after any call that is just starting has seen it
-                await self.end(session, reason)
-
-        task = asyncio.create_task(end_with_reason(), name=f"tci-end-{session.id}")
-        self._ending.add(task)
-        task.add_done_callback(self._ending.discard)
+        self.sessions.end_soon(session, reason)
 
     async def end_unanswered(self, session_id: str) -> None:
         """A call made this session but its answer, the one place its id is told, could not
@@ -288,7 +260,7 @@ class SessionManager:
             yield
         except asyncio.CancelledError:
             if created:
-                self._end_soon(session, CLIENT_LEFT)
+                self.sessions.end_soon(session, CLIENT_LEFT)
             raise
 
     async def end_by_client(self, key: KeyInfo, session_id: str) -> None:
@@ -333,7 +305,7 @@ class SessionManager:
     def list(self, key: KeyInfo) -> list[dict[str, Any]]:
         now = utcnow()
         return [
-            s.info() for s in self.sessions.values() if s.key_id == key.id and s.expires_at > now
+            s.info() for s in self.sessions if s.key_id == key.id and s.expires_at > now
         ]
 
     # -- usage ---------------------------------------------------------------------------------
@@ -377,7 +349,7 @@ class SessionManager:
     def _live_started(self, key: KeyInfo, since: datetime,
                       until: datetime) -> builtins.list[LiveSession]:
         """The caller's live sessions started in the window: their CPU is not stored yet."""
-        return [s for s in list(self.sessions.values())
+        return [s for s in self.sessions
                 if s.key_id == key.id and since <= s.started_at < until]
 
     # -- execution -----------------------------------------------------------------------------
