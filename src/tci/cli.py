@@ -9,6 +9,7 @@ import argparse
 import fcntl
 import os
 import sys
+from collections.abc import Callable
 from typing import IO
 
 from tci.config import Settings
@@ -231,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
+    handler: Callable[[argparse.Namespace, Settings], int] = args.handler
     try:
-        return args.handler(args, settings)
+        return handler(args, settings)
     except TCIError as exc:
         print(f"tci: {exc.message}", file=sys.stderr)
         return 1

@@ -14,9 +14,9 @@ import base64
 import functools
 import json
 import mimetypes
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, ParamSpec, Protocol
 from urllib.parse import quote
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -32,6 +32,8 @@ from mcp.types import (
 from pydantic import Field
 
 from tci.schemas import SessionList
+
+P = ParamSpec("P")
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 # Rich outputs without an image are shown as the first of these they carry.
@@ -59,7 +61,9 @@ class Backend(Protocol):
 
 def sessions_json(sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Sessions serialized as the REST answer is (its response model)."""
-    return SessionList.model_validate({"sessions": sessions}).model_dump(mode="json")["sessions"]
+    dumped: list[dict[str, Any]] = SessionList.model_validate(
+        {"sessions": sessions}).model_dump(mode="json")["sessions"]
+    return dumped
 
 
 def file_json(path: str, size: int, modified: datetime) -> dict[str, Any]:
@@ -79,8 +83,10 @@ def output_blocks(outputs: list[dict[str, Any]]) -> list[ContentBlock]:
         kind, data = output["type"], output["data"]
         if kind in ("stdout", "stderr", "error"):
             text = data if kind != "stderr" or last_stream == "stderr" else f"[stderr]\n{data}"
-            if last_stream == kind and kind != "error":
-                blocks[-1] = TextContent(text=blocks[-1].text + text)  # type: ignore[union-attr]
+            # Text of the stream the last block holds (always a TextContent) joins it.
+            previous = blocks[-1] if last_stream == kind and kind != "error" else None
+            if isinstance(previous, TextContent):
+                blocks[-1] = TextContent(text=previous.text + text)
             else:
                 blocks.append(TextContent(text=text))
             last_stream = kind
@@ -110,12 +116,14 @@ def file_blocks(path: str, content: bytes) -> list[ContentBlock]:
         return [EmbeddedResource(resource=blob)]
 
 
-def _errors_as_results(tool: Any) -> Any:
+def _errors_as_results(
+    tool: Callable[P, Awaitable[CallToolResult]],
+) -> Callable[P, Awaitable[CallToolResult]]:
     """A refused request is a tool error whose text is exactly the server's message (raising
     ToolError would prefix it with "Error executing tool ...")."""
 
     @functools.wraps(tool)
-    async def wrapper(*args: Any, **kwargs: Any) -> CallToolResult:
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> CallToolResult:
         try:
             return await tool(*args, **kwargs)
         except ToolError as exc:

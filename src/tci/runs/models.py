@@ -74,7 +74,7 @@ class RunResult:
     # Seconds per phase (queue, start, program, finish), for /metrics.
     phases: dict[str, float] = field(default_factory=dict)
 
-    def line(self, index: int, with_files: bool = False) -> dict:
+    def line(self, index: int, with_files: bool = False) -> dict[str, object]:
         """The NDJSON line of /v1/tci/batch (`files`, base64, only if the run asked any)."""
         line: dict[str, object] = {
             "index": index, "verdict": self.verdict.value, "exit_code": self.exit_code,

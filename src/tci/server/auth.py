@@ -129,9 +129,10 @@ async def require_key(
 ) -> KeyInfo:
     """Route dependency: the key `ApiKeyAuth` established (it ran before the body was read).
     `_credentials` only declares the Bearer scheme in the OpenAPI document."""
-    key = getattr(request.state, "key", None)
+    key: KeyInfo | None = getattr(request.state, "key", None)
     if key is None:
-        key = await request.app.state.auth.authenticate(request.headers.get("authorization"))
+        auth: Authenticator = request.app.state.auth
+        key = await auth.authenticate(request.headers.get("authorization"))
     return key
 
 

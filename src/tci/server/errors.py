@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,11 +23,12 @@ from tci.errors import (
 log = logging.getLogger(__name__)
 
 
-def error_response(status: int, messages: list, headers: dict | None = None) -> JSONResponse:
+def error_response(status: int, messages: list[str],
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"data": None, "errors": messages}, status_code=status, headers=headers)
 
 
-def _describe(error: dict) -> str:
+def _describe(error: dict[str, Any]) -> str:
     if error.get("type") == "json_invalid":
         detail = (error.get("ctx") or {}).get("error", "")
         return f"the body is not valid JSON: {detail}".rstrip(": ")
@@ -70,6 +73,8 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
+    # Starlette types a handler as taking any Exception; each here is registered for, and
+    # only ever called with, the class it takes.
     app.add_exception_handler(TCIError, _tci_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]

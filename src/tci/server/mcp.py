@@ -5,10 +5,12 @@ McpHostCheck (server/host_check.py), the key by ApiKeyAuth."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from fastapi import FastAPI
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
@@ -19,16 +21,22 @@ from tci.mcp.tools import Backend, build_server, file_json, sessions_json
 from tci.schemas import ExecuteRequest
 from tci.server.auth import ApiKeyAuth
 from tci.server.errors import client_message
+from tci.storage.store import KeyInfo
+
+if TYPE_CHECKING:
+    from tci.sessions.manager import SessionManager
+
+T = TypeVar("T")
 
 
 class ManagerBackend:
     """The tools acting as `key` on the app's SessionManager."""
 
-    def __init__(self, manager: Any, key: Any) -> None:
+    def __init__(self, manager: SessionManager, key: KeyInfo) -> None:
         self.manager = manager
         self.key = key
 
-    async def _call(self, coro: Any) -> Any:
+    async def _call(self, coro: Awaitable[T]) -> T:
         try:
             return await coro
         except TCIError as exc:
@@ -56,7 +64,7 @@ class ManagerBackend:
         return await self._call(self.manager.write_file(self.key, session_id, path, content))
 
 
-def mount(app: Any, path: str = "/mcp") -> Callable[[], Any]:
+def mount(app: FastAPI, path: str = "/mcp") -> Callable[[], AbstractAsyncContextManager[None]]:
     """Serve MCP (streamable HTTP) at `path` of the FastAPI `app`, whose `state.manager` and
     `state.auth` the tools and the key check use. Returns the context manager factory the
     app's lifespan must enter (the MCP session manager's task group). The app checks Host and

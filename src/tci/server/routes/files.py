@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -16,7 +16,7 @@ router = APIRouter(tags=["files"])
 @router.get("/tci/sessions/{session_id}/files")
 async def list_files(
     session_id: str, request: Request, key: Annotated[KeyInfo, Depends(require_key)]
-) -> dict:
+) -> dict[str, Any]:
     """The session's working directory: every regular file with its size and mtime;
     `truncated` when the listing stopped at a limit (TCI_MAX_FILES_LISTED/_SCANNED)."""
     files = await request.app.state.manager.list_files(key, session_id)
@@ -40,7 +40,7 @@ async def download(
 @router.put("/tci/sessions/{session_id}/files/{path:path}", openapi_extra=RAW_BODY)
 async def upload(
     session_id: str, path: str, request: Request, key: Annotated[KeyInfo, Depends(require_key)]
-) -> dict:
+) -> dict[str, Any]:
     """Write the request body as one file (directories created as needed)."""
     size = await request.app.state.manager.write_file(key, session_id, path, await request.body())
     return {"data": {"path": path, "size": size}, "errors": None}

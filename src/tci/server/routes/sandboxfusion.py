@@ -9,7 +9,7 @@ import asyncio
 import base64
 import contextlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -22,12 +22,16 @@ from tci.schemas import ExecuteRequest
 from tci.server.disconnect import unless_disconnected
 from tci.storage.store import KeyInfo
 
+if TYPE_CHECKING:
+    from tci.sessions.manager import SessionManager
+
 router = APIRouter(prefix="/sandboxfusion", tags=["sandboxfusion"])
 _TIMED_OUT = "TimeoutError: execution timed out"
 
 
 def _key(request: Request) -> KeyInfo:
-    return request.state.key  # set by SandboxFusionAuth before the body was read
+    key: KeyInfo = request.state.key  # set by SandboxFusionAuth before the body was read
+    return key
 
 
 @router.get("/v1/ping", response_class=PlainTextResponse)
@@ -102,7 +106,7 @@ async def run_jupyter(body: sf.RunJupyterRequest, request: Request) -> JSONRespo
         "executor_pod_name": None, "files": fetched})
 
 
-async def _fetch(manager, key: KeyInfo, session_id: str | None,
+async def _fetch(manager: SessionManager, key: KeyInfo, session_id: str | None,
                  paths: list[str]) -> dict[str, str]:
     fetched: dict[str, str] = {}
     if session_id is None:
@@ -117,6 +121,6 @@ async def _fetch(manager, key: KeyInfo, session_id: str | None,
     return fetched
 
 
-async def _end(manager, key: KeyInfo, session_id: str) -> None:
+async def _end(manager: SessionManager, key: KeyInfo, session_id: str) -> None:
     with contextlib.suppress(TCIError):  # already ended (its limit, its own exit)
         await manager.end_by_client(key, session_id)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
 
@@ -17,7 +17,9 @@ router = APIRouter(tags=["sessions"])
 
 
 @router.get("/tci/sessions", response_model=SessionListResponse)
-async def list_sessions(request: Request, key: Annotated[KeyInfo, Depends(require_key)]) -> dict:
+async def list_sessions(
+    request: Request, key: Annotated[KeyInfo, Depends(require_key)]
+) -> dict[str, Any]:
     """The caller's active sessions."""
     return {"data": {"sessions": request.app.state.manager.list(key)}, "errors": None}
 
@@ -26,7 +28,7 @@ async def list_sessions(request: Request, key: Annotated[KeyInfo, Depends(requir
 async def create_session(
     request: Request, key: Annotated[KeyInfo, Depends(require_key)],
     body: Annotated[NewSessionRequest | None, Body()] = None,
-) -> dict:
+) -> dict[str, Any]:
     """Start a session without running code (no body, or `{}`); it answers like an item of
     GET /tci/sessions. Limited by TCI_MAX_SESSIONS like execute (429)."""
     return {"data": await request.app.state.manager.create_session(key), "errors": None}
@@ -35,7 +37,7 @@ async def create_session(
 @router.delete("/tci/sessions/{session_id}")
 async def end_session(
     session_id: str, request: Request, key: Annotated[KeyInfo, Depends(require_key)]
-) -> dict:
+) -> dict[str, Any]:
     """End a session now and free everything it used."""
     await request.app.state.manager.end_by_client(key, session_id)
     return {"data": {"id": session_id, "ended": True}, "errors": None}
@@ -44,7 +46,7 @@ async def end_session(
 @router.post("/tci/sessions/{session_id}/interrupt", response_model=InterruptResponse)
 async def interrupt(
     session_id: str, request: Request, key: Annotated[KeyInfo, Depends(require_key)]
-) -> dict:
+) -> dict[str, Any]:
     """Interrupt the running call, like Ctrl-C in Jupyter: it ends with a KeyboardInterrupt
     `error` output and the session keeps its state. Answers at once, without waiting for the
     call; `interrupted` is false if none was running."""
