@@ -1,8 +1,9 @@
 """LocalHost: sessions in sandboxes on this machine.
 
-Owns everything the manager must not know: the launcher (bubblewrap, or fork from a
-template, as tci.sandbox.factory chooses), the warm pool, each session's WorkerConnection
-and sandbox (fds, uid, cgroup, volume, workspace path), and the kernel's limit counters.
+Owns everything the manager must not know: the launcher (handed its starter, fork from a
+template or bubblewrap, by tci.sandbox.factory from TCI_SANDBOX_START), the warm pool,
+each session's WorkerConnection and sandbox (fds, uid, cgroup, volume, workspace path),
+and the kernel's limit counters.
 """
 
 from __future__ import annotations
