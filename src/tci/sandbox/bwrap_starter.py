@@ -4,7 +4,6 @@ Everything around it (uid, volume, cgroup, network, teardown) is the launcher's.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -12,6 +11,7 @@ import shutil
 
 from tci.config import Settings
 from tci.errors import SandboxUnavailable
+from tci.sandbox import spawn
 from tci.sandbox.bwrap import SandboxSpec, build_argv, prlimit_options
 from tci.sandbox.launcher import Prepared, Started, StartRequest
 from tci.sandbox.pidfd import ProcessHandle
@@ -65,10 +65,8 @@ class BwrapStarter:
         seccomp_fd = open_filter_fd()
         try:
             spec = self._spec(request, info_w, seccomp_fd)
-            process = await asyncio.create_subprocess_exec(
-                *self._argv(request, spec),
-                stdin=asyncio.subprocess.DEVNULL, stdout=channels.stdout,
-                stderr=channels.stderr,
+            process = await spawn.start(
+                self._argv(request, spec), stdout=channels.stdout, stderr=channels.stderr,
                 # bwrap must not carry the server's environment (it runs as the session's
                 # uid; the sandbox gets only what --setenv gives): a PATH to find its tools.
                 env={"PATH": _TOOLS_PATH},

@@ -59,7 +59,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from tci.errors import SandboxUnavailable
-from tci.sandbox import host_routes
+from tci.sandbox import host_routes, spawn
 from tci.sandbox.host_routes import HostNetworks, LostTrack, Network, RouteFollower
 
 log = logging.getLogger(__name__)
@@ -475,11 +475,9 @@ class EgressFilter:
 
     async def _nft(self, namespace: FilteredNamespace, script: str) -> None:
         assert self.nsenter is not None and self.nft is not None
-        process = await asyncio.create_subprocess_exec(
-            self.nsenter, f"--net={namespace.path}", "--", self.nft, "-f", "-",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, pass_fds=(namespace.fd,),
-        )
+        process = await spawn.start(
+            [self.nsenter, f"--net={namespace.path}", "--", self.nft, "-f", "-"],
+            stdin=spawn.PIPE, stderr=spawn.PIPE, pass_fds=(namespace.fd,))
         _, stderr = await process.communicate(script.encode())
         if process.returncode != 0:
             raise SandboxUnavailable(

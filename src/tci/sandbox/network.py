@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tci.errors import SandboxUnavailable
+from tci.sandbox import spawn
 from tci.sandbox.egress_filter import FilteredNamespace
 
 _READY_TIMEOUT = 10.0
@@ -20,7 +21,7 @@ _READY_TIMEOUT = 10.0
 
 @dataclass
 class Egress:
-    process: asyncio.subprocess.Process
+    process: spawn.Child
     exit_fd: int  # our end of slirp4netns's --exit-fd: closing it (or dying) ends slirp4netns
     namespace: FilteredNamespace  # the sandbox's namespace, its filter kept current
 
@@ -62,15 +63,14 @@ async def _start_slirp(namespace: FilteredNamespace, log_path: Path) -> Egress:
     # A file, not a pipe: a pipe nobody drains could fill and stall the session's network.
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        process = await asyncio.create_subprocess_exec(
+        process = await spawn.start([
             # --disable-dns: no forwarder at 10.0.2.3 asking whatever resolver the host uses;
             # the sandbox's resolv.conf names TCI_EGRESS_DNS, which its filter lets through.
             binary, "--configure", "--mtu=65520", "--disable-host-loopback", "--disable-dns",
             "--enable-sandbox", "--enable-seccomp", "--ready-fd", str(ready_w),
             "--exit-fd", str(exit_r),
             # The namespace by the descriptor we hold, not by a pid that could be reused.
-            "--netns-type=path", namespace.path, "tap0",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            "--netns-type=path", namespace.path, "tap0"],
             stderr=log_fd, pass_fds=(ready_w, exit_r, namespace.fd), start_new_session=True,
         )
     except BaseException:
