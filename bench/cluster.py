@@ -25,18 +25,20 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 from tests.cluster.netns import private_network
-from tests.cluster.raycluster import RayCluster, ray_env, release_host
+from tests.cluster.raycluster import Node, RayCluster, descendants, ray_env, release_host
 from tests.conftest import TCI, Server, cli, free_port
 
 from bench.http import Connection, encode_json
@@ -54,6 +56,8 @@ class Options:
     hop_samples: int = 2000  # actor calls and HTTP requests timed
     seconds: float = 10.0  # each creations/s and executions/s window
     clients: int = 4  # concurrent clients in those windows
+    warm_only: bool = False  # the warm calls alone: no hops, rates or host loss
+    profile: Path | None = None  # py-spy profiles of the gateway and host actor go here
 
 
 @dataclass
@@ -95,6 +99,40 @@ def warm(server: Server, samples: int, warmup: int, name: str) -> Series:
             series.samples.append(time.perf_counter() - start)
             _data(status, body)
     return series
+
+
+def _host_actor_pid(node: Node) -> int | None:
+    """The host actor's worker process on `node` (Ray titles it ray::HostActor)."""
+    for pid in descendants(node.process.pid if node.process else 0):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if cmdline.read().startswith(b"ray::HostActor"):
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+@contextlib.contextmanager
+def _profiled(pids: dict[str, int | None], into: Path | None) -> Iterator[None]:
+    """py-spy record of each named process while the block runs, as collapsed stacks
+    (into/NAME.txt, for flamegraph.pl or speedscope), idle frames left out."""
+    if into is None:
+        yield
+        return
+    into.mkdir(parents=True, exist_ok=True)
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    recorders = [subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw",
+                                   "--rate", "1000", "--output", str(into / f"{name}.txt")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for name, pid in pids.items() if pid is not None]
+    try:
+        yield
+    finally:
+        for recorder in recorders:
+            recorder.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for recorder in recorders:
+            recorder.wait(timeout=120)
 
 
 def _actor_hop(address: str, samples: int, warmup: int) -> Series:
@@ -278,8 +316,14 @@ def measure(options: Options, progress: Any = print) -> ClusterResult:
 
         progress(f"warm x += 1, {options.samples} samples each")
         result.warm_single = warm(single, options.samples, options.warmup, "single machine")
-        result.warm_gateway = warm(gateway, options.samples, options.warmup, "through a gateway")
+        gateway_pids = {"gateway": gateway.process.pid if gateway.process else None,
+                        "host-actor": _host_actor_pid(hosts[0])}
+        with _profiled(gateway_pids, options.profile):
+            result.warm_gateway = warm(gateway, options.samples, options.warmup,
+                                       "through a gateway")
         single.stop()  # the rest has the machine to itself
+        if options.warm_only:
+            return result
 
         progress(f"the gateway's hop, {options.hop_samples} samples each")
         result.hop_actor = _actor_hop(ray.address, options.hop_samples, options.warmup)
@@ -355,6 +399,11 @@ def table(result: ClusterResult) -> str:
         lines.append(f"| gateway's cost over single machine | "
                      f"{fmt_seconds(result.warm_gateway.p50 - result.warm_single.p50)} | "
                      f"{fmt_seconds(result.warm_gateway.p99 - result.warm_single.p99)} |")
+    if result.warm_single and result.warm_gateway:
+        lines.append(f"| gateway / single machine (p50) | "
+                     f"{result.warm_gateway.p50 / result.warm_single.p50:.2f}x | |")
+    if not result.rates:
+        return "\n".join(lines)
     lines += ["", "| through the gateway | 1 host node | 2 host nodes |", "|---|---|---|"]
     for kind, by_hosts in result.rates.items():
         lines.append(f"| {kind}/s | {by_hosts.get(1, 0):.1f} | {by_hosts.get(2, 0):.1f} |")
@@ -367,8 +416,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few samples, short windows")
+    parser.add_argument("--warm-only", action="store_true",
+                        help="measure the warm calls only (no hops, rates or host loss)")
+    parser.add_argument("--samples", type=int, help="warm round trips per path")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="py-spy the gateway and the host actor during the gateway's "
+                             "warm calls; collapsed stacks go to DIR")
     args = parser.parse_args(argv)
     options = Options(200, 20, 300, 3.0, 2) if args.quick else Options()
+    options.warm_only, options.profile = args.warm_only, args.profile
+    if args.samples is not None:
+        options.samples = args.samples
     started = time.monotonic()
     result = measure(options, lambda m: print(f"[{time.monotonic() - started:6.1f} s] {m}",
                                               file=sys.stderr, flush=True))

@@ -4,6 +4,7 @@ nothing; a host node that dies ends its own sessions, with "host lost", and only
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 import uuid
@@ -51,6 +52,42 @@ def test_streaming_through_a_gateway_sends_output_while_the_cell_runs(cluster):
     session = a.run("import os, time")["session_id"]
     # Streamed through one gateway; the cell is let finish through the other.
     assert_streams_while_running(b, a, session)
+
+
+def streamed(gateway, code: str) -> list[tuple[str, dict]]:
+    """The (event, payload) pairs of a streamed call through `gateway`."""
+    body = {"language": "python", "code": code, "stream": True}
+    events, name = [], None
+    with gateway.client() as client, client.stream("POST", "/v1/tci/execute",
+                                                   json=body) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: "))))
+    return events
+
+
+def test_a_streamed_call_through_a_gateway_gets_every_output_and_the_whole_result(cluster):
+    """Each output crosses Ray once (the host's reply names what it streamed, and the
+    gateway rebuilds the result): the client still gets every output as an event, and a
+    result holding them all, a stream's lines joined, as from a single machine."""
+    code = ("import sys\nfrom IPython.display import HTML, display\n"
+            "print('a')\nprint('b', end='')\nsys.stderr.write('warn\\n')\n"
+            "display(HTML('<b>' + 'x' * 5000 + '</b>'))\nprint('c')\n"
+            "raise ValueError('bad')")
+    events = streamed(cluster.gateways[1], code)
+    outputs = [payload for name, payload in events[:-1] if name == "output"]
+    assert [(o["type"], o["data"]) for o in outputs[:3]] == [
+        ("stdout", "a\n"), ("stdout", "b"), ("stderr", "warn\n")]
+    assert [o["type"] for o in outputs[3:]] == ["display_data", "stdout", "error"]
+    assert events[-1][0] == "result"
+    result = events[-1][1]["data"]["outputs"]
+    assert result == [{"type": "stdout", "data": "a\nb"}, {"type": "stderr", "data": "warn\n"},
+                      outputs[3], {"type": "stdout", "data": "c\n"}, outputs[5]]
+    assert "x" * 5000 in result[2]["data"]["text/html"]
+    assert "ValueError: bad" in result[4]["data"]
 
 
 def test_the_official_together_sdk_works_through_a_gateway(cluster):

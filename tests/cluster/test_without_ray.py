@@ -27,13 +27,16 @@ def test_a_single_machine_server_never_imports_ray(tmp_path):
 
 
 def test_a_gateway_gets_the_ray_host(tmp_path):
+    """...reaching the database through the manager's AsyncStore: one way in per process,
+    one thread for every write (no Store called from threads of its own)."""
     done = run_python(
         "from tci.config import Settings\n"
         "from tci.server.app import create_app\n"
-        "print(type(create_app(Settings()).state.manager.host).__name__)\n",
+        "manager = create_app(Settings()).state.manager\n"
+        "print(type(manager.host).__name__, manager.host.store is manager.store)\n",
         TCI_DATA_DIR=str(tmp_path), TCI_RAY_ADDRESS="127.0.0.1:1")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "RayHost"
+    assert done.stdout.split() == ["RayHost", "True"]
 
 
 def test_tci_hosts_needs_a_cluster_address(tmp_path):

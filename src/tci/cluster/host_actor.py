@@ -4,7 +4,9 @@ One per node that offers the `tci_host` resource: detached (it outlives the gate
 made it), named after its node, pinned to it, and run by that node's raylet, so as root and
 with the node's own TCI_ settings (pool, limits, sandbox directory), like `tci serve` on a
 single machine. Several gateways call it at once: calls to one session are serialized here
-too, not only by each gateway's lock.
+too, not only by each gateway's lock. Its sessions are a SessionTable (tci/sessions/table.py),
+the manager's own bookkeeping: a lock each, expiry (the safety net when the gateway that
+made a session is gone), an end that happens once, and why recent ones ended.
 
 Every method answers with plain data (a Reply). Exceptions are not sent through Ray: its
 wrappers would lose SessionGone's reason and the HTTP status of a TCIError.
@@ -17,14 +19,17 @@ import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
+from tci.cluster.streamed import OutlinedResult
 from tci.config import Settings
-from tci.errors import TCIError
+from tci.errors import TCIError, TooManySessions
 from tci.hosts.base import CallResult, EndKind, EndReason, HostedSession, SessionGone
 from tci.hosts.local import LocalHost
 from tci.sandbox.egress_filter import ClusterFeed
+from tci.sessions.table import SessionTable, utcnow
 from tci.workspace import DecodedFile
 
 log = logging.getLogger(__name__)
@@ -41,6 +46,18 @@ class Reply:
     value: Any = None
     gone: EndReason | None = None
     error: TCIError | None = None
+
+
+@dataclass(eq=False)
+class HostSession:
+    """A live session of this host, as its table (tci/sessions/table.py) holds it."""
+
+    id: str
+    hosted: HostedSession
+    expires_at: datetime
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ended: EndReason | None = None
+    key_id: int | None = None  # whose it is: the gateways know, this host does not
 
 
 @dataclass(frozen=True)
@@ -79,14 +96,13 @@ class HostActor:
         self.name = name
         self.settings = Settings()
         self.host = LocalHost(self.settings)
-        self.sessions: dict[str, HostedSession] = {}
-        self.locks: dict[str, asyncio.Lock] = {}
+        self.sessions: SessionTable[HostSession] = SessionTable(
+            self.settings.remember_ended_sessions, self._finish)
         self.feed: collections.deque[Ended] = collections.deque(
             maxlen=self.settings.ray_ended_feed_entries)
         self.seq = 0
         self._changed: asyncio.Event | None = None
         self._start: asyncio.Task[None] | None = None
-        self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._cluster: ClusterFeed | None = None
 
     # -- the host ----------------------------------------------------------------------------
@@ -106,6 +122,7 @@ class HostActor:
         self._changed = asyncio.Event()
         await self._refuse_cluster()
         await self.host.start()  # refuses (SandboxUnavailable) if its self-check fails
+        self.sessions.start_reaper(self.settings.reap_interval_seconds)
         log.info("tci host %s ready", self.name)
 
     async def _refuse_cluster(self) -> None:
@@ -140,53 +157,37 @@ class HostActor:
     # -- sessions ----------------------------------------------------------------------------
 
     async def open_session(self, lifetime: float) -> Reply:
-        """A new session that ends itself after `lifetime` seconds if no gateway ended it
-        (its gateway may be gone)."""
+        """A new session that ends itself (expires) after `lifetime` seconds if no gateway
+        ended it (its gateway may be gone)."""
         if self.info().free <= 0:
             return Reply(error=_full(self.host.stats().capacity))
         try:
             hosted = await self.host.open_session()
         except TCIError as exc:
             return Reply(error=exc)
-        sid = hosted.id
-        self.sessions[sid] = hosted
-        self.locks[sid] = asyncio.Lock()
-        hosted.on_end(lambda reason: self._spawn_end(sid, reason))
-        self._expiry[sid] = asyncio.get_running_loop().call_later(
-            lifetime, self._spawn_end, sid, EndReason(EndKind.EXPIRED))
-        return Reply(sid)
-
-    def _spawn_end(self, sid: str, reason: EndReason) -> None:
-        self.host.spawn(self._end_locked(sid, reason), f"tci-end-{sid}")
-
-    async def _end_locked(self, sid: str, reason: EndReason) -> None:
-        lock = self.locks.get(sid)
-        if lock is None:
-            return
-        async with lock:  # after a call that is running has finished
-            await self.end(sid, reason)
+        session = HostSession(hosted.id, hosted, utcnow() + timedelta(seconds=lifetime))
+        self.sessions.add(session)
+        hosted.on_end(lambda reason: self.sessions.end_soon(session, reason))
+        return Reply(hosted.id)
 
     async def end(self, sid: str, reason: EndReason) -> Reply:
-        """End the session, free what it held, tell the feed; answers its CPU seconds."""
-        hosted = self.sessions.pop(sid, None)
-        if hosted is None:
-            return Reply(None)
-        self.locks.pop(sid, None)
-        timer = self._expiry.pop(sid, None)
-        if timer is not None:
-            timer.cancel()
-        used = await hosted.end(reason)
+        """End the session now, even mid-call; answers its CPU seconds (None if it had
+        ended already)."""
+        session = self.sessions.get(sid)
+        return Reply(None if session is None else await self.sessions.end(session, reason))
+
+    async def _finish(self, session: HostSession, reason: EndReason) -> float | None:
+        """Free what the session held and tell the gateways' feed."""
+        used = await session.hosted.end(reason)
         self.seq += 1
-        self.feed.append(Ended(self.seq, sid, reason, used))
+        self.feed.append(Ended(self.seq, session.id, reason, used))
         if self._changed is not None:
             self._changed.set()
-        return Reply(used)
+        return used
 
     def _gone(self, sid: str) -> Reply:
-        for entry in reversed(self.feed):
-            if entry.session_id == sid:
-                return Reply(gone=entry.reason)
-        return Reply(gone=_UNKNOWN)
+        gone = self.sessions.gone(sid)
+        return Reply(gone=_UNKNOWN if gone is None else gone.reason)
 
     async def execute(self, sid: str, code: str, files: list[DecodedFile], timeout: float,
                       grace: float) -> Reply:
@@ -194,13 +195,15 @@ class HostActor:
 
     async def _execute(self, sid: str, code: str, files: list[DecodedFile], timeout: float,
                        grace: float, listener: Any, on_start: Any) -> Reply:
-        hosted, lock = self.sessions.get(sid), self.locks.get(sid)
-        if hosted is None or lock is None:
+        session = self.sessions.get(sid)
+        if session is None:
             return self._gone(sid)
-        async with lock:
+        async with session.lock:
+            if session.ended is not None:  # while this call waited for the running one
+                return Reply(gone=session.ended)
             try:
-                result: CallResult = await hosted.execute(code, files, timeout, grace,
-                                                          listener, on_start)
+                result: CallResult = await session.hosted.execute(code, files, timeout, grace,
+                                                                  listener, on_start)
             except SessionGone as gone:
                 return Reply(gone=gone.reason)
         return Reply(result)
@@ -209,18 +212,24 @@ class HostActor:
                              timeout: float, grace: float) -> AsyncIterator[tuple[str, Any]]:
         """("start", None) when the code starts, ("output", output) as each is produced,
         then ("reply", Reply): a Ray streaming generator, so outputs reach the gateway as
-        they come."""
+        they come. The reply's result names the outputs already sent instead of sending
+        them again (tci/cluster/streamed.py)."""
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        sent: list[dict[str, Any]] = []
+
+        def listener(output: dict[str, Any]) -> None:
+            sent.append(output)
+            queue.put_nowait(("output", output))
+
         call = asyncio.ensure_future(self._execute(
-            sid, code, files, timeout, grace,
-            lambda output: queue.put_nowait(("output", output)),
+            sid, code, files, timeout, grace, listener,
             lambda: queue.put_nowait(("start", None))))
         call.add_done_callback(lambda _: queue.put_nowait(("done", None)))
         try:
             while True:
                 kind, item = await queue.get()
                 if kind == "done":
-                    yield ("reply", call.result())
+                    yield ("reply", _outlined(call.result(), sent))
                     return
                 yield (kind, item)
         finally:
@@ -228,8 +237,8 @@ class HostActor:
                 call.cancel()
 
     async def interrupt(self, sid: str) -> Reply:
-        hosted = self.sessions.get(sid)
-        return Reply(False) if hosted is None else Reply(await hosted.interrupt())
+        session = self.sessions.get(sid)
+        return Reply(False) if session is None else Reply(await session.hosted.interrupt())
 
     async def list_files(self, sid: str) -> Reply:
         return await self._files(sid, "list_files")
@@ -243,21 +252,26 @@ class HostActor:
         return await self._files(sid, "write_files", files)
 
     async def _files(self, sid: str, method: str, *args: Any) -> Reply:
-        hosted = self.sessions.get(sid)
-        if hosted is None:
+        session = self.sessions.get(sid)
+        if session is None:
             return self._gone(sid)
         try:
-            return Reply(await getattr(hosted, method)(*args))
+            return Reply(await getattr(session.hosted, method)(*args))
         except TCIError as exc:
             return Reply(error=exc)
 
     async def cpu_seconds(self, sid: str) -> float | None:
-        hosted = self.sessions.get(sid)
-        return None if hosted is None else await hosted.cpu_seconds()
+        session = self.sessions.get(sid)
+        return None if session is None else await session.hosted.cpu_seconds()
+
+
+def _outlined(reply: Reply, sent: list[dict[str, Any]]) -> Reply:
+    """A streamed call's reply with the outputs the gateway already has named, not sent."""
+    if not isinstance(reply.value, CallResult):
+        return reply
+    return replace(reply, value=OutlinedResult.of(reply.value, sent))
 
 
 def _full(limit: int) -> TCIError:
-    from tci.errors import TooManySessions
-
     return TooManySessions(f"this host runs its maximum of {limit} sessions (TCI_MAX_SESSIONS "
                            "of its node)")

@@ -26,6 +26,7 @@ from ray.exceptions import ActorDiedError, RayActorError
 
 from tci.cluster import actors
 from tci.cluster.host_actor import Feed, HostInfo, Reply
+from tci.cluster.streamed import OutlinedResult
 from tci.config import Settings
 from tci.errors import HostUnreachable, SandboxUnavailable, SessionEnded, TCIError
 from tci.hosts.base import (
@@ -40,7 +41,7 @@ from tci.hosts.base import (
     SessionGone,
     SessionHost,
 )
-from tci.storage.store import Store
+from tci.storage.store import AsyncStore
 from tci.workspace import DecodedFile, FileListing
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,8 @@ class RaySession(HostedSession):
                 on_start()
             call = self._entry.actor.execute.remote(self.id, code, files, timeout, grace)
             try:
-                return _unwrap(await call)
+                result: CallResult = _unwrap(await call)
+                return result
             except HOST_FAILURES as exc:
                 raise _failure(exc, self._entry.name) from None
             except asyncio.CancelledError:  # the client went away: the host interrupts the
@@ -130,15 +132,18 @@ class RaySession(HostedSession):
             raise SessionGone(self._gone)
         stream = self._entry.actor.execute_stream.options(num_returns="streaming").remote(
             self.id, code, files, timeout, grace)
+        received: list[dict[str, Any]] = []  # the result names these instead of resending
         try:
             async for ref in stream:
                 kind, item = await ref
                 if kind == "start" and on_start is not None:
                     on_start()
                 elif kind == "output":
+                    received.append(item)
                     listener(item)
                 elif kind == "reply":
-                    return _unwrap(item)
+                    outlined: OutlinedResult = _unwrap(item)
+                    return outlined.result(received)
         except HOST_FAILURES as exc:
             raise _failure(exc, self._entry.name) from None
         except asyncio.CancelledError:
@@ -159,19 +164,22 @@ class RaySession(HostedSession):
             raise SessionEnded(f"session {self.id} has ended: {gone.reason}") from None
 
     async def list_files(self) -> FileListing:
-        return await self._files("list_files")
+        listing: FileListing = await self._files("list_files")
+        return listing
 
     async def read_file(self, path: str) -> bytes:
-        return await self._files("read_file", path)
+        content: bytes = await self._files("read_file", path)
+        return content
 
     async def write_files(self, files: list[DecodedFile]) -> None:
         await self._files("write_files", files)
 
     async def cpu_seconds(self) -> float | None:
         try:
-            return await self._entry.actor.cpu_seconds.remote(self.id)
+            used: float | None = await self._entry.actor.cpu_seconds.remote(self.id)
         except HOST_FAILURES:
             return None
+        return used
 
     def on_end(self, listener: EndListener) -> None:
         self._listener = listener
@@ -203,12 +211,11 @@ class RaySession(HostedSession):
 class RayHost(SessionHost):
     keeps_sessions = True  # they live on the hosts, for every gateway
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: AsyncStore) -> None:
         self.settings = settings
-        self.store = store
+        self.store = store  # the manager's: one way into the database per process
         self.hosts: dict[str, _Host] = {}
         self._starting: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._discovery: asyncio.Task[None] | None = None
         self.lost: dict[str, float] = {}  # host name -> when Ray reported it lost (monotonic)
 
@@ -224,7 +231,7 @@ class RayHost(SessionHost):
                         actors.RESOURCE)
         # Sessions of hosts that went while no gateway watched them: they are lost. Those of
         # live hosts stay live (a restarting gateway never ends them).
-        recorded = await asyncio.to_thread(self.store.live_hosts)
+        recorded = await self.store.live_hosts()
         unknown = {name for name in recorded if name is not None and name not in self.hosts}
         for name in unknown:
             if await self._dead(name):  # not merely slow to start, or not yet reached
@@ -234,7 +241,7 @@ class RayHost(SessionHost):
     async def stop(self) -> None:
         """The gateway stops: its watchers and discovery end; the hosts and their sessions
         go on for the other gateways (and for this one when it comes back)."""
-        tasks = [t for t in (self._discovery, *self._tasks) if t is not None]
+        tasks = [self._discovery] if self._discovery is not None else []
         tasks += [h.watcher for h in self.hosts.values() if h.watcher is not None]
         for task in tasks:
             task.cancel()
@@ -294,9 +301,8 @@ class RayHost(SessionHost):
                     session._tell(ended.reason, ended.cpu_seconds)
                 else:  # ended on the host (expired, its worker died) or through another
                     # gateway; the first write wins, so this is a no-op when it is recorded
-                    self._spawn(asyncio.to_thread(
-                        self.store.end_session, ended.session_id, str(ended.reason),
-                        ended.cpu_seconds))
+                    self.store.end_session_later(ended.session_id, str(ended.reason),
+                                                 ended.cpu_seconds)
 
     async def _lose(self, entry: _Host, exc: BaseException) -> None:
         log.error("tci host %s lost: %s", entry.name, _first_line(exc))
@@ -317,14 +323,9 @@ class RayHost(SessionHost):
 
     async def _record_lost(self, name: str) -> None:
         with contextlib.suppress(TCIError):  # the database down: the next gateway does it
-            ended = await asyncio.to_thread(self.store.end_live, str(HOST_LOST), name)
+            ended = await self.store.end_live(str(HOST_LOST), name)
             if ended:
                 log.info("%d sessions of lost host %s marked ended", ended, name)
-
-    def _spawn(self, work: Any) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -363,7 +364,7 @@ class RayHost(SessionHost):
         manager has checked that the caller owns it). HostUnreachable if its host is alive
         but not reached from here; None, with its host's sessions ended, if Ray says it is
         gone."""
-        row = await asyncio.to_thread(self.store.session_row, session_id)
+        row = await self.store.session_row(session_id)
         if row is None or row["ended_at"] is not None or row["host"] is None:
             return None
         entry = self.hosts.get(row["host"])

@@ -37,7 +37,7 @@ from tci.sessions.manager import SessionManager
 from tci.storage.store import AsyncStore, Store
 
 
-def session_host(settings: Settings, store: Store) -> SessionHost:
+def session_host(settings: Settings, store: AsyncStore) -> SessionHost:
     """Sandboxes on this machine, or, with TCI_RAY_ADDRESS, on a Ray cluster's tci hosts (a
     gateway). Ray is imported only then."""
     if not settings.ray_address:
@@ -64,7 +64,7 @@ def check_run_settings(settings: Settings) -> None:
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     store = store or Store(settings.database_url, settings.database_timeout_seconds)
     async_store = AsyncStore(store)
-    host = session_host(settings, store)
+    host = session_host(settings, async_store)
     manager = SessionManager(settings, async_store, host)
     runs = RunManager(settings, run_sandboxes(settings, host))
     anonymous = AnonymousKey(settings, async_store)
