@@ -26,7 +26,7 @@ from typing import Any
 from tci.cluster.streamed import OutlinedResult
 from tci.config import Settings
 from tci.errors import TCIError, TooManySessions
-from tci.hosts.base import CallResult, EndKind, EndReason, HostedSession, SessionGone
+from tci.hosts.base import CallResult, Cell, EndKind, EndReason, HostedSession, SessionGone
 from tci.hosts.local import LocalHost
 from tci.sandbox.egress_filter import ClusterFeed
 from tci.sessions.table import SessionTable, utcnow
@@ -189,11 +189,11 @@ class HostActor:
         gone = self.sessions.gone(sid)
         return Reply(gone=_UNKNOWN if gone is None else gone.reason)
 
-    async def execute(self, sid: str, code: str, files: list[DecodedFile], timeout: float,
+    async def execute(self, sid: str, cell: Cell, files: list[DecodedFile], timeout: float,
                       grace: float) -> Reply:
-        return await self._execute(sid, code, files, timeout, grace, None, None)
+        return await self._execute(sid, cell, files, timeout, grace, None, None)
 
-    async def _execute(self, sid: str, code: str, files: list[DecodedFile], timeout: float,
+    async def _execute(self, sid: str, cell: Cell, files: list[DecodedFile], timeout: float,
                        grace: float, listener: Any, on_start: Any) -> Reply:
         session = self.sessions.get(sid)
         if session is None:
@@ -202,13 +202,13 @@ class HostActor:
             if session.ended is not None:  # while this call waited for the running one
                 return Reply(gone=session.ended)
             try:
-                result: CallResult = await session.hosted.execute(code, files, timeout, grace,
+                result: CallResult = await session.hosted.execute(cell, files, timeout, grace,
                                                                   listener, on_start)
             except SessionGone as gone:
                 return Reply(gone=gone.reason)
         return Reply(result)
 
-    async def execute_stream(self, sid: str, code: str, files: list[DecodedFile],
+    async def execute_stream(self, sid: str, cell: Cell, files: list[DecodedFile],
                              timeout: float, grace: float) -> AsyncIterator[tuple[str, Any]]:
         """("start", None) when the code starts, ("output", output) as each is produced,
         then ("reply", Reply): a Ray streaming generator, so outputs reach the gateway as
@@ -222,7 +222,7 @@ class HostActor:
             queue.put_nowait(("output", output))
 
         call = asyncio.ensure_future(self._execute(
-            sid, code, files, timeout, grace, listener,
+            sid, cell, files, timeout, grace, listener,
             lambda: queue.put_nowait(("start", None))))
         call.add_done_callback(lambda _: queue.put_nowait(("done", None)))
         try:

@@ -32,6 +32,7 @@ from tci.errors import HostUnreachable, SandboxUnavailable, SessionEnded, TCIErr
 from tci.hosts.base import (
     AdoptedSession,
     CallResult,
+    Cell,
     EndKind,
     EndListener,
     EndReason,
@@ -111,7 +112,7 @@ class RaySession(HostedSession):
             raise _failure(exc, self._entry.name) from None
         return _unwrap(reply)
 
-    async def execute(self, code: str, files: list[DecodedFile], timeout: float, grace: float,
+    async def execute(self, cell: Cell, files: list[DecodedFile], timeout: float, grace: float,
                       listener: OutputListener | None = None,
                       on_start: Callable[[], None] | None = None) -> CallResult:
         if listener is None:  # one round trip
@@ -119,7 +120,7 @@ class RaySession(HostedSession):
                 raise SessionGone(self._gone)
             if on_start is not None:
                 on_start()
-            call = self._entry.actor.execute.remote(self.id, code, files, timeout, grace)
+            call = self._entry.actor.execute.remote(self.id, cell, files, timeout, grace)
             try:
                 result: CallResult = _unwrap(await call)
                 return result
@@ -131,7 +132,7 @@ class RaySession(HostedSession):
         if self._gone is not None:
             raise SessionGone(self._gone)
         stream = self._entry.actor.execute_stream.options(num_returns="streaming").remote(
-            self.id, code, files, timeout, grace)
+            self.id, cell, files, timeout, grace)
         received: list[dict[str, Any]] = []  # the result names these instead of resending
         try:
             async for ref in stream:

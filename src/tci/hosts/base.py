@@ -29,6 +29,14 @@ OutputListener = OutputSink
 EndListener = Callable[[EndReason], None]
 
 
+@dataclass(frozen=True)
+class Cell:
+    """What one call runs: `code` in `language` (a language the session's worker speaks)."""
+
+    code: str
+    language: str = "python"
+
+
 class SessionGone(Exception):  # a state the caller handles, like StopIteration
     """The session's process ended before the call could start: `reason` says how."""
 
@@ -57,10 +65,10 @@ class HostedSession(ABC):
     host: str | None = None  # the host's name in the store when other servers may route to it
 
     @abstractmethod
-    async def execute(self, code: str, files: list[DecodedFile], timeout: float, grace: float,
+    async def execute(self, cell: Cell, files: list[DecodedFile], timeout: float, grace: float,
                       listener: OutputListener | None = None,
                       on_start: Callable[[], None] | None = None) -> CallResult:
-        """Write `files`, then run `code` (told to `on_start` just before). A call past
+        """Write `files`, then run the cell (told to `on_start` just before). A call past
         `timeout` is interrupted, and killed after `grace` more seconds. Raises SessionGone,
         running nothing, if the session's process had already ended."""
 

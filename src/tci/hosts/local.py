@@ -20,6 +20,7 @@ from tci.errors import SandboxUnavailable
 from tci.hosts import capacity, selfcheck
 from tci.hosts.base import (
     CallResult,
+    Cell,
     EndListener,
     HostedSession,
     HostStats,
@@ -102,7 +103,7 @@ class LocalSession(HostedSession):
 
     # -- calls -------------------------------------------------------------------------------
 
-    async def execute(self, code: str, files: list[DecodedFile], timeout: float, grace: float,
+    async def execute(self, cell: Cell, files: list[DecodedFile], timeout: float, grace: float,
                       listener: OutputListener | None = None,
                       on_start: Callable[[], None] | None = None) -> CallResult:
         if self._ended is not None:
@@ -115,8 +116,8 @@ class LocalSession(HostedSession):
             on_start()
         before = self._counters  # as read after the previous call: one read per call
         result = await self._worker.request(
-            {"op": "execute", "code": code}, timeout=timeout, grace=grace, listener=listener,
-        )
+            {"op": "execute", "code": cell.code, "language": cell.language},
+            timeout=timeout, grace=grace, listener=listener)
         # The kernel's record of limits hit during the call, each named by its setting.
         self._counters = self._sandbox.counters()
         hit = limits_hit(self._settings, before, self._counters, self._sandbox.volume_usage(),

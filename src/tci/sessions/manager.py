@@ -25,6 +25,7 @@ from tci.errors import (
     Unprocessable,
 )
 from tci.hosts.base import (
+    Cell,
     EndKind,
     EndReason,
     HostedSession,
@@ -383,7 +384,7 @@ class SessionManager:
                 if session.ended is not None:
                     raise SessionGone(session.ended)
                 result = await session.hosted.execute(
-                    request.code, files, timeout,
+                    Cell(request.code, request.language), files, timeout,
                     self.settings.interrupt_grace_seconds, listener, code_starts,
                 )
             except SessionGone as gone:  # ended before the call, or its process had died
