@@ -143,6 +143,11 @@ class Settings(BaseSettings):
     # (100 = an equal share; 1..10000, v1's blkio.bfq.weight stops at 1000). The kernel applies
     # it only on devices scheduled by bfq (or io.cost on v2); elsewhere it is recorded, unused.
     io_weight: int = 100
+    # Keep the kernel's cgroup lock in its writer-friendly mode while the server runs (a
+    # cgroup hierarchy of its own mounted with favordynmods, sandbox/cgroup_dynmods.py): a
+    # session joining its cgroup then waits for no RCU grace period (~6-12 ms each, serialized
+    # between concurrent creations); every fork and exit on the machine pays an atomic op more.
+    cgroup_favordynmods: bool = True
     # Host header values /mcp accepts (DNS rebinding): "name" (any port), "name:port", or "*"
     # for any. Unset: the bind host, localhost, 127.0.0.1 and [::1]. Set it to the names
     # clients use when the server is reached by another name (a bind to 0.0.0.0, a proxy).

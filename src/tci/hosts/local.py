@@ -208,6 +208,10 @@ class LocalHost(SessionHost):
         await self.launcher.warm_up()
         enforce(await self.self_check(), self.settings.unsafe_allow_missing_protections)
         self.details["io_weight"] = self._io_weight_status()
+        if self.launcher.cgroups is not None:
+            self.details["cgroup_favordynmods"] = (
+                self.launcher.dynmods.status() if self.settings.cgroup_favordynmods
+                else {"applied": False, "reason": "TCI_CGROUP_FAVORDYNMODS is off"})
         self.pool.start()
 
     def _io_weight_status(self) -> dict[str, Any]:

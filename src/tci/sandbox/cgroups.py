@@ -27,7 +27,7 @@ import shlex
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -405,17 +405,20 @@ def _unescape_mount_path(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
+def mount_entries(mountinfo: Path = MOUNTINFO) -> Iterator[tuple[Path, str, list[str]]]:
+    """Each mount as (mount point, filesystem type, super options)."""
+    for line in mountinfo.read_text().splitlines():
+        before, _, after = line.partition(" - ")
+        fields, tail = before.split(), after.split()
+        if len(fields) >= 5 and len(tail) >= 3:
+            yield Path(_unescape_mount_path(fields[4])), tail[0], tail[2].split(",")
+
+
 def cgroup_mounts(mountinfo: Path = MOUNTINFO) -> tuple[list[Path], dict[str, Path]]:
     """The cgroup v2 mounts, and the first mount of each v1 controller we use."""
     v2: list[Path] = []
     v1: dict[str, Path] = {}
-    for line in mountinfo.read_text().splitlines():
-        before, _, after = line.partition(" - ")
-        fields, tail = before.split(), after.split()
-        if len(fields) < 5 or len(tail) < 3:
-            continue
-        mountpoint = Path(_unescape_mount_path(fields[4]))
-        fstype, options = tail[0], tail[2].split(",")
+    for mountpoint, fstype, options in mount_entries(mountinfo):
         if fstype == "cgroup2":
             v2.append(mountpoint)
         elif fstype == "cgroup":

@@ -26,6 +26,7 @@ from tci.config import Settings
 from tci.errors import SandboxUnavailable
 from tci.sandbox import runtime_mounts, volume
 from tci.sandbox.bwrap import SANDBOX_GID, SANDBOX_UID
+from tci.sandbox.cgroup_dynmods import FavorDynmods
 from tci.sandbox.cgroups import CgroupDriver, CgroupLimits, SessionCgroup
 from tci.sandbox.counters import Counters
 from tci.sandbox.egress_filter import EgressFilter
@@ -262,6 +263,7 @@ class SandboxLauncher:
                          dns=settings.egress_dns, database_url=settings.database_url)
             if settings.network == "egress" else None)
         self.cgroups: CgroupDriver | None = None
+        self.dynmods = FavorDynmods(self.root / "cgroup-dynmods")
         self.limits = CgroupLimits(
             memory_bytes=settings.memory_limit_bytes, pids_max=settings.pids_limit,
             cpu_weight=settings.cpu_weight, io_weight=settings.io_weight,
@@ -295,6 +297,8 @@ class SandboxLauncher:
         build_filter()  # fails now, clearly, if libseccomp is missing
         self.cgroups = self._detect_cgroups()
         if self.cgroups is not None:
+            if self.settings.cgroup_favordynmods:
+                self.dynmods.mount()
             self.cgroups.cleanup_stale()
             if self.egress_filter is not None:
                 self.egress_filter.check()
@@ -325,6 +329,7 @@ class SandboxLauncher:
         """Called at server stop, after every session ended: remove what prepare() made."""
         if self.cgroups is not None:
             self.cgroups.remove_parent()
+        self.dynmods.unmount()
         try:
             runtime_mounts.withdraw(self.root)  # first: nothing is deleted through a mount
         except SandboxUnavailable as exc:
