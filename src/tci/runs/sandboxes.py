@@ -231,7 +231,7 @@ _KILL_MARGIN_SECONDS = 30.0
 _MAX_INFO = 1 << 16
 # The steps of a run's start as the run times them (CLOCK_MONOTONIC, the server's clock too):
 # each phase runs from the previous step to its own.
-_START_STEPS = ("forked", "cgroup", "namespaces", "mounts", "proc", "identity", "adopted",
+_START_STEPS = ("forked", "cgroup", "namespaces", "mounts", "proc", "identity", "tied",
                 "seccomp", "verified", "confined")
 
 

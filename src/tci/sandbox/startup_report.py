@@ -1,5 +1,5 @@
 """A sandbox's start-up report, read as hostile input: bubblewrap's --info-fd on one path, the
-forked setup's and init's JSON lines on the other. At most a fixed number of bytes: more is a
+forked init's JSON lines on the other. At most a fixed number of bytes: more is a
 broken protocol (SandboxUnavailable), never a server that grows."""
 
 from __future__ import annotations

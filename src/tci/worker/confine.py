@@ -1,26 +1,26 @@
 """A fork of the template becomes one session's sandbox, in a fixed order, before any user
 code can run (the zygote's way: specialise, then verify, then run).
 
-  setup  (the fork, root, host pid namespace) joins the session's cgroup, makes the
-         namespaces, mounts the session's view (its own /tmp, /dev/shm, devpts, its volume as
-         the server cloned it), brings up lo, forks the init, hands the server a pidfd on it
-         and exits (the template, a subreaper, adopts the init);
-  init   (pid 1 of the new pid namespace) mounts its /proc, drops to the session's uid,
-         enters a user namespace mapping it to 1000 (where no further one may be made), clears
-         every capability, sets no_new_privs, ties its life to the template's (which is tied
-         to the server's) by PR_SET_PDEATHSIG, loads the seccomp filter, makes itself not
-         dumpable (out of reach of the session's code, which runs as its uid), verifies all
-         of that, forks the worker, then reaps until the worker ends (or the server's
-         lifeline closes: a second, voluntary way out);
+  init   the fork itself: pid 1 of a pid namespace made for it (template.py forks it there,
+         as it forks a run), root and still in the host's other namespaces. It joins the
+         session's cgroup, makes the other namespaces, mounts the session's view (its own
+         /tmp, /dev/shm, devpts, its volume as the server cloned it), brings up lo, hands the
+         server a pidfd on itself; then mounts its /proc, drops to the session's uid, enters
+         a user namespace mapping it to 1000 (where no further one may be made), clears every
+         capability, sets no_new_privs, ties its life to the template's (which is tied to the
+         server's) by PR_SET_PDEATHSIG, loads the seccomp filter, makes itself not dumpable
+         (out of reach of the session's code, which runs as its uid), verifies all of that,
+         forks the worker, then reaps until the worker ends (or the server's lifeline
+         closes: a second, voluntary way out);
   worker the template's preloaded worker, on the session's own channels.
-Two processes per session stay (init and worker), as with bubblewrap's init and worker.
-Any failure before the worker runs exits the process: nothing runs half-confined.
+Two processes per session (init and worker), as with bubblewrap's init and worker, and two
+forks: the template's and the init's. Any failure before the worker runs exits the process:
+nothing runs half-confined.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -31,7 +31,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 
 from . import linux
 
@@ -44,7 +43,6 @@ _SESSION_NAMESPACES = (linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWI
                        | linux.CLONE_NEWPID | linux.CLONE_NEWCGROUP | linux.CLONE_NEWNET)
 _MOUNT_FLAGS = linux.MS_NOSUID | linux.MS_NODEV
 _HIGH_FD = 100
-ADOPTION_TIMEOUT = 30.0  # seconds for the setup process to exit once it forked the init
 
 
 def namespace_ids() -> dict[str, str]:
@@ -63,44 +61,45 @@ def _report(fd: int, message: dict) -> None:
 
 def become_session(spec: dict, request: dict, fds: list[int], lifeline: int,
                    template_namespaces: dict[str, str], worker, template: int) -> None:
-    """The setup process: root, in the host's pid namespace. `template` is a pidfd on the
-    template (our parent). Never returns."""
+    """The session's init, from the template's fork on: pid 1 of its own pid namespace, root.
+    `template` is a pidfd on the template (our parent). Never returns."""
     command, event, stdout, stderr, info, status, work, home, *network = fds
     steps = {"asked": request["asked"], "fork": time.monotonic()}
     try:
         join_cgroups(spec["cgroup_fds"], request["cgroups"])
         steps["cgroup"] = time.monotonic()
-        enter_namespaces(network[0] if network else None)
+        enter_namespaces(network[0] if network else None, pid=False)
         steps["namespaces"] = time.monotonic()
         _mount_session(request, (work, home))
         os.chdir("/workspace")  # the volume now, not the template's directory under it
         steps["mounts"] = time.monotonic()
         linux.loopback_up()
         steps["loopback"] = time.monotonic()
-        lineage = Lineage(setup=os.pidfd_open(os.getpid()), template=template)
-        init = os.fork()
-        if init == 0:
-            try:
-                _become_init(spec, request, (command, event, stdout, stderr), info, status,
-                             lifeline, template_namespaces, worker, lineage)
-            except BaseException as exc:
-                import traceback
-
-                with contextlib.suppress(OSError):
-                    os.write(stderr, traceback.format_exc().encode())
-                with contextlib.suppress(OSError):
-                    _report(info, {"error": f"sandbox setup failed: {exc}"})
-            os._exit(EXIT_SETUP_FAILED)
-        # The server holds the init by pidfd from here on: it is not the server's child (nor,
-        # once this process exits, ours: the template, a subreaper, adopts and reaps it).
-        pidfd = os.pidfd_open(init)
-        socket.send_fds(socket.socket(fileno=status), [json.dumps({"init": init}).encode()],
-                        [pidfd])
-        _report(info, {"steps": steps})
+        # The server holds us by pidfd from here on (we are the template's child, never the
+        # server's). Our pid as the server knows it: the template's /proc is still mounted,
+        # and it counts in the host's pid namespace.
+        pidfd = os.pidfd_open(os.getpid())
+        channel = socket.socket(fileno=status)
+        try:
+            socket.send_fds(channel, [json.dumps({"init": int(os.readlink("/proc/self"))})
+                                      .encode()], [pidfd])
+        finally:
+            channel.detach()  # the fd stays ours: the worker's end is told on it
+            os.close(pidfd)
     except OSError as exc:
         _report(info, {"error": f"sandbox setup failed: {exc}"})
         os._exit(EXIT_SETUP_FAILED)
-    os._exit(0)
+    try:
+        _become_init(spec, request, (command, event, stdout, stderr), info, status, lifeline,
+                     template_namespaces, worker, template, steps)
+    except BaseException as exc:
+        import traceback
+
+        with contextlib.suppress(OSError):
+            os.write(stderr, traceback.format_exc().encode())
+        with contextlib.suppress(OSError):
+            _report(info, {"error": f"sandbox setup failed: {exc}"})
+    os._exit(EXIT_SETUP_FAILED)
 
 
 def join_cgroups(parent_fds: list[int], cgroups: list[tuple[int, str]]) -> None:
@@ -129,29 +128,6 @@ def enter_namespaces(network: int | None, pid: bool = True) -> None:
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
 
 
-class Lineage(NamedTuple):
-    """pidfds on the init's parent (the setup process) and grandparent (the template)."""
-
-    setup: int
-    template: int
-
-
-def die_with_template(lineage: Lineage) -> None:
-    """The kernel kills the init (and so its whole pid namespace) when the template dies, as
-    the template dies with the server: the session ends with the server by the kernel's hand,
-    whatever its code does. The setup process must be gone first (the signal fires whenever
-    the parent dies, and the setup is the first parent); its pidfd says so only after its
-    children went to the template, the subreaper. If the template is still alive after the
-    signal is set, it was alive at that adoption, so it is the parent the signal watches.
-    Set after the last change of credentials (which clears it); from then on only this
-    process could change it, and nothing else can reach into it (not dumpable)."""
-    readable, _, _ = select.select([lineage.setup], [], [], ADOPTION_TIMEOUT)
-    if not readable:
-        raise OSError(errno.ETIMEDOUT, "the setup process did not exit")
-    os.close(lineage.setup)
-    die_with(lineage.template)
-
-
 def die_with(parent: int) -> None:
     """SIGKILL from the kernel when our parent dies; `parent` is a pidfd on it (inside a new
     pid namespace getppid() says 0), closed here. Checked after it is set: a parent already
@@ -171,12 +147,12 @@ def drop_to(uid: int) -> None:
 
 def _become_init(spec: dict, request: dict, channels: tuple[int, int, int, int], info: int,
                  status: int, lifeline: int, template_namespaces: dict[str, str],
-                 worker, lineage: Lineage) -> None:
+                 worker, template: int, steps: dict[str, float]) -> None:
     linux.set_name(INIT_NAME)
     os.setsid()  # no controlling terminal of the server's to reach (bwrap's --new-session)
-    steps = {"init": time.monotonic()}
+    steps["init"] = time.monotonic()
     problems = confine_self(spec, request, template_namespaces,
-                            lambda: die_with_template(lineage), steps)
+                            lambda: die_with(template), steps)
     if problems:
         _report(info, {"error": "sandbox confinement check failed: " + "; ".join(problems)})
         os._exit(EXIT_CONFINEMENT)
@@ -235,7 +211,7 @@ def confine_self(spec: dict, request: dict, template_namespaces: dict[str, str],
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
     steps["identity"] = time.monotonic()
     tie_to_parent()
-    steps["adopted"] = time.monotonic()
+    steps["tied"] = time.monotonic()
     # The filter also refuses PR_SET_PDEATHSIG from here on: the tie cannot be cut.
     linux.load_seccomp(spec["seccomp"])
     steps["seccomp"] = time.monotonic()

@@ -189,7 +189,7 @@ class SpawnLoop:
         self.confine = confine
         self.log = os.fdopen(spec["log_fd"], "w", buffering=1)  # the template's stderr
         self.own_namespaces = confine.namespace_ids()
-        # Every session's init holds this, to tell that it was adopted by a living template.
+        # Every child holds this: its parent-death signal is checked against it (die_with).
         self.own_pidfd = os.pidfd_open(os.getpid())
         self.own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.runs: dict[int, int] = {}  # pid of a live run -> the id of its request
@@ -227,7 +227,7 @@ class SpawnLoop:
             for fd in fds:
                 os.close(fd)
         if request.get("type") != "run":
-            # A session's init reaches the server from its setup process, on its own socket.
+            # A session's init sends the server a pidfd on itself, on its own socket.
             self._send({"type": "spawn", "id": request["id"]})
             return True
         pidfd = os.pidfd_open(pid)  # the server kills a run at its time limit through it
@@ -240,7 +240,7 @@ class SpawnLoop:
     def _spawn(self, request: dict, fds: list[int]) -> int:
         request["asked"] = time.monotonic()
         run = request.get("type") == "run"
-        pid = self._fork_in_own_pid_namespace() if run else os.fork()
+        pid = self._fork_in_own_pid_namespace()
         if run and pid:
             self.runs[pid] = request["id"]
         if pid == 0:
@@ -250,9 +250,9 @@ class SpawnLoop:
                 os.close(self.wake_w)
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os.close(self.own_pid_namespace)
                 if run:  # a one-shot run (oneshot.py)
                     os.close(self.lifeline)  # a run dies with the template, by the kernel
-                    os.close(self.own_pid_namespace)
                     self.oneshot.become_run(self.spec, request, fds, self.own_namespaces,
                                             self.own_pidfd)
                 self.confine.become_session(self.spec, request, fds, self.lifeline,
@@ -266,9 +266,9 @@ class SpawnLoop:
         return pid
 
     def _fork_in_own_pid_namespace(self) -> int:
-        """A run's one process is pid 1 of a pid namespace of its own, made for this fork
-        alone: unshare(CLONE_NEWPID) puts only our next child there, and setns back to our
-        own pid namespace lets the next run have a new one."""
+        """A run's one process, a session's init, is pid 1 of a pid namespace of its own,
+        made for this fork alone: unshare(CLONE_NEWPID) puts only our next child there, and
+        setns back to our own pid namespace lets the next fork have a new one."""
         linux.unshare(linux.CLONE_NEWPID)
         try:
             pid = os.fork()
@@ -287,9 +287,8 @@ class SpawnLoop:
                 return
             if pid == 0:
                 return
-            # A run is our own child: the server learns here how it ended. (A session's setup
-            # process, or an init it left to us: the server learns of those ends from each
-            # init's status socket.)
+            # A run tells the server how it ended from here; a session's init (our child as
+            # well) tells it on its own status socket.
             request = self.runs.pop(pid, None)
             if request is not None:
                 self._send({"type": "exited", "id": request, "at": time.monotonic(),
@@ -333,8 +332,6 @@ def main() -> None:
         _out_of_the_way(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         for path in spec["cgroup_parents"]]
     build_root(spec)
-    # Each session's init is adopted here when its setup process exits, and reaped here.
-    linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
     worker = load_runtime(spec)
     SpawnLoop(spec, control, lifeline, worker).serve()
 

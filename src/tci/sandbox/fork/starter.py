@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 TEMPLATE_SCRIPT = "template.py"
 # The worker's command and event channels have these numbers in every forked session.
 COMMAND_FD, EVENT_FD = 3, 4
-# How long the setup process may take to send the init's pidfd once the template forked it.
+# How long a session's init may take to send its pidfd once the template forked it.
 _INIT_SECONDS = 10
 
 
@@ -217,7 +217,7 @@ class ForkStarter:
 
 
 async def _receive_init(status: int) -> ProcessHandle | None:
-    """The init's pid and a pidfd on it, sent by the setup process (None if it failed)."""
+    """The init's pid and a pidfd on it, sent by the init itself (None if it failed)."""
     loop = asyncio.get_running_loop()
     readable: asyncio.Future[None] = loop.create_future()
 

@@ -5,8 +5,8 @@ forked session's pid 1 as the server waits on it.
 The template is one root process per server, in its own mount namespace, that has imported
 the runtime once. Requests and answers are datagrams on a SOCK_SEQPACKET socket pair, the
 child's channel fds travelling with the request (SCM_RIGHTS); a one-shot run's pidfd comes
-back with the answer (a session's init is sent by its setup process, on the session's own
-status socket, so its answer carries none). The template dies with the server by the kernel's
+back with the answer (a session's init sends a pidfd on itself, on the session's own status
+socket, so its answer carries none). The template dies with the server by the kernel's
 hand (PR_SET_PDEATHSIG), and every sandbox's init with the template, taking its pid namespace
 along: whatever killed the server, and whatever a session's code does, no session outlives
 it. (A "lifeline" pipe whose write end only the server holds also tells them, by end-of-file:
@@ -40,7 +40,7 @@ _KILLED = 128 + signal.SIGKILL  # an outer process that ended without saying how
 
 
 class ForkedInit:
-    """A forked sandbox's init (its pid 1), adopted by the template, never the server's child.
+    """A forked session's init (its pid 1), the template's child, never the server's.
     It sends its worker's exit code on a status socket as it ends; silence then end-of-file
     means it was killed (by us, the OOM killer, or the template's death).
 
