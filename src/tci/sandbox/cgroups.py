@@ -234,20 +234,12 @@ class SessionCgroup(ABC):
         """Processes the kernel's OOM killer killed in this session (its own record)."""
 
     @abstractmethod
-    def memory_limit_hit(self) -> bool:
-        """Whether memory use ever reached the limit (reclaim or OOM followed)."""
-
-    @abstractmethod
     def pids_limit_hit(self) -> int:
         """fork/clone calls refused because pids_max was reached."""
 
     @abstractmethod
     def cpu_seconds(self) -> float:
         """CPU time used by every process the session ever had, user + system."""
-
-    @abstractmethod
-    def memory_peak_bytes(self) -> int | None:
-        """Highest memory use seen, None when the kernel does not record it."""
 
     @abstractmethod
     def kill_all(self) -> bool:
@@ -290,20 +282,11 @@ class SessionCgroupV1(SessionCgroup):
     def oom_kills(self) -> int:
         return _read_keyed(self.dirs["memory"] / "memory.oom_control", "oom_kill")
 
-    def memory_limit_hit(self) -> bool:
-        memory = self.dirs["memory"]
-        limit = _read_int(memory / "memory.limit_in_bytes")
-        peak = _read_int(memory / "memory.max_usage_in_bytes") or 0
-        return bool(_read_int(memory / "memory.failcnt")) or (limit is not None and peak >= limit)
-
     def pids_limit_hit(self) -> int:
         return _read_keyed(self.dirs["pids"] / "pids.events", "max")
 
     def cpu_seconds(self) -> float:
         return (_read_int(self.dirs["cpuacct"] / "cpuacct.usage") or 0) / 1e9
-
-    def memory_peak_bytes(self) -> int | None:
-        return _read_int(self.dirs["memory"] / "memory.max_usage_in_bytes")
 
     def _freeze(self, state: str) -> bool:
         path = self.dirs["freezer"] / "freezer.state"
@@ -356,18 +339,12 @@ class SessionCgroupV2(SessionCgroup):
     def oom_kills(self) -> int:
         return _read_keyed(self.path / "memory.events", "oom_kill")
 
-    def memory_limit_hit(self) -> bool:
-        return _read_keyed(self.path / "memory.events", "max") > 0
-
     def pids_limit_hit(self) -> int:
         return _read_keyed(self.path / "pids.events", "max")
 
     def cpu_seconds(self) -> float:
         # cpu.stat's usage_usec is kept by every v2 cgroup, cpu controller enabled or not.
         return _read_keyed(self.path / "cpu.stat", "usage_usec") / 1e6
-
-    def memory_peak_bytes(self) -> int | None:
-        return _read_int(self.path / "memory.peak")  # Linux 5.19+
 
     def kill_all(self) -> bool:
         kill = self.path / "cgroup.kill"
