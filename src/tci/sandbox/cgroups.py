@@ -8,9 +8,10 @@ The parent holds no process: sessions are its leaves. Its CPU weight stays at th
 on CPU all sessions together weigh as much as one ordinary group next to the host's others; its
 pids.max (limit_tasks) keeps the host's reserve of pids out of the sessions' reach.
 
-A process joins its session before it runs anything of the sandbox (see attach_argv), so every
-process the sandbox ever forks is counted and limited from the start, and bwrap's cgroup
-namespace then shows the session's cgroup as "/".
+A sandbox joins its session's cgroup before it runs anything of its own (bubblewrap through
+attach_argv; a fork from the template as the first thing its init does, through fds on the
+parents, worker/confine.py), so every process it ever forks is counted and limited from the
+start, and its cgroup namespace then shows the session's cgroup as "/".
 
 Every operation is a few small synchronous reads and writes of cgroupfs files (plus short
 polls while the kernel freezes or reaps tasks); async callers run them in a thread.

@@ -1,4 +1,6 @@
-"""The seccomp filter every sandboxed process runs under, handed to `bwrap --seccomp FD`.
+"""The seccomp filter every sandboxed process runs under: a compiled BPF program, handed to
+`bwrap --seccomp FD` on one start path and loaded by each fork as it confines itself on the
+other (worker/confine.py, which gets its bytes from the template).
 
 An allow-list. `ALLOWED_SYSCALLS` is what Python 3.11, the runtime's packages (numpy, pandas,
 matplotlib, scipy, scikit-learn, numba, OpenCV...), `pip` and the usual shell tools (bash,
