@@ -32,7 +32,11 @@ SYSTEM_SYMLINKS = (("usr/lib", "/lib"), ("usr/lib64", "/lib64"), ("usr/bin", "/b
 # The part of /etc programs need: the loader cache, certificates, alternatives links.
 ETC_RO = ("/etc/ld.so.cache", "/etc/ssl", "/etc/ca-certificates", "/etc/alternatives",
           "/etc/nsswitch.conf", "/etc/localtime", "/etc/mime.types", "/etc/bash.bashrc",
-          "/etc/profile", "/etc/inputrc", "/etc/fonts")
+          "/etc/profile", "/etc/inputrc", "/etc/fonts",
+          # The JDK's conf/ links here (java.security...): Java runs need it.
+          "/etc/java-17-openjdk",
+          # R's Renviron and ldpaths: /usr/lib/R/etc links here (R sessions and runs).
+          "/etc/R")
 # Debian's own Python packages (python3-six, apt bindings...) are not part of the runtime:
 # hidden so that sessions see exactly the pinned runtime and pip never mistakes them.
 DEBIAN_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
