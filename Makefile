@@ -8,7 +8,7 @@ UV := $(PYTHON) -m uv
 RUNTIME_PYTHON := /usr/bin/python3.11
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint bench setup system browser uv venv ray verl-client runtime node-e2e screenshot lock clean
+.PHONY: serve test lint bench setup system browser uv venv ray verl-client runtime toolchains node-e2e screenshot lock clean
 
 serve: setup
 	.venv/bin/tci serve
@@ -32,7 +32,7 @@ lint: venv
 bench: setup ray
 	.venv/bin/python -m bench
 
-setup: system venv runtime
+setup: system venv runtime toolchains
 
 # Debian packages the sandbox needs, installed only where missing (PostgreSQL: for the tests of
 # TCI_DATABASE_URL, which start their own server from its binaries; tests/pg.py).
@@ -50,6 +50,39 @@ system:
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+
+# Toolchains of the languages runs offer besides Python (src/tci/runs/languages.py): Debian's,
+# installed only where missing; then, into the runtime the sandboxes see read-only
+# (.runtime/site/tci-languages, at /usr/local/lib/python3.11/dist-packages/tci-languages):
+# Node's packages from runtime/node's lock (npm's cache is outside the clone) and a precompiled
+# <bits/stdc++.h> for g++ -std=c++17 -O2. A language still missing is reported at start.
+LANGUAGES_DIR := .runtime/site/tci-languages
+toolchains: $(LANGUAGES_DIR)/.stamp
+$(LANGUAGES_DIR)/.stamp: runtime/node/package-lock.json .runtime/.stamp
+	@missing=""; \
+	command -v g++ >/dev/null || missing="$$missing g++"; \
+	command -v javac >/dev/null || missing="$$missing openjdk-17-jdk-headless"; \
+	[ -f /usr/share/java/javatuples.jar ] || missing="$$missing libjavatuples-java"; \
+	command -v go >/dev/null || missing="$$missing golang-go"; \
+	[ -x /usr/bin/rustc ] || missing="$$missing rustc"; \
+	[ -x /usr/bin/node ] || missing="$$missing nodejs npm"; \
+	command -v Rscript >/dev/null || missing="$$missing r-base-core"; \
+	command -v ruby >/dev/null || missing="$$missing ruby"; \
+	command -v lua5.4 >/dev/null || missing="$$missing lua5.4"; \
+	command -v php >/dev/null || missing="$$missing php-cli"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	rm -rf $(LANGUAGES_DIR).new && mkdir -p $(LANGUAGES_DIR).new/pch/bits
+	cp runtime/node/package.json runtime/node/package-lock.json $(LANGUAGES_DIR).new/
+	cd $(LANGUAGES_DIR).new && npm ci --omit=dev --no-audit --no-fund --prefer-offline --loglevel=error
+	g++ -std=c++17 -O2 -x c++-header \
+		$$(echo '#include <bits/stdc++.h>' | g++ -std=c++17 -H -E -x c++ - 2>&1 >/dev/null | grep -m1 'bits/stdc++.h' | sed 's/^\.* //') \
+		-o $(LANGUAGES_DIR).new/pch/bits/stdc++.h.gch
+	chmod -R a+rX $(LANGUAGES_DIR).new
+	rm -rf $(LANGUAGES_DIR) && mv $(LANGUAGES_DIR).new $(LANGUAGES_DIR)
+	touch $@
 
 # Debian's Chromium for the console's browser tests (tests/browser, driven by Playwright with
 # executable_path: Playwright's own browser download is never used).

@@ -174,6 +174,12 @@ class Settings(BaseSettings):
     # downloads); "egress" gives them the sessions' filtered internet.
     run_network: Literal["none", "egress"] = "none"
     batch_max_runs: int = Field(default=1000, ge=1)
+    # Seconds a compiled language's compile may take when the run names no compile_timeout
+    # (its own limit, apart from the run's; the most a run may name is run_max_timeout).
+    run_compile_timeout: float = Field(default=10.0, gt=0)
+    # Bytes of compiled programs kept in memory, by what they were compiled from (language,
+    # code, files): runs of the same code (a batch's test cases) compile once. 0: never kept.
+    run_compile_cache_bytes: int = Field(default=256 * MiB, ge=0)
     # What runs' template imports once, so a run's `import` of it is instant: numpy and the
     # standard modules scoring code and its wrappers (verl's...) import. Each module makes
     # every run's fork and exit dearer (the sessions' list, pandas and matplotlib with it,

@@ -18,8 +18,10 @@ from collections.abc import AsyncIterator, Sequence
 from tci.config import Settings
 from tci.errors import BadRequest, TooManySessions, Unprocessable
 from tci.request_files import decode_files
-from tci.runs.models import RUN_LANGUAGES, RunFile, RunRequest, RunResult, RunSpec
-from tci.runs.sandboxes import PROGRAM_NAME, RunSandboxes, RunSystemError
+from tci.runs import languages
+from tci.runs.compiles import Build, CompileCache, build_key
+from tci.runs.models import RunFile, RunRequest, RunResult, RunSpec
+from tci.runs.sandboxes import RunSandboxes, RunSystemError
 from tci.runs.verdicts import Verdict, judge
 
 log = logging.getLogger(__name__)
@@ -63,15 +65,23 @@ class RunManager:
         self._slots = asyncio.Semaphore(self.concurrency)
         self.waiting = 0
         self.running = 0
+        # Which languages' toolchains the sandboxes see (make toolchains installs them).
+        self.available = languages.availability(settings.runtime_dir / "site")
+        missing = [name for name, ok in self.available.items() if not ok]
+        if missing:
+            log.warning("runs cannot be in %s: toolchain missing (run `make toolchains`)",
+                        ", ".join(missing))
+        self.compiles = CompileCache(settings.run_compile_cache_bytes)
+
+    def offered(self) -> list[str]:
+        return [name for name, ok in self.available.items() if ok]
 
     # -- requests to specs ----------------------------------------------------------------
 
     def spec(self, request: RunRequest) -> RunSpec:
         """Check one run and resolve its limits (errors name the problem and the setting)."""
         settings = self.settings
-        if request.language not in RUN_LANGUAGES:
-            raise BadRequest(f"language {request.language!r} is not offered for runs; "
-                             f"supported: {', '.join(RUN_LANGUAGES)}")
+        language = self.language(request.language)
         if len(request.code.encode()) > settings.max_code_bytes:
             raise BadRequest(f"code is longer than {settings.max_code_bytes} bytes "
                              "(TCI_MAX_CODE_BYTES)")
@@ -84,14 +94,36 @@ class RunManager:
         if memory > settings.memory_limit_bytes:
             raise Unprocessable(f"memory_mb {memory >> 20} is above the maximum of "
                                 f"{settings.memory_limit_bytes >> 20} (TCI_MEMORY_LIMIT_BYTES)")
-        files = self._files(request)
+        compile_timeout = request.compile_timeout or settings.run_compile_timeout
+        if compile_timeout > settings.run_max_timeout:
+            raise Unprocessable(f"compile_timeout {compile_timeout:g} s is above the maximum "
+                                f"of {settings.run_max_timeout:g} s (TCI_RUN_MAX_TIMEOUT)")
+        files = self._files(request, language)
         fetch = tuple((name, sandbox_path(name)) for name in request.fetch_files)
-        return RunSpec(code=request.code, language=request.language,
+        memory = max(memory, 16 << 20)
+        commands = (None if language is languages.PYTHON
+                    else language.commands(request.code, memory))
+        return RunSpec(code=request.code, language=language.name,
                        stdin=(request.stdin or "").encode(), files=files, timeout=timeout,
-                       memory_bytes=max(memory, 16 << 20), fetch=fetch,
-                       expected_stdout=request.expected_stdout)
+                       memory_bytes=memory, fetch=fetch,
+                       expected_stdout=request.expected_stdout, commands=commands,
+                       compile_timeout=compile_timeout)
 
-    def _files(self, request: RunRequest) -> tuple[RunFile, ...]:
+    def language(self, name: str) -> languages.Language:
+        """The language a run names (tci's name or an alias), if this host offers it."""
+        language = languages.NAMES.get(name)
+        if language is None or not self.available.get(language.name):
+            offered = ", ".join(self.offered())
+            if language is not None:
+                raise BadRequest(f"language {name!r} is not available on this server (its "
+                                 f"toolchain is missing: run `make toolchains`); offered: "
+                                 f"{offered}")
+            raise BadRequest(f"language {name!r} is not offered for runs; supported: "
+                             f"{offered}")
+        return language
+
+    def _files(self, request: RunRequest, language: languages.Language
+               ) -> tuple[RunFile, ...]:
         relative = [f for f in request.files if not f.name.startswith("/")]
         decoded = {f"{WORKSPACE}/{d.name}": d.content
                    for d in decode_files(relative, self.settings)}
@@ -101,10 +133,14 @@ class RunManager:
                                                    .lstrip("/")})
                 (only,) = decode_files([absolute], self.settings)
                 decoded["/" + only.name] = only.content
-        program = f"{WORKSPACE}/{PROGRAM_NAME}"
+        program = f"{WORKSPACE}/{language.source}"
         if program in decoded:
-            raise BadRequest(f"file {PROGRAM_NAME!r} is the run's program; name yours otherwise")
-        files = [RunFile(program, request.code.encode())]
+            raise BadRequest(f"file {language.source!r} is the run's program; name yours "
+                             "otherwise")
+        if any(path.startswith(languages.BUILD_DIR + "/") for path in decoded):
+            raise BadRequest(f"{languages.BUILD_DIR} is where runs are compiled; put files "
+                             "elsewhere")
+        files = [RunFile(program, languages.source_text(language, request.code).encode())]
         files += [RunFile(path, content) for path, content in decoded.items()]
         return tuple(files)
 
@@ -133,27 +169,56 @@ class RunManager:
 
     async def _run(self, spec: RunSpec, place: _Place) -> RunResult:
         queued = time.monotonic()
-        await self._slots.acquire()
-        place.give_back()
-        waited = time.monotonic() - queued
-        self.running += 1
+        key = build_key(spec) if self._cached(spec) else None
         try:
-            result = await self._run_with_retry(spec)
+            # Before a slot: a run whose program another is compiling waits without one.
+            build = await self.compiles.claim(key) if key is not None else None
+            if build is not None and not build.ok:  # the same code failed to compile before
+                return self._not_compiled(spec, build, compiled=False)
+            await self._slots.acquire()
+            place.give_back()
+            waited = time.monotonic() - queued
+            self.running += 1
+            try:
+                result = await self._run_with_retry(spec, build, key)
+            finally:
+                self.running -= 1
+                self._slots.release()
         finally:
-            self.running -= 1
-            self._slots.release()
+            if key is not None:
+                self.compiles.done(key)
         result.phases["queue"] = waited
         return result
 
-    async def _run_with_retry(self, spec: RunSpec) -> RunResult:
+    def _cached(self, spec: RunSpec) -> bool:
+        return (self.compiles.enabled and spec.commands is not None
+                and spec.commands.compile is not None)
+
+    @staticmethod
+    def _not_compiled(spec: RunSpec, build: Build, compiled: bool) -> RunResult:
+        said = build.result
+        if said.get("status") == "TimeLimitExceeded":
+            stderr = f"compile timed out after {spec.compile_timeout:g} s (compile_timeout)"
+        else:
+            stderr = str(said.get("stderr", ""))
+        return RunResult(Verdict.COMPILE_ERROR, None, str(said.get("stdout", "")), stderr,
+                         0.0, compile=dict(said), compiled=compiled, language=spec.language)
+
+    async def _run_with_retry(self, spec: RunSpec, build: Build | None,
+                              key: str | None) -> RunResult:
         started = time.monotonic()
         if self.sandboxes is None:
             return RunResult(Verdict.SANDBOX_ERROR, None, "", "", 0.0,
                              message="runs need TCI_SANDBOX_START=fork on this host")
         failure = ""
+
+        def compiled(result: Build) -> None:
+            if key is not None:
+                self.compiles.keep(key, result)
+
         for attempt in (1, 2):
             try:
-                raw = await self.sandboxes.run(spec)
+                raw = await self.sandboxes.run(spec, build, compiled)
             except (RunSystemError, OSError, TooManySessions) as exc:
                 failure = str(exc)
                 log.warning("run failed for a system reason (attempt %d): %s", attempt, failure)
@@ -162,12 +227,17 @@ class RunManager:
                 failure = getattr(exc, "message", str(exc))
                 log.warning("run failed for a system reason (attempt %d): %s", attempt, failure)
                 continue
+            if raw.build is not None and not raw.build.ok:
+                return self._not_compiled(spec, raw.build, compiled=True)
             verdict = judge(raw.outcome, spec.expected_stdout)
             files = {name: raw.files[path] for name, path in spec.fetch if path in raw.files}
+            shown = raw.build or build
             return RunResult(verdict, raw.outcome.exit_code, raw.outcome.stdout,
                              raw.outcome.stderr, raw.wall_s, truncated=raw.truncated,
                              timed_out=raw.outcome.timed_out, files=files,
-                             phases=dict(raw.phases))
+                             phases=dict(raw.phases),
+                             compile=dict(shown.result) if shown is not None else None,
+                             compiled=raw.build is not None, language=spec.language)
         return RunResult(Verdict.SANDBOX_ERROR, None, "", "", time.monotonic() - started,
                          message=failure or "the sandbox failed")
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tci.runs.languages import RUN_LANGUAGES, Commands
 from tci.runs.verdicts import Verdict
 from tci.schemas import FileInput, Text
 
-# The languages a run may be in (the languages issue adds the rest).
-RUN_LANGUAGES = ("python",)
+__all__ = ["RUN_LANGUAGES", "BatchRequest", "RunFile", "RunRequest", "RunResult", "RunSpec"]
 
 
 class RunRequest(BaseModel):
@@ -57,6 +57,9 @@ class RunSpec:
     # Files to bring back: (the name the request used, its absolute path in the sandbox).
     fetch: tuple[tuple[str, str], ...] = ()
     expected_stdout: str | None = None
+    # A language other than Python: what the sandbox compiles and runs (runs/languages.py).
+    commands: Commands | None = None
+    compile_timeout: float = 10.0
 
 
 @dataclass
@@ -73,6 +76,12 @@ class RunResult:
     message: str = ""
     # Seconds per phase (queue, start, program, finish), for /metrics.
     phases: dict[str, float] = field(default_factory=dict)
+    # A compiled language's compile, as SandboxFusion's compile_result shows it (None for
+    # the others); `compiled`: this run ran the compiler (False: its build was kept from an
+    # earlier run of the same program).
+    compile: dict[str, object] | None = None
+    compiled: bool = False
+    language: str = "python"
 
     def line(self, index: int, with_files: bool = False) -> dict[str, object]:
         """The NDJSON line of /v1/tci/batch (`files`, base64, only if the run asked any)."""

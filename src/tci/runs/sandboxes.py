@@ -17,13 +17,15 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tci.config import Settings
 from tci.errors import SandboxUnavailable
-from tci.runs.models import RunSpec
+from tci.runs.compiles import Build
+from tci.runs.languages import BUILD_DIR
+from tci.runs.models import RunFile, RunSpec
 from tci.runs.verdicts import Outcome
 from tci.sandbox.cgroups import SessionCgroup
 from tci.sandbox.fork.pools import EmptyNetwork, EmptyNetworks, RunCgroups, close_network
@@ -54,6 +56,8 @@ class RawRun:
     # template until the program runs confined) and its steps, program, finish (its end
     # until its output is read).
     phases: dict[str, float]
+    # The compile this run made (None: Python, an interpreted language, a kept build).
+    build: Build | None = None
 
 
 class _Capped:
@@ -108,12 +112,15 @@ class RunSandboxes:
         self.cgroups = RunCgroups(settings, lambda: launcher.cgroups)
         self.networks = EmptyNetworks()
 
-    async def run(self, spec: RunSpec) -> RawRun:
+    async def run(self, spec: RunSpec, build: Build | None = None,
+                  compiled: Callable[[Build], None] = lambda _: None) -> RawRun:
+        """One run; `build`: its program compiled already (the compile cache's), else it
+        compiles in its sandbox and `compiled` hears of it as soon as it is done."""
         uid = self.launcher.uids.acquire()
         cgroup = None
         try:
             cgroup = await asyncio.to_thread(self.cgroups.take, spec.memory_bytes)
-            return await self._run(spec, uid, cgroup)
+            return await self._run(spec, uid, cgroup, build, compiled)
         finally:
             clean = (await asyncio.shield(asyncio.to_thread(self.cgroups.give_back, cgroup))
                      if cgroup is not None else True)
@@ -122,10 +129,28 @@ class RunSandboxes:
             else:  # a process of it may still be there: the uid serves nobody else
                 self.launcher.uids.quarantine(uid, "a run's processes outlived it")
 
-    async def _run(self, spec: RunSpec, uid: int, cgroup: SessionCgroup | None) -> RawRun:
+    def _native(self, spec: RunSpec, build: Build | None) -> dict[str, object] | None:
+        """What the sandbox compiles and runs, for a language other than Python."""
+        commands = spec.commands
+        if commands is None:
+            return None
+        return {"compile": commands.compile if build is None else None, "run": commands.run,
+                "env": commands.env, "node_modules": commands.node_modules,
+                "compile_timeout": spec.compile_timeout,
+                "build_max_bytes": min(self.settings.run_compile_cache_bytes,
+                                       _MAX_BUILD_BYTES)}
+
+    async def _run(self, spec: RunSpec, uid: int, cgroup: SessionCgroup | None,
+                   build: Build | None, compiled: Callable[[Build], None]) -> RawRun:
         ooms_before = cgroup.oom_kills() if cgroup is not None else 0
         stdin = _memfd("tci-stdin", spec.stdin)
-        payload = _memfd("tci-files", pack_payload([(f.path, f.content) for f in spec.files]))
+        files = list(spec.files)
+        if build is not None and build.files is not None:
+            files += [RunFile(f"{BUILD_DIR}/{name}", content)
+                      for name, content in build.files.items()]
+        payload = _memfd("tci-files", pack_payload([(f.path, f.content) for f in files]))
+        native = self._native(spec, build)
+        compiles = native is not None and native["compile"] is not None
         (stdout_r, stdout_w), (stderr_r, stderr_w), (info_r, info_w), (report_r, report_w) = (
             os.pipe2(os.O_CLOEXEC) for _ in range(4))
         network: Egress | None = None
@@ -146,13 +171,16 @@ class RunSandboxes:
             "tmp_bytes": self.settings.tmp_max_bytes,
             "work_bytes": self.settings.run_workspace_max_bytes,
             "niceness": 0, "rlimits": self.starter.rlimits, "program": PROGRAM_NAME,
+            "native": native,
             "unmount": False,
             "fetch": [path for _, path in spec.fetch],
             "fetch_max_bytes": self.settings.run_fetch_max_bytes,
         }
         limit = self.settings.run_max_output_bytes
         stdout, stderr = _Capped(stdout_r, limit), _Capped(stderr_r, limit)
-        info = _Capped(info_r, _MAX_INFO)
+        # A compile's build comes back on it (base64), for the compile cache.
+        info = _Capped(info_r, _MAX_INFO + (_MAX_BUILD_BYTES * 4 // 3 + 2 * _COMPILE_OUTPUT
+                                             if compiles else 0))
         report = _Capped(report_r, self.settings.run_fetch_max_bytes * 2 + _REPORT_OVERHEAD)
         pidfd = -1
         ended: asyncio.Future[tuple[int, float]] | None = None
@@ -164,9 +192,16 @@ class RunSandboxes:
             finally:
                 for fd in sent:
                     os.close(fd)
-            steps = await self._confined(info, pidfd, ended)
-            # The time limit counts from the moment the program runs confined.
-            left = spec.timeout - (time.monotonic() - steps["confined"])
+            told = await self._confined(
+                info, pidfd, ended, spec.compile_timeout + _KILL_MARGIN_SECONDS
+                if compiles else 0.0)
+            steps = {str(name): float(at) for name, at in told["steps"].items()}
+            made = _build(told) if compiles else None
+            if made is not None:
+                compiled(made)
+            # The time limit counts from the moment the program runs confined (and compiled).
+            ready = steps.get("compiled", steps["confined"])
+            left = spec.timeout - (time.monotonic() - ready)
             try:
                 status, ended_at = await asyncio.wait_for(asyncio.shield(ended), max(left, 0))
             except TimeoutError:
@@ -193,21 +228,25 @@ class RunSandboxes:
                     self.networks.give_back(empty)  # the run has ended: no process is in it
                 else:
                     close_network(empty)
+        said = _report(report)
+        if isinstance(said.get("status"), int) and not timed_out:
+            status = said["status"]  # a program under pid 1: its own end (a signal's too)
         code = os.waitstatus_to_exitcode(status)
-        wall = max(ended_at - steps["confined"], 0.0)
+        wall = max(ended_at - ready, 0.0) if made is None or made.ok else 0.0
         outcome = Outcome(exit_code=code if code >= 0 else None, timed_out=timed_out,
                           out_of_memory=cgroup is not None and cgroup.oom_kills() > ooms_before,
                           stdout=stdout.text(), stderr=stderr.text())
         return RawRun(outcome, wall, stdout.truncated or stderr.truncated,
-                      _fetched(report), _phases(sent_at, steps, ended_at, wall))
+                      _fetched(said), _phases(sent_at, steps, ended_at, wall), build=made)
 
     @staticmethod
-    async def _confined(info: _Capped, pidfd: int,
-                        ended: asyncio.Future[tuple[int, float]]) -> dict[str, float]:
-        """The steps of the run's start, once it runs confined; RunSystemError if it cannot
-        (its own report says why, or it died or hung before saying anything)."""
+    async def _confined(info: _Capped, pidfd: int, ended: asyncio.Future[tuple[int, float]],
+                        compile_seconds: float) -> dict[str, Any]:
+        """What the run said once it runs confined (and compiled): the steps of its start,
+        its compile's result; RunSystemError if it cannot (its own report says why, or it
+        died or hung before saying anything)."""
         try:
-            await _within(info.done, _START_SECONDS, "start")
+            await _within(info.done, _START_SECONDS + compile_seconds, "start")
         except RunSystemError:
             _kill(pidfd)
             raise
@@ -221,7 +260,7 @@ class RunSandboxes:
                 await _within(ended, _KILL_MARGIN_SECONDS, "die when killed")
             error = told.get("error") if isinstance(told, dict) else None
             raise RunSystemError(error or "the run's sandbox ended before it started")
-        return {str(name): float(at) for name, at in told["steps"].items()}
+        return told
 
 
 # How long a run may take to start (fork, namespaces, mounts, confinement), and to be gone
@@ -229,10 +268,12 @@ class RunSandboxes:
 _START_SECONDS = 30.0
 _KILL_MARGIN_SECONDS = 30.0
 _MAX_INFO = 1 << 16
+_MAX_BUILD_BYTES = 64 << 20  # a build larger than this is not kept (nor sent back)
+_COMPILE_OUTPUT = 1 << 20  # worker/native.py's cap on each of the compiler's outputs
 # The steps of a run's start as the run times them (CLOCK_MONOTONIC, the server's clock too):
 # each phase runs from the previous step to its own.
 _START_STEPS = ("forked", "cgroup", "namespaces", "mounts", "proc", "identity", "tied",
-                "seccomp", "verified", "confined")
+                "seccomp", "verified", "confined", "compiled")
 
 
 def _phases(sent_at: float, steps: dict[str, float], ended_at: float,
@@ -249,14 +290,51 @@ def _phases(sent_at: float, steps: dict[str, float], ended_at: float,
     return phases
 
 
-def _fetched(report: _Capped) -> dict[str, bytes]:
-    """The files the run's program read back as it ended (its own data: junk gives none)."""
+def _report(report: _Capped) -> dict[str, Any]:
+    """What the run's pid 1 said as it ended (its own data: junk gives nothing)."""
     try:
         said = json.loads(bytes(report.kept)) if not report.truncated else {}
-        files = said.get("files", {}) if isinstance(said, dict) else {}
+    except ValueError:
+        return {}
+    return said if isinstance(said, dict) else {}
+
+
+def _fetched(said: dict[str, Any]) -> dict[str, bytes]:
+    """The files the run's program read back as it ended (its own data: junk gives none)."""
+    try:
+        files = said.get("files", {})
         return {str(path): _b64decode(content) for path, content in files.items()}
     except (ValueError, TypeError, AttributeError):
         return {}
+
+
+def _build(told: dict[str, Any]) -> Build | None:
+    """The compile the run made, as its info message says (its own data, checked)."""
+    result = told.get("compile")
+    if not isinstance(result, dict):
+        return None
+    kept = {name: result.get(name) for name in
+            ("status", "return_code", "stdout", "stderr", "execution_time")}
+    if kept["status"] not in ("Finished", "TimeLimitExceeded"):
+        raise RunSystemError("the run's compile report is malformed")
+    files: dict[str, bytes] | None = None
+    if kept["return_code"] == 0:
+        try:
+            sent = told.get("build")
+            files = ({str(name): _b64decode(str(content)) for name, content in sent.items()}
+                     if isinstance(sent, dict) else None)
+        except ValueError:
+            files = None
+        if files is None:  # compiled, but too large to keep: this run alone uses it
+            return _Unkept(kept, {})
+    return Build(kept, files)
+
+
+class _Unkept(Build):
+    """A build too large for the cache (never kept: keepable() is false)."""
+
+    def keepable(self) -> bool:
+        return False
 
 
 def _kill(pidfd: int) -> None:

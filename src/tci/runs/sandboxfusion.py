@@ -17,12 +17,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tci.errors import BadRequest
-from tci.runs.models import RUN_LANGUAGES, RunResult
+from tci.runs.languages import NAMES
+from tci.runs.models import RunResult
 from tci.runs.verdicts import Verdict
 from tci.schemas import FileInput
 
-# SandboxFusion's names for what tci runs under another name (the languages issue adds more).
-LANGUAGE_NAMES = {"python": "python", "python3": "python"}
+# SandboxFusion's names (and the usual aliases) -> tci's (runs/languages.py).
+LANGUAGE_NAMES = {name: language.name for name, language in NAMES.items()}
 
 
 class RunCodeRequest(BaseModel):
@@ -62,10 +63,13 @@ class RunStatus(StrEnum):
     SandboxError = "SandboxError"
 
 
-def tci_language(name: str) -> str:
+def tci_language(name: str, available: dict[str, bool]) -> str:
+    """tci's name of a SandboxFusion language; a 400 naming those offered (with their
+    aliases) when this server does not offer it (unknown, or its toolchain is missing)."""
     language = LANGUAGE_NAMES.get(name)
-    if language is None or language not in RUN_LANGUAGES:
-        offered = ", ".join(sorted(LANGUAGE_NAMES))
+    if language is None or not available.get(language):
+        offered = ", ".join(sorted(alias for alias, tci in LANGUAGE_NAMES.items()
+                                   if available.get(tci)))
         raise BadRequest(f"language {name!r} is not offered by this server; it offers: {offered}")
     return language
 
@@ -101,6 +105,17 @@ def command_result(result: RunResult) -> dict[str, Any] | None:
             "return_code": code, "stdout": result.stdout, "stderr": result.stderr}
 
 
+def compile_result(result: RunResult) -> dict[str, Any] | None:
+    """A compiled language's compile as SandboxFusion shows it (null for the others)."""
+    if result.compile is None or result.verdict is Verdict.SANDBOX_ERROR:
+        return None
+    said = result.compile
+    return {"status": str(said.get("status", CommandStatus.Finished.value)),
+            "execution_time": said.get("execution_time"),
+            "return_code": said.get("return_code"),
+            "stdout": str(said.get("stdout") or ""), "stderr": str(said.get("stderr") or "")}
+
+
 def run_code_response(result: RunResult, fetched: dict[str, bytes]) -> dict[str, Any]:
     if result.verdict is Verdict.SANDBOX_ERROR:
         status, message = RunStatus.SandboxError, result.message or "the sandbox failed"
@@ -109,8 +124,11 @@ def run_code_response(result: RunResult, fetched: dict[str, bytes]) -> dict[str,
     else:
         status, message = RunStatus.Success, ""
     files = {path: base64.b64encode(content).decode() for path, content in fetched.items()}
-    return {"status": status.value, "message": message, "compile_result": None,
-            "run_result": command_result(result), "executor_pod_name": None, "files": files}
+    # A failed compile: no run at all (SandboxFusion's run_result is null then).
+    run = None if result.verdict is Verdict.COMPILE_ERROR else command_result(result)
+    return {"status": status.value, "message": message,
+            "compile_result": compile_result(result), "run_result": run,
+            "executor_pod_name": None, "files": files}
 
 
 def error_fields(text: str) -> dict[str, Any]:

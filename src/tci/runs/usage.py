@@ -31,6 +31,13 @@ class RunUsage:
                                 "confined), program, finish (to the report read and the "
                                 "sandbox gone)", ["phase"], buckets=_WALL_BUCKETS,
                                 registry=registry)
+        # Deterministic evidence of compile-once: runs that ran a compiler, and compiled runs
+        # that used a build kept from an earlier run of the same program.
+        self.compiles = Counter("tci_run_compiles", "One-shot runs that ran a compiler, by "
+                                "language", ["language"], registry=registry)
+        self.reused = Counter("tci_run_builds_reused", "Compiled runs that used a build kept "
+                              "from an earlier run of the same program (TCI_RUN_COMPILE_"
+                              "CACHE_BYTES)", ["language"], registry=registry)
         queued = Gauge("tci_runs_queued", "Runs waiting for a slot (TCI_RUN_QUEUE_SIZE)",
                        registry=registry)
         queued.set_function(lambda: runs.waiting)
@@ -43,4 +50,8 @@ class RunUsage:
         self.wall.observe(result.wall_s)
         for phase, seconds in result.phases.items():
             self.phases.labels(phase).observe(seconds)
+        if result.compiled:
+            self.compiles.labels(result.language).inc()
+        elif result.compile is not None:
+            self.reused.labels(result.language).inc()
         self.log.add(key.id, result.verdict.value, result.wall_s)

@@ -29,6 +29,7 @@ import struct
 import time
 
 from . import confine, linux, program
+from . import native as native_build
 
 WORKSPACE = "/workspace"
 _PAYLOAD_HEADER = struct.Struct("<II")  # path length, content length
@@ -91,18 +92,59 @@ def become_run(spec: dict, request: dict, fds: list[int], template_namespaces: d
             os.dup2(source, target, inheritable=True)
         report = _keep_high(report)
         steps["confined"] = time.monotonic()
-        _write_all(info, json.dumps({"steps": steps}).encode())  # the server's clock starts
+        built = _build(request.get("native"), steps)
+        # The server's clock starts: the program runs next (a failed compile ends here).
+        _write_all(info, json.dumps({"steps": steps, **built}).encode())
+        if built.get("compile", {}).get("return_code", 0) != 0:
+            os._exit(1)
         confine.close_all_but({0, 1, 2, report})
         confine.fresh_process_state(user_site=False)
         fetch, budget = list(request["fetch"]), int(request["fetch_max_bytes"])
-        code = program.run(f"{WORKSPACE}/{request['program']}",
-                           lambda: _report_files(report, fetch, budget))
+        if request.get("native"):
+            code = _run_native(request["native"], report, fetch, budget)
+        else:
+            code = program.run(f"{WORKSPACE}/{request['program']}",
+                               lambda: _report_files(report, fetch, budget))
     except BaseException as exc:
         with contextlib.suppress(OSError):
             _write_all(info, json.dumps(
                 {"error": f"run setup failed: {exc} (at {_where(exc)})"}).encode())
         os._exit(confine.EXIT_SETUP_FAILED)
     os._exit(code)
+
+
+def _build(native: dict | None, steps: dict[str, float]) -> dict:
+    """A compiled language's compile, unless the server sent its build (from its cache):
+    what the server's info message carries besides the steps (the compile's result and, for
+    the server's compile cache, its output files)."""
+    if not native:
+        return {}
+    if native.get("node_modules"):
+        native_build.link_node_modules([WORKSPACE, native_build.BUILD_DIR],
+                                       native["node_modules"])
+    if not native.get("compile"):
+        return {}
+    result = native_build.compile_program(native["compile"], native["env"],
+                                          float(native["compile_timeout"]))
+    steps["compiled"] = time.monotonic()
+    told: dict = {"compile": result}
+    if result["return_code"] == 0:
+        told["build"] = native_build.read_build(int(native["build_max_bytes"]))
+        if native.get("node_modules"):
+            native_build.link_node_modules([native_build.BUILD_DIR], native["node_modules"])
+    return told
+
+
+def _run_native(native: dict, report: int, fetch: list[str], budget: int) -> int:
+    """The program as our child; its end passed on (a signal's too, in the report: we
+    cannot die of a signal the same way as pid 1) once the files asked back are read."""
+    status = native_build.run_program(native["run"], native["env"])
+    with contextlib.suppress(OSError):
+        _write_all(report, json.dumps({"files": _fetch(fetch, budget),
+                                       "status": status}).encode())
+    with contextlib.suppress(OSError):
+        os.close(report)
+    return confine.exit_code(status)
 
 
 def _keep_high(fd: int) -> int:
@@ -142,8 +184,10 @@ def _write_files(files: list[tuple[str, bytes]], uid: int) -> None:
         for made in reversed(missing):
             os.mkdir(made, 0o755)
             os.chown(made, uid, uid)
+        # A build the server kept (its compile cache) holds the programs to run.
+        mode = 0o755 if path.startswith(native_build.BUILD_DIR + "/") else 0o644
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o644)
+                     mode)
         try:
             _write_all(fd, content)
             os.fchown(fd, uid, uid)

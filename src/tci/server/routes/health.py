@@ -19,4 +19,6 @@ async def health(request: Request) -> dict[str, Any]:
         # Settings this host cannot apply as asked (e.g. TCI_IO_WEIGHT without bfq), said here
         # as well as in the start-up log.
         "details": stats.details,
+        # Languages whose toolchains the sandboxes see (a missing one is refused with a 400).
+        "languages": {"runs": request.app.state.runs.available},
     }

@@ -44,9 +44,10 @@ async def run_code(body: sf.RunCodeRequest, request: Request) -> JSONResponse:
     key = _key(request)
     runs: RunManager = request.app.state.runs
     spec = runs.spec(RunRequest(
-        code=body.code, language=sf.tci_language(body.language), stdin=body.stdin or "",
-        files=sf.file_inputs(body.files), timeout=body.run_timeout,
-        memory_mb=sf.memory_mb(body.memory_limit_MB), fetch_files=body.fetch_files))
+        code=body.code, language=sf.tci_language(body.language, runs.available),
+        stdin=body.stdin or "", files=sf.file_inputs(body.files), timeout=body.run_timeout,
+        compile_timeout=body.compile_timeout, memory_mb=sf.memory_mb(body.memory_limit_MB),
+        fetch_files=body.fetch_files))
     try:
         runs.admit(1)
     except RunQueueFull as exc:  # 504: the one status verl's client retries
