@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     # Recently ended sessions whose end reason is answered from memory; older ones are looked
     # up in the store (same answer, one query).
     remember_ended_sessions: int = Field(default=10_000, ge=0)
+    # Pause, resume and snapshots (sessions/pause.py). Kept volume images live in state_dir
+    # (default: <data_dir>/state; a shared directory every Ray host mounts, later). A saved
+    # namespace larger than max_state_bytes is refused with a clear error. A paused session
+    # is kept paused_retention_seconds, then ended; one idle for idle_pause_seconds pauses by
+    # itself (None: never). Snapshots are kept until deleted.
+    state_dir: Path | None = None
+    max_state_bytes: int = Field(default=512 * MiB, ge=1)
+    paused_retention_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    idle_pause_seconds: float | None = Field(default=None, gt=0)
     # A streamed call that has printed nothing for this long sends a comment line, so proxies
     # and clients do not drop a quiet connection.
     stream_keepalive_seconds: float = Field(default=15.0, gt=0)
@@ -232,7 +241,7 @@ class Settings(BaseSettings):
     # never reach: a node that joins is refused within this many seconds.
     ray_nodes_refresh_seconds: float = Field(default=5.0, gt=0)
 
-    @field_validator("max_sessions", "max_sessions_per_key", mode="before")
+    @field_validator("max_sessions", "max_sessions_per_key", "idle_pause_seconds", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value  # TCI_MAX_SESSIONS= : what the machine holds
@@ -242,6 +251,10 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'tci.db'}"
         return self
+
+    @property
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir if self.state_dir is not None else self.data_dir / "state"
 
     @cached_property
     def resolved_sandbox_dir(self) -> Path:

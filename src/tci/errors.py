@@ -38,6 +38,12 @@ class SessionEnded(TCIError):
     status_code = 410
 
 
+class Conflict(TCIError):
+    """The request clashes with what the resource is doing (pausing during a running call)."""
+
+    status_code = 409
+
+
 class PayloadTooLarge(TCIError):
     status_code = 413
 

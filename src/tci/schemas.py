@@ -32,6 +32,9 @@ class ExecuteRequest(BaseModel):
     language: Literal["python"]
     code: Text
     session_id: Text | None = None
+    # Start a new session from this snapshot (POST /tci/sessions/{id}/snapshots); not with
+    # session_id.
+    snapshot_id: Text | None = None
     files: list[FileInput] | None = None
     stream: bool = False  # answer text/event-stream: outputs as produced, then the response
     # Seconds this call may run before it is interrupted (then killed after the grace period),
@@ -62,6 +65,11 @@ class SessionInfo(BaseModel):
     started_at: datetime
     last_execute_at: datetime
     expires_at: datetime
+    # paused: its processes ended, its state kept (POST /tci/sessions/{id}/pause); executing on
+    # it resumes it. While paused its lifetime clock stops, and state_bytes is what it keeps.
+    status: Literal["running", "paused"] = "running"
+    paused_at: datetime | None = None
+    state_bytes: int | None = None
 
 
 class SessionList(BaseModel):

@@ -46,6 +46,25 @@ class SessionGone(Exception):  # a state the caller handles, like StopIteration
 
 
 @dataclass(frozen=True)
+class SavedState:
+    """A session's state kept in the host's state store (pause, snapshot): what could not
+    be saved, by name and why, and the bytes it takes."""
+
+    skipped: list[dict[str, str]]
+    size_bytes: int
+
+
+class StateNotSaved(Exception):
+    """The session's state could not be saved (too large, the worker's error): says why, in
+    words for the client. The session is left as it was."""
+
+
+class StateNotRestored(Exception):
+    """A kept state could not be restored in a new sandbox (corrupt, too large): says why,
+    in words for the client. Nothing of the attempt is left running."""
+
+
+@dataclass(frozen=True)
 class HostStats:
     """What a host reports for /health and /metrics."""
 
@@ -100,6 +119,12 @@ class HostedSession(ABC):
         """Stop the session and free everything it held; returns the CPU seconds it used
         (read before its accounting is gone). Idempotent."""
 
+    async def save_state(self, name: str, pause: bool, max_bytes: int) -> SavedState:
+        """Keep the session's state under `name` in the host's state store. With `pause`, the
+        session then ends as a pause does: every process gone, nothing of it left but the
+        kept state. StateNotSaved (the session left as it was) or SessionGone."""
+        raise StateNotSaved("this server's hosts cannot save a session's state")
+
 
 @dataclass
 class AdoptedSession:
@@ -138,6 +163,17 @@ class SessionHost(ABC):
 
     @abstractmethod
     def stats(self) -> HostStats: ...
+
+    async def open_saved(self, name: str, session_id: str | None,
+                         max_bytes: int) -> HostedSession:
+        """A session started from the state kept under `name`: the paused session
+        `session_id` itself (its state is then the session's own again), or, with None, a
+        new session from a snapshot (which stays kept). StateNotRestored, SandboxUnavailable."""
+        raise StateNotRestored("this server's hosts cannot restore a session's state")
+
+    async def delete_saved(self, name: str) -> None:
+        """Free the state kept under `name` (nothing if there is none)."""
+        del name  # a host that keeps none has none to free
 
     @abstractmethod
     async def self_check(self) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 from collections.abc import Callable, Coroutine
@@ -25,8 +26,11 @@ from tci.hosts.base import (
     HostedSession,
     HostStats,
     OutputListener,
+    SavedState,
     SessionGone,
     SessionHost,
+    StateNotRestored,
+    StateNotSaved,
 )
 from tci.hosts.pool import WarmPool
 from tci.hosts.worker_start import ReadyWorker, start_worker
@@ -35,8 +39,10 @@ from tci.kernel.output_limits import OutputLimits
 from tci.sandbox.cgroups import CPU_WEIGHT_DEFAULT
 from tci.sandbox.counters import Counters, limits_hit
 from tci.sandbox.factory import make_launcher
+from tci.sandbox.kept_volumes import STATE_FILE_IN_SANDBOX, StateStore
 from tci.sandbox.launcher import Sandbox
 from tci.sandbox.protections import enforce
+from tci.sandbox.volume import IMAGE_NAME
 from tci.workspace import DecodedFile, FileListing, list_files, read_file, write_files
 
 log = logging.getLogger(__name__)
@@ -178,6 +184,64 @@ class LocalSession(HostedSession):
         self._host.tear_down(self._sandbox)
         return used
 
+    # -- state (pause, snapshots: sessions/pause.py) -----------------------------------------
+
+    async def save_state(self, name: str, pause: bool, max_bytes: int) -> SavedState:
+        if self._ended is not None:
+            raise SessionGone(self._ended)
+        result = await self._worker.request(
+            {"op": "save_state", "path": STATE_FILE_IN_SANDBOX, "max_bytes": max_bytes},
+            timeout=self._settings.execute_timeout, grace=self._settings.interrupt_grace_seconds)
+        if result.ended is not None:
+            raise SessionGone(result.ended)
+        answer = _json_answer(result)
+        if answer is None:
+            raise StateNotSaved(_error_text(result, "the session's state could not be saved"))
+        store, image = self._host.states, self._sandbox.root / IMAGE_NAME
+        mount = self._sandbox.workspace.parent
+        if pause:  # nothing of it runs on: its processes end before the image is kept
+            self._ended = EndReason(EndKind.CLIENT, "paused")
+            self._listener = None
+            self._worker.on_death = None
+            self._worker.close()
+            self._sandbox.kill()
+            await asyncio.to_thread(store.keep, name, image, mount, False)
+            await self._host.launcher.destroy(self._sandbox)  # unmounted, uid free, cgroup gone
+        else:
+            await asyncio.to_thread(store.keep, name, image, mount, True)
+        size = await asyncio.to_thread(store.trim, name)
+        skipped = [item for item in answer.get("skipped", []) if isinstance(item, dict)]
+        return SavedState([{"name": str(item.get("name")), "reason": str(item.get("reason"))}
+                           for item in skipped], size)
+
+    async def restore_state(self, max_bytes: int) -> None:
+        """Load the namespace the kept volume holds; StateNotRestored if it cannot be."""
+        result = await self._worker.request(
+            {"op": "restore_state", "path": STATE_FILE_IN_SANDBOX, "max_bytes": max_bytes},
+            timeout=self._settings.execute_timeout, grace=self._settings.interrupt_grace_seconds)
+        if result.ended is not None:
+            raise StateNotRestored(f"the worker ended while restoring it: {result.ended}")
+        if _json_answer(result) is None:
+            raise StateNotRestored(_error_text(result, "it could not be loaded"))
+
+
+def _json_answer(result: CallResult) -> dict[str, Any] | None:
+    """The worker's answer to a state op (worker/state.py), None if it failed."""
+    if result.end is not EndKind.OK:
+        return None
+    for output in result.outputs:
+        data = output.get("data")
+        if output.get("type") == "display_data" and isinstance(data, dict):
+            answer = data.get("application/json")
+            if isinstance(answer, dict):
+                return answer
+    return None
+
+
+def _error_text(result: CallResult, default: str) -> str:
+    errors = [str(o["data"]) for o in result.outputs if o.get("type") == "error"]
+    return errors[-1].strip().splitlines()[-1] if errors else default
+
 
 class LocalHost(SessionHost):
     def __init__(self, settings: Settings) -> None:
@@ -187,6 +251,7 @@ class LocalHost(SessionHost):
         self.launcher.volumes.reserve_bytes = settings.min_free_disk_bytes
         self.capacity = settings.max_sessions or 0  # resolved at start
         self.pool = WarmPool(self.launcher, settings)
+        self.states = StateStore(settings.resolved_state_dir)  # paused sessions, snapshots
         self._tasks: set[asyncio.Task[None]] = set()
         self._teardowns: set[asyncio.Task[None]] = set()
         self.details: dict[str, Any] = {}  # HostStats.details, filled at start
@@ -203,6 +268,7 @@ class LocalHost(SessionHost):
         tasks = capacity.session_tasks(self.settings)
         self.capacity = capacity.max_sessions(self.settings, tasks=tasks)
         self.launcher.prepare()
+        self.states.prepare()
         if self.launcher.cgroups is not None:  # the host's pids reserve, kept by the kernel
             self.launcher.cgroups.limit_tasks(tasks)
         await self.launcher.warm_up()
@@ -268,6 +334,25 @@ class LocalHost(SessionHost):
                 self.launcher, OutputLimits.of(self.settings), self.settings.worker_start_timeout,
             )
         return LocalSession(self, ready)
+
+    async def open_saved(self, name: str, session_id: str | None,
+                         max_bytes: int) -> LocalSession:
+        self._check_disk()
+        copy = session_id is None  # a snapshot stays for other sessions; a pause is taken
+        place = functools.partial(self.states.place, name, copy=copy)
+        ready = await start_worker(
+            self.launcher, OutputLimits.of(self.settings), self.settings.worker_start_timeout,
+            name=session_id, place=place)
+        session = LocalSession(self, ready)
+        try:
+            await session.restore_state(max_bytes)
+        except BaseException:
+            await session.end(EndReason(EndKind.SHUTDOWN, "its state could not be restored"))
+            raise
+        return session
+
+    async def delete_saved(self, name: str) -> None:
+        await asyncio.to_thread(self.states.delete, name)
 
     def stats(self) -> HostStats:
         return HostStats(len(self.pool.ready), self.pool.size, self.pool.starts_failed,

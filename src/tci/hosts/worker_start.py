@@ -8,7 +8,9 @@ down and reported as SandboxUnavailable.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from tci.errors import SandboxUnavailable, WorkerDied
 from tci.hosts.session_ids import new_session_id
@@ -32,11 +34,13 @@ class ReadyWorker:
 async def start_worker(
     launcher: SandboxLauncher, limits: OutputLimits, start_timeout: float,
     preload: tuple[str, ...] = (), niceness: int = 0,
+    name: str | None = None, place: Callable[[Path], None] | None = None,
 ) -> ReadyWorker:
     """Start one sandbox + worker; with `preload`, import those modules in it first (and
-    run a silent warm-up cell), so that the first call does not pay for them."""
-    name = new_session_id()
-    sandbox = await launcher.start(name, niceness)
+    run a silent warm-up cell), so that the first call does not pay for them. `name` and
+    `place`: a paused session's id and its kept volume (launcher.start), when resumed."""
+    name = name or new_session_id()
+    sandbox = await launcher.start(name, niceness, place)
     worker = WorkerConnection(sandbox, limits)
     try:
         await worker.wait_ready(start_timeout)

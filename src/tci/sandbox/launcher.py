@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -31,6 +31,7 @@ from tci.sandbox.cgroups import CgroupDriver, CgroupLimits, SessionCgroup
 from tci.sandbox.counters import Counters
 from tci.sandbox.egress_filter import EgressFilter
 from tci.sandbox.hostdir import make_private_dir
+from tci.sandbox.kept_volumes import chown_tree
 from tci.sandbox.network import Egress, start_egress
 from tci.sandbox.pidfd import ProcessHandle, children_of
 from tci.sandbox.runtime_mounts import RuntimePaths
@@ -346,13 +347,17 @@ class SandboxLauncher:
             return None  # only with TCI_UNSAFE_ALLOW_MISSING_PROTECTIONS (see prepare)
         return self.cgroups.create(name, self.limits)
 
-    def _make_dirs(self, name: str, uid: int) -> tuple[Path, Path, Path]:
+    def _make_dirs(self, name: str, uid: int,
+                   place: Callable[[Path], None] | None = None) -> tuple[Path, Path, Path]:
         root = self.root / name
         root.mkdir(mode=0o711)
         mounted = self.volumes.create(
-            root, self.settings.workspace_max_bytes, self.settings.workspace_max_files
+            root, self.settings.workspace_max_bytes, self.settings.workspace_max_files, place
         )
         workspace, home = mounted / "work", mounted / "home"
+        if place is not None:  # a kept volume (sandbox/kept_volumes.py): now this uid's
+            chown_tree(mounted, uid)
+            return root, workspace, home
         for directory in (workspace, home):
             directory.mkdir(mode=0o700)
         # Pre-create the user site so Python puts it on sys.path at start: `!pip install x`
@@ -362,17 +367,21 @@ class SandboxLauncher:
             os.chown(path, uid, uid)
         return root, workspace, home
 
-    async def start(self, name: str, niceness: int = 0) -> Sandbox:
+    async def start(self, name: str, niceness: int = 0,
+                    place: Callable[[Path], None] | None = None) -> Sandbox:
+        """With `place`, the sandbox's volume is a kept one that `place` puts in its place
+        (a paused session or a snapshot, resumed), instead of a new empty one."""
         uid = self.uids.acquire()
         try:
-            return await self._start(name, uid, niceness)
+            return await self._start(name, uid, niceness, place)
         except BaseException:
             removed = await asyncio.to_thread(self._remove_dirs, self.root / name)
             self._free_uid(uid, [] if removed else [f"{self.root / name} is still there"])
             raise
 
-    async def _start(self, name: str, uid: int, niceness: int) -> Sandbox:
-        root, workspace, home = await asyncio.to_thread(self._make_dirs, name, uid)
+    async def _start(self, name: str, uid: int, niceness: int,
+                     place: Callable[[Path], None] | None = None) -> Sandbox:
+        root, workspace, home = await asyncio.to_thread(self._make_dirs, name, uid, place)
         cgroup = await asyncio.to_thread(self._make_cgroup, name)
         command_r, command_w = os.pipe()
         event_r, event_w = os.pipe()

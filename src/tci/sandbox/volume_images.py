@@ -41,6 +41,7 @@ import os
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,19 +234,27 @@ class VolumeImages:
             with contextlib.suppress(OSError):
                 work.rmdir()
 
-    def create(self, root: Path, max_bytes: int, max_files: int) -> Path:
+    def create(self, root: Path, max_bytes: int, max_files: int,
+               place: Callable[[Path], None] | None = None) -> Path:
         """Make and mount the volume under `root` (the session's directory); returns the mount
-        point, an empty directory of mode 0711 owned by root, as volume.create does."""
+        point, an empty directory of mode 0711 owned by root, as volume.create does. With
+        `place`, the image is a kept one (a paused session's or a snapshot's, kept_volumes.py)
+        that `place` puts at the image's path, reserved and mounted as a new one would be."""
         template = self.template(max_bytes, max_files)
         image, mount_point = root / IMAGE_NAME, root / MOUNT_NAME
         try:
-            fd = os.open(image, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600)
+            if place is not None:
+                place(image)
+                fd = os.open(image, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            else:
+                fd = os.open(image, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600)
         except OSError as exc:  # not ours: left as it is
             raise SandboxUnavailable(f"could not prepare the session's disk: {exc}") from exc
         try:
             self._reserve(fd, max_bytes)
-            template.write(fd)
+            if place is None:
+                template.write(fd)
             mount_point.mkdir(mode=0o711)
             self._attach_and_mount(image, mount_point, fd)
         except (OSError, SandboxUnavailable) as exc:

@@ -28,6 +28,7 @@ from tci.server.routes import (
     files,
     health,
     metrics,
+    pause,
     sandboxfusion,
     sessions,
     usage,
@@ -102,6 +103,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     api = APIRouter(responses=ERROR_RESPONSES)
     api.include_router(execute.router)
     api.include_router(sessions.router)
+    api.include_router(pause.router)
     api.include_router(files.router)
     api.include_router(usage.router)
     api.include_router(batch.router)

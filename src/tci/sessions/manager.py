@@ -10,7 +10,7 @@ import builtins
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 from tci import metering
 from tci.config import Settings
 from tci.errors import (
+    BadRequest,
     NotFound,
     PayloadTooLarge,
     SessionEnded,
@@ -38,6 +39,7 @@ from tci.metrics import Metrics
 from tci.request_files import check_file, decode_files
 from tci.schemas import ExecuteRequest
 from tci.sessions.execution_log import ExecutionLog, RunLog
+from tci.sessions.pause import Pausing, RepausedWhileWaiting
 from tci.sessions.table import SessionTable, utcnow
 from tci.storage.buckets import BucketUsage
 from tci.storage.store import AsyncStore, KeyInfo
@@ -63,6 +65,7 @@ class LiveSession:
     last_execute_at: datetime | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     ended: EndReason | None = None
+    paused: bool = False  # set once paused: it left the table, its state is kept (pause.py)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -71,10 +74,11 @@ class LiveSession:
             "started_at": self.started_at,
             "last_execute_at": self.last_execute_at or self.started_at,
             "expires_at": self.expires_at,
+            "status": "running",
         }
 
 
-class SessionManager:
+class SessionManager(Pausing):
     def __init__(self, settings: Settings, store: AsyncStore, host: SessionHost) -> None:
         self.settings = settings
         self.store = store
@@ -86,6 +90,8 @@ class SessionManager:
             settings.remember_ended_sessions, self._finish)
         self._starting = 0
         self.metrics = Metrics(self)
+        self._resuming: dict[str, asyncio.Lock] = {}
+        self._maintenance: asyncio.Task[None] | None = None
 
     # -- lifecycle of the manager ------------------------------------------------------------
 
@@ -98,10 +104,17 @@ class SessionManager:
         self.sessions.start_reaper(self.settings.reap_interval_seconds)
         self.executions.start()
         self.run_log.start()
+        self._maintenance = asyncio.create_task(self._maintain_paused(), name="tci-paused")
 
     async def shutdown(self) -> None:
         await self.sessions.stop_reaper()
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
         if not self.host.keeps_sessions:  # a Ray gateway's sessions go on without it
+            # A graceful stop pauses them: after a restart on the same data dir they resume.
+            await self.pause_all(self.settings.shutdown_grace_seconds)
             await self.sessions.end_all(EndReason(EndKind.SHUTDOWN))
         await self.host.stop()
         await self.executions.close()
@@ -113,7 +126,7 @@ class SessionManager:
 
     # -- sessions ------------------------------------------------------------------------------
 
-    async def _create(self, key: KeyInfo) -> LiveSession:
+    def _check_capacity(self) -> None:
         # The host knows what it holds (TCI_MAX_SESSIONS, or what its machine holds).
         limit = self.host.stats().capacity or self.settings.max_sessions
         if limit and len(self.sessions) + self._starting >= limit:
@@ -121,11 +134,18 @@ class SessionManager:
                 f"the server is running its maximum of {limit} sessions "
                 "(TCI_MAX_SESSIONS); retry shortly or end a session"
             )
+
+    async def _create(self, key: KeyInfo,
+                      open_session: Callable[[], Awaitable[HostedSession]] | None = None,
+                      ) -> LiveSession:
+        """A new session: a fresh one, or what `open_session` opens (one from a snapshot)."""
+        self._check_capacity()
         reservation = await self._reserve(key)
         # Counted while it starts (a warm one is handed out at once, a cold one takes a while).
         self._starting += 1
         try:
-            hosted = await self.host.open_session()  # SandboxUnavailable if it cannot
+            # SandboxUnavailable if it cannot
+            hosted = await (open_session or self.host.open_session)()
         except BaseException:
             self._release(reservation)
             raise
@@ -187,7 +207,8 @@ class SessionManager:
             self._release(taking.result())
 
     async def get(self, key: KeyInfo, session_id: str) -> LiveSession:
-        session = self.sessions.get(session_id) or await self._adopt(key, session_id)
+        session = (self.sessions.get(session_id) or await self._adopt(key, session_id)
+                   or await self._resume(key, session_id))
         if session is not None and session.key_id == key.id:
             if session.expires_at <= utcnow():
                 await self.end(session, EndReason(EndKind.EXPIRED))
@@ -266,8 +287,10 @@ class SessionManager:
 
     async def end_by_client(self, key: KeyInfo, session_id: str) -> None:
         """DELETE: end now, even mid-call (the running call gets the worker's death). It
-        answers once the end is recorded: the key's place is then free on every gateway."""
-        await self.end(await self.get(key, session_id), EndReason(EndKind.CLIENT))
+        answers once the end is recorded: the key's place is then free on every gateway. A
+        paused session ends without resuming, and its kept state is freed."""
+        if not await self.end_paused(key, session_id, EndReason(EndKind.CLIENT)):
+            await self.end(await self.get(key, session_id), EndReason(EndKind.CLIENT))
         await self.store.settled()
 
     async def create_session(self, key: KeyInfo) -> dict[str, Any]:
@@ -360,15 +383,31 @@ class SessionManager:
         on_start: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """Run one call. `listener` sees each output as it is produced; `on_start` is told the
-        session id once the session is resolved and the code is about to run."""
+        session id once the session is resolved and the code is about to run. On a paused
+        session it resumes the session first (also one paused while the call waited)."""
+        try:
+            return await self._execute(key, request, listener, on_start)
+        except RepausedWhileWaiting:
+            return await self._execute(key, request, listener, on_start)
+
+    async def _execute(
+        self, key: KeyInfo, request: ExecuteRequest, listener: OutputListener | None = None,
+        on_start: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
         if len(request.code.encode()) > self.settings.max_code_bytes:
             raise PayloadTooLarge(
                 f"code is larger than {self.settings.max_code_bytes} bytes (TCI_MAX_CODE_BYTES)"
             )
         files = decode_files(request.files or [], self.settings)
         timeout = self._call_timeout(request)
+        if request.session_id and request.snapshot_id:
+            raise BadRequest("give session_id or snapshot_id, not both: a snapshot starts a "
+                             "new session")
         if request.session_id:
             session = await self.get(key, request.session_id)
+        elif request.snapshot_id:
+            session = await self._create(key, await self.snapshot_opener(key,
+                                                                         request.snapshot_id))
         else:
             session = await self._create(key)
         started_at, started = utcnow(), time.perf_counter()
@@ -381,6 +420,8 @@ class SessionManager:
 
         async with self._ended_if_abandoned(session, not request.session_id), session.lock:
             try:
+                if session.paused:  # paused while this call waited for it: resumed anew
+                    raise RepausedWhileWaiting
                 if session.ended is not None:
                     raise SessionGone(session.ended)
                 result = await session.hosted.execute(

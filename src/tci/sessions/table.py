@@ -76,6 +76,11 @@ class SessionTable(Generic[E]):
     def add(self, entry: E) -> None:
         self.live[entry.id] = entry
 
+    def release(self, entry: E) -> None:
+        """The session leaves the table without ending (it was paused: sessions/pause.py)."""
+        if self.live.get(entry.id) is entry:
+            del self.live[entry.id]
+
     def gone(self, session_id: str) -> Gone | None:
         """How a session that ended recently ended (None: live, unknown or forgotten)."""
         return self._gone.get(session_id)

@@ -64,6 +64,24 @@ class SessionRecord(Base):
     cpu_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     # The host that runs it (a Ray host's name); None: the single-machine server's own.
     host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Paused (sessions/pause.py): since when, the lifetime it had left (its clock stops while
+    # paused) and the bytes its kept state takes. None while it runs.
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    seconds_left: Mapped[float | None] = mapped_column(Float, nullable=True)
+    state_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class SnapshotRecord(Base):
+    """A session's state kept to start new sessions from (POST /tci/sessions/{id}/snapshots);
+    its image is in the state store under its id."""
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    session_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
 
 
 class SessionReservation(Base):

@@ -51,6 +51,7 @@ from tci.storage.models import (
     RunUsageRecord,
     SessionRecord,
     SessionReservation,
+    SnapshotRecord,
     utcnow,
 )
 
@@ -111,6 +112,40 @@ class EndedSession:
     key_id: int
     ended_at: datetime
     reason: str
+
+
+@dataclass(frozen=True)
+class PausedSession:
+    """A paused session's record: what listing and resuming it need."""
+
+    id: str
+    key_id: int
+    started_at: datetime
+    execute_count: int
+    last_execute_at: datetime | None
+    paused_at: datetime
+    seconds_left: float
+    state_bytes: int
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    id: str
+    key_id: int
+    session_id: str
+    created_at: datetime
+    size_bytes: int
+
+
+def _paused(row: SessionRecord) -> PausedSession:
+    assert row.paused_at is not None
+    return PausedSession(row.id, row.key_id, row.started_at, row.execute_count,
+                         row.last_execute_at, row.paused_at, row.seconds_left or 0.0,
+                         row.state_bytes or 0)
+
+
+def _snapshot(row: SnapshotRecord) -> SnapshotRow:
+    return SnapshotRow(row.id, row.key_id, row.session_id, row.created_at, row.size_bytes)
 
 
 @dataclass
@@ -250,7 +285,7 @@ class Store:
                 SessionReservation.key_id == key_id, SessionReservation.expires_at <= now))
             live = db.scalar(select(func.count()).select_from(SessionRecord).where(
                 SessionRecord.key_id == key_id, SessionRecord.ended_at.is_(None),
-                SessionRecord.expires_at > now)) or 0
+                SessionRecord.paused_at.is_(None), SessionRecord.expires_at > now)) or 0
             starting = db.scalar(select(func.count()).select_from(SessionReservation).where(
                 SessionReservation.key_id == key_id)) or 0
             if live + starting >= limit:
@@ -322,8 +357,9 @@ class Store:
         on_host = SessionRecord.host.is_(None) if host is None else SessionRecord.host == host
         with self._write() as db:
             # An UPDATE's result is a cursor's (it has a rowcount); Session.execute says Result.
+            # Paused sessions are not on any host: their state is in the state store.
             result = cast(CursorResult[Any], db.execute(update(SessionRecord).where(
-                SessionRecord.ended_at.is_(None), on_host
+                SessionRecord.ended_at.is_(None), SessionRecord.paused_at.is_(None), on_host
             ).values(ended_at=utcnow(), end_reason=reason)))
             return result.rowcount or 0
 
@@ -349,6 +385,66 @@ class Store:
         with self._read() as db:
             return db.scalar(select(SessionRecord.key_id).where(
                 SessionRecord.id == session_id, SessionRecord.ended_at.is_(None)))
+
+    # -- paused sessions and snapshots (sessions/pause.py) ---------------------------------
+
+    def pause_session(self, session_id: str, paused_at: datetime, seconds_left: float,
+                      state_bytes: int) -> None:
+        with self._write() as db:
+            db.execute(update(SessionRecord).where(
+                SessionRecord.id == session_id, SessionRecord.ended_at.is_(None)
+            ).values(paused_at=paused_at, seconds_left=seconds_left, state_bytes=state_bytes))
+
+    def resume_session(self, session_id: str, expires_at: datetime,
+                       reservation: str | None = None) -> bool:
+        """Paused -> running, taking the place of `reservation` (as add_session does); False
+        if it was not paused any more (resumed or ended meanwhile)."""
+        with self._write() as db:
+            if reservation is not None:
+                db.execute(delete(SessionReservation).where(
+                    SessionReservation.id == reservation))
+            result = cast(CursorResult[Any], db.execute(update(SessionRecord).where(
+                SessionRecord.id == session_id, SessionRecord.ended_at.is_(None),
+                SessionRecord.paused_at.is_not(None),
+            ).values(paused_at=None, seconds_left=None, state_bytes=None,
+                     expires_at=expires_at)))
+            return bool(result.rowcount)
+
+    def paused_session(self, session_id: str) -> PausedSession | None:
+        with self._read() as db:
+            row = db.get(SessionRecord, session_id)
+            if row is None or row.ended_at is not None or row.paused_at is None:
+                return None
+            return _paused(row)
+
+    def paused_sessions(self, key_id: int | None = None) -> list[PausedSession]:
+        """Paused sessions (of one key), oldest pause first."""
+        with self._read() as db:
+            query = select(SessionRecord).where(SessionRecord.ended_at.is_(None),
+                                                SessionRecord.paused_at.is_not(None))
+            if key_id is not None:
+                query = query.where(SessionRecord.key_id == key_id)
+            return [_paused(row) for row in db.scalars(query.order_by(SessionRecord.paused_at))]
+
+    def add_snapshot(self, snapshot: SnapshotRow) -> None:
+        with self._write() as db:
+            db.add(SnapshotRecord(id=snapshot.id, key_id=snapshot.key_id,
+                                  session_id=snapshot.session_id,
+                                  created_at=snapshot.created_at, size_bytes=snapshot.size_bytes))
+
+    def snapshots(self, key_id: int) -> list[SnapshotRow]:
+        with self._read() as db:
+            return [_snapshot(row) for row in db.scalars(select(SnapshotRecord).where(
+                SnapshotRecord.key_id == key_id).order_by(SnapshotRecord.created_at))]
+
+    def snapshot(self, snapshot_id: str) -> SnapshotRow | None:
+        with self._read() as db:
+            row = db.get(SnapshotRecord, snapshot_id)
+            return None if row is None else _snapshot(row)
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        with self._write() as db:
+            db.execute(delete(SnapshotRecord).where(SnapshotRecord.id == snapshot_id))
 
     def session_row(self, session_id: str) -> dict[str, Any] | None:
         with self._read() as db:
@@ -624,6 +720,14 @@ class AsyncStore:
     find_ended = _OnThread(Store.find_ended)
     live_owner = _OnThread(Store.live_owner)
     session_row = _OnThread(Store.session_row)
+    pause_session = _OnThread(Store.pause_session)
+    resume_session = _OnThread(Store.resume_session)
+    paused_session = _OnThread(Store.paused_session)
+    paused_sessions = _OnThread(Store.paused_sessions)
+    add_snapshot = _OnThread(Store.add_snapshot)
+    snapshots = _OnThread(Store.snapshots)
+    snapshot = _OnThread(Store.snapshot)
+    delete_snapshot = _OnThread(Store.delete_snapshot)
 
     # -- executions, runs and usage
     record_executions = _OnThread(Store.record_executions)

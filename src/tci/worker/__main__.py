@@ -90,6 +90,22 @@ class Worker:
         self.figures.before_cell()
         self.emit({"type": "done", "ok": not failed, "failed": failed})
 
+    def state(self, op: str, path: str, max_bytes: int) -> None:
+        """Save or restore the user namespace (worker/state.py); the answer is one
+        application/json display_data, or an error output that says why."""
+        from . import state
+
+        try:
+            answer = (state.save if op == "save_state" else state.restore)(
+                self.shell, path, max_bytes)
+        except Exception as exc:
+            self.emit({"type": "error", "data": f"{type(exc).__name__}: {exc}",
+                       "ename": type(exc).__name__})
+            self.emit({"type": "done", "ok": False})
+            return
+        self.emit({"type": "display_data", "data": {"application/json": answer}})
+        self.emit({"type": "done", "ok": True})
+
     def serve(self) -> None:
         self.emit({"type": "ready", "pid": os.getpid()})
         while True:
@@ -108,6 +124,8 @@ class Worker:
             self.execute(str(request.get("code", "")))
         elif op == "preload":
             self.preload(list(request.get("modules", [])))
+        elif op in ("save_state", "restore_state"):  # pause, resume, snapshots: state.py
+            self.state(op, str(request.get("path", "")), int(request.get("max_bytes", 0)))
         elif op == "ping":
             self.emit({"type": "done", "ok": True})
         elif op == "shutdown":

@@ -20,8 +20,9 @@ router = APIRouter(tags=["sessions"])
 async def list_sessions(
     request: Request, key: Annotated[KeyInfo, Depends(require_key)]
 ) -> dict[str, Any]:
-    """The caller's active sessions."""
-    return {"data": {"sessions": request.app.state.manager.list(key)}, "errors": None}
+    """The caller's sessions: running ones, then paused ones (`status`)."""
+    return {"data": {"sessions": await request.app.state.manager.list_all(key)},
+            "errors": None}
 
 
 @router.post("/tci/sessions", response_model=SessionResponse)

@@ -1,0 +1,186 @@
+"""Where paused sessions and snapshots are kept, and how a session's volume gets there.
+
+What is kept of a session is its volume image (volume_images.py: an ext4 file holding
+/workspace and /home/user, so its files, its pip-installed packages and the saved namespace
+that worker/state.py wrote into its home). A paused session's image is the session's own
+inode, linked into the state store before the sandbox is torn down (no copy); a snapshot is a
+sparse copy of a running session's image taken while its filesystem is frozen (FIFREEZE), so
+it is consistent. Starting from either links (paused) or copies (snapshot) the image into the
+new sandbox's directory, where the volume code reserves and mounts it as it would a new one.
+
+`StateStore` names where images are kept: a local directory now (TCI_STATE_DIR). A shared
+directory every Ray host mounts is the same class with another path; PostgreSQL would be
+another implementation of the same four methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from tci.errors import SandboxUnavailable
+
+# <linux/fs.h>: _IOWR('X', 119, int), _IOWR('X', 120, int)
+FIFREEZE, FITHAW = 0xC0045877, 0xC0045878
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+# Inside the sandbox: where the worker writes the namespace (the session's home, on its volume)
+STATE_FILE_IN_SANDBOX = "/home/user/.tci/state.dill"
+STATE_FILE_IN_HOME = ".tci/state.dill"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def _ranges(fd: int, want_data: bool) -> Iterator[tuple[int, int]]:
+    """(start, end) of the data (or hole) ranges of the file, as SEEK_DATA/SEEK_HOLE see them
+    (an ext4 host reports reserved-but-unwritten blocks as holes)."""
+    size, offset = os.fstat(fd).st_size, 0
+    while offset < size:
+        try:
+            data = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            data = size
+        hole = os.lseek(fd, data, os.SEEK_HOLE) if data < size else size
+        if want_data and data < hole:
+            yield data, hole
+        if not want_data and offset < data:
+            yield offset, data
+        offset = hole
+
+
+def release_unwritten(path: Path) -> None:
+    """Give back the blocks a volume reserved but never wrote (its TCI_WORKSPACE_MAX_BYTES
+    reservation): a kept image takes only what the session wrote."""
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for start, end in list(_ranges(fd, want_data=False)):
+            if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                               start, end - start) != 0:
+                return  # the host's filesystem cannot: the image keeps its reservation
+    finally:
+        os.close(fd)
+
+
+def sparse_copy(source: Path, target: Path) -> None:
+    """Copy the data ranges only (holes stay holes), with copy_file_range (a reflink where
+    the filesystem can)."""
+    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600)
+        try:
+            os.ftruncate(dst, os.fstat(src).st_size)
+            for start, end in _ranges(src, want_data=True):
+                offset = start
+                while offset < end:
+                    copied = os.copy_file_range(src, dst, end - offset, offset, offset)
+                    if copied == 0:
+                        break
+                    offset += copied
+        finally:
+            os.close(dst)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(src)
+
+
+@contextlib.contextmanager
+def frozen(mount_point: Path) -> Iterator[None]:
+    """The filesystem flushed to its image and held still (writers wait) until the block
+    ends: a copy of the image taken meanwhile is consistent."""
+    fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, FIFREEZE, 0)
+        try:
+            yield
+        finally:
+            fcntl.ioctl(fd, FITHAW, 0)
+    finally:
+        os.close(fd)
+
+
+def chown_tree(mount_point: Path, uid: int) -> None:
+    """A kept volume mounted for a new sandbox, whose uid differs: everything under its root
+    becomes the new uid's (links are changed, never followed)."""
+    for directory, dirnames, filenames in os.walk(mount_point, followlinks=False):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(directory, name), uid, uid)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """`target` becomes `source`'s inode (same filesystem), or a sparse copy of it."""
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        sparse_copy(source, target)
+
+
+def allocated_bytes(path: Path) -> int:
+    return os.stat(path, follow_symlinks=False).st_blocks * 512
+
+
+class StateStore:
+    """Kept volume images by name, in one private directory (TCI_STATE_DIR)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def prepare(self) -> None:
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
+        except OSError as exc:
+            raise SandboxUnavailable(f"could not prepare TCI_STATE_DIR {self.root}: {exc}") \
+                from exc
+
+    def path(self, name: str) -> Path:
+        if not name.replace("_", "").isalnum():  # ids only: never a path of the caller's
+            raise ValueError(f"not a state name: {name!r}")
+        return self.root / f"{name}.img"
+
+    def has(self, name: str) -> bool:
+        return self.path(name).exists()
+
+    def keep(self, name: str, image: Path, mount_point: Path, copy: bool) -> None:
+        """Keep the mounted volume `image` under `name`, its filesystem frozen meanwhile:
+        linked (a paused session's: its sandbox unlinks only its own name) or copied (a
+        snapshot of a session that runs on). `trim` it once the volume is unmounted."""
+        target = self.path(name)
+        target.unlink(missing_ok=True)
+        with frozen(mount_point):
+            if copy:
+                sparse_copy(image, target)
+            else:
+                link_or_copy(image, target)
+
+    def trim(self, name: str) -> int:
+        """Free what the kept image reserved but never wrote; returns the bytes it takes."""
+        target = self.path(name)
+        release_unwritten(target)
+        return allocated_bytes(target)
+
+    def place(self, name: str, target: Path, copy: bool) -> None:
+        """Put the kept image at `target` (a new sandbox's volume image): the paused
+        session's own inode, or a copy of a snapshot (which stays for other sessions)."""
+        source = self.path(name)
+        if not source.exists():
+            raise SandboxUnavailable(f"the kept state {name} is missing from TCI_STATE_DIR",
+                                     public=True)
+        if copy:
+            sparse_copy(source, target)
+        else:
+            link_or_copy(source, target)
+
+    def delete(self, name: str) -> None:
+        self.path(name).unlink(missing_ok=True)
