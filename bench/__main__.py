@@ -25,7 +25,7 @@ from .server import TciServer
 
 T = TypeVar("T")
 PARTS = ("warm", "start", "memory", "throughput", "burst", "creation", "cluster", "rl",
-         "ipykernel", "gateway")
+         "languages", "ipykernel", "gateway")
 PLOT_NAME = "bench_latency.png"
 
 # name: (full run, --quick)
@@ -52,6 +52,9 @@ DEFAULTS: dict[str, tuple[float, float]] = {
     "config_warm_samples": (1000, 100),
     "profile_samples": (20, 3),
     "profile_samples_bwrap": (5, 1),
+    # issue 20's runs in each language (bench/languages.py)
+    "language_runs": (64, 16),
+    "compile_samples": (5, 2),
 }
 
 
@@ -86,6 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "config_warm_samples": "warm round trips timed per start path",
         "profile_samples": "creations profiled step by step on the fork path",
         "profile_samples_bwrap": "creations profiled step by step on bubblewrap",
+        "language_runs": "hello-world runs per language, through tci and locally",
+        "compile_samples": "C++ compiles + runs of a new program timed, tci and local",
     }
     for name, (full, quick) in DEFAULTS.items():
         kind = float if isinstance(full, float) else int
@@ -184,6 +189,14 @@ def main(argv: list[str] | None = None) -> int:
 
             run.rl = part("rl", "RL scoring: HumanEval runs vs local python -c",
                           lambda: rl.measure_with_server(work, progress))
+
+        if "languages" not in args.skip:  # issue 20: runs in each language vs local
+            from . import languages
+
+            run.languages = part(
+                "languages", "runs in each language vs local",
+                lambda: languages.measure_with_server(work, progress, args.language_runs,
+                                                      args.compile_samples))
 
         if "cluster" not in args.skip:  # issue 13: a Ray cluster in a private netns
             from . import cluster

@@ -46,6 +46,7 @@ class Run:
     creation: CreationRun | None = None  # issue 11's figures, fork vs bubblewrap
     cluster: Any = None  # issue 13's figures (bench/cluster.py's ClusterResult)
     rl: Any = None  # issue 18's figures (bench/rl.py's RLResult)
+    languages: Any = None  # issue 20's figures (bench/languages.py's LanguagesResult)
     errors: dict[str, str] = field(default_factory=dict)
     duration: float = 0.0
     load_after: str = ""
@@ -261,13 +262,19 @@ def rl_section(run: Run) -> str:
     return rl.table(run.rl) if run.rl is not None else ""
 
 
+def languages_section(run: Run) -> str:
+    from . import languages
+
+    return languages.table_text(run.languages) if run.languages is not None else ""
+
+
 def summary(run: Run) -> str:
     """The tables as printed to the terminal."""
     parts = ["## Against the issue's targets", targets_table(run),
              "## Round trip of `x += 1`", round_trip_table(run), where_the_time_goes(run),
              "## Session start", start_table(run), details(run),
              creation_report.section(run.creation) if run.creation else "",
-             cluster_section(run), rl_section(run)]
+             cluster_section(run), rl_section(run), languages_section(run)]
     if run.errors:
         parts.append("## Parts that failed\n" + "\n".join(
             f"- {name}: {error}" for name, error in run.errors.items()))

@@ -88,7 +88,9 @@ class Language:
 
 
 def _cpp_compile(code: str, memory: int) -> list[str]:
-    pch = (["-I", CPP_PCH_DIR, "-include", "bits/stdc++.h"]
+    # g++ takes bits/stdc++.h.gch from the first include directory for the program's own
+    # #include, when that is its first directive (anything before could change its meaning).
+    pch = (["-I", CPP_PCH_DIR]
            if _STDCXX_FIRST.match(code) and os.path.exists(f"{_host_dir()}/pch") else [])
     return ["/usr/bin/g++", *CPP_FLAGS, "-pipe", *pch, f"{WORKSPACE}/main.cpp",
             "-o", f"{BUILD_DIR}/main", "-lpthread"]
