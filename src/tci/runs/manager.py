@@ -107,20 +107,23 @@ class RunManager:
                        stdin=(request.stdin or "").encode(), files=files, timeout=timeout,
                        memory_bytes=memory, fetch=fetch,
                        expected_stdout=request.expected_stdout, commands=commands,
-                       compile_timeout=compile_timeout)
+                       compile_timeout=compile_timeout, unavailable=self._unavailable(language))
 
     def language(self, name: str) -> languages.Language:
-        """The language a run names (tci's name or an alias), if this host offers it."""
+        """The language a run names (tci's name or an alias); unknown is a 400 naming the
+        ones offered. One whose toolchain this host lacks is returned: its run's line says
+        so (RunSpec.unavailable), the batch's other runs go on."""
         language = languages.NAMES.get(name)
-        if language is None or not self.available.get(language.name):
-            offered = ", ".join(self.offered())
-            if language is not None:
-                raise BadRequest(f"language {name!r} is not available on this server (its "
-                                 f"toolchain is missing: run `make toolchains`); offered: "
-                                 f"{offered}")
+        if language is None:
             raise BadRequest(f"language {name!r} is not offered for runs; supported: "
-                             f"{offered}")
+                             f"{', '.join(self.offered())}")
         return language
+
+    def _unavailable(self, language: languages.Language) -> str:
+        if self.available.get(language.name):
+            return ""
+        return (f"language {language.name!r} is not available on this server: its toolchain "
+                f"is missing (make toolchains); offered: {', '.join(self.offered())}")
 
     def _files(self, request: RunRequest, language: languages.Language
                ) -> tuple[RunFile, ...]:
@@ -169,6 +172,9 @@ class RunManager:
 
     async def _run(self, spec: RunSpec, place: _Place) -> RunResult:
         queued = time.monotonic()
+        if spec.unavailable:  # the server's lack, never the program's: not a wrong answer
+            return RunResult(Verdict.SANDBOX_ERROR, None, "", spec.unavailable, 0.0,
+                             message=spec.unavailable, language=spec.language)
         key = build_key(spec) if self._cached(spec) else None
         try:
             # Before a slot: a run whose program another is compiling waits without one.

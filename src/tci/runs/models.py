@@ -60,6 +60,8 @@ class RunSpec:
     # A language other than Python: what the sandbox compiles and runs (runs/languages.py).
     commands: Commands | None = None
     compile_timeout: float = 10.0
+    # Why this host cannot run it (its language's toolchain is missing): its line says so.
+    unavailable: str = ""
 
 
 @dataclass
