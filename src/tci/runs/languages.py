@@ -30,6 +30,7 @@ NODE_MODULES = f"{LANGUAGES_DIR}/node_modules"
 ESBUILD = f"{NODE_MODULES}/@esbuild/linux-x64/bin/esbuild"
 CPP_PCH_DIR = f"{LANGUAGES_DIR}/pch"  # holds bits/stdc++.h.gch, built for CPP_FLAGS
 JAVATUPLES = "/usr/share/java/javatuples.jar"  # Debian's libjavatuples-java
+JAVAC_ARCHIVE = f"{LANGUAGES_DIR}/java/javac.jsa"  # javac's classes, archived (CDS)
 BUILD_DIR = "/tmp/tci-build"  # worker/native.py's: where a compile writes
 WORKSPACE = "/workspace"
 CPP_FLAGS = ("-std=c++17", "-O2")  # the precompiled header is built with exactly these
@@ -108,8 +109,12 @@ def _jvm_memory(memory: int) -> list[str]:
 
 
 def _javac(code: str, memory: int) -> list[str]:
-    # javac's own JVM: quick to start (C1 only, one GC thread) and within the run's memory.
-    flags = [f"-J{flag}" for flag in (*_jvm_memory(memory), "-XX:TieredStopAtLevel=1")]
+    # javac's own JVM: quick to start (C1 only, one GC thread, its classes from the archive
+    # make toolchains built) and within the run's memory.
+    archive = ([f"-XX:SharedArchiveFile={JAVAC_ARCHIVE}"]
+               if os.path.exists(_host_path(JAVAC_ARCHIVE)) else [])
+    flags = [f"-J{flag}" for flag in (*_jvm_memory(memory), "-XX:TieredStopAtLevel=1",
+                                      *archive)]
     return ["/usr/bin/javac", *flags, "-encoding", "UTF-8", "-cp", _java_classpath(),
             "-d", BUILD_DIR, f"{WORKSPACE}/Main.java"]
 
