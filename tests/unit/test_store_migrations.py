@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from tci.storage.models import Base
 from tci.storage.schema import MIGRATIONS, _config
-from tci.storage.store import RunUsageRow, Store
+from tci.storage.store import RunUsageRow, SnapshotRow, Store
 
 pytest_plugins = ("tests.pg",)  # its fixtures: postgres, postgres_url
 
@@ -168,11 +168,40 @@ def test_a_database_before_run_usage_gains_it_keeping_its_data(request, tmp_path
 
     reopened = Store(url)  # migrated when a store opens it
     with reopened.engine.connect() as connection:
-        assert MigrationContext.configure(connection).get_current_revision() == HEAD == "0005"
+        assert MigrationContext.configure(connection).get_current_revision() == HEAD
     assert [k.name for k in reopened.list_keys()] == ["before"]
     hour = datetime(2026, 3, 14, 10, tzinfo=UTC)
     reopened.record_runs([RunUsageRow(key.id, hour, "OK", 2, 0.5)])
     usage = reopened.usage(hour, hour + timedelta(hours=1))[key.id]
     assert (usage.runs.count, usage.runs.verdicts, usage.runs.wall_seconds) == (
         2, {"OK": 2}, 0.5)
+    reopened.engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_database_before_pause_gains_it_keeping_its_sessions(request, tmp_path, kind):
+    """0006: a session of an older server can be paused and resumed, and snapshots stored."""
+    url = (f"sqlite:///{tmp_path / 'tci.db'}" if kind == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    store = Store(url)
+    with store.engine.begin() as connection:  # the database as revision 0005 left it
+        command.downgrade(_config(connection), "0005")
+    assert "snapshots" not in inspect(store.engine).get_table_names()
+    key, _ = store.create_key("before")
+    now = datetime(2026, 3, 14, 10, tzinfo=UTC)
+    with store.engine.begin() as connection:  # as the older server wrote it
+        connection.execute(text(
+            "INSERT INTO sessions (id, key_id, started_at, expires_at, execute_count) "
+            "VALUES ('ses_old', :key, :now, :now, 0)"), {"key": key.id, "now": now})
+    store.engine.dispose()
+
+    reopened = Store(url)  # migrated when a store opens it
+    reopened.pause_session("ses_old", now, 1800.0, 4096)
+    paused = reopened.paused_session("ses_old")
+    assert paused is not None and (paused.seconds_left, paused.state_bytes) == (1800.0, 4096)
+    assert reopened.end_all_live("restarted") == 0  # a paused session outlives a restart
+    assert reopened.resume_session("ses_old", now + timedelta(hours=2))
+    assert reopened.paused_session("ses_old") is None
+    reopened.add_snapshot(SnapshotRow("snap_x", key.id, "ses_old", now, 8192))
+    assert [s.size_bytes for s in reopened.snapshots(key.id)] == [8192]
     reopened.engine.dispose()

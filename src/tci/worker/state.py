@@ -16,7 +16,8 @@ How:
   dict (dill's recurse=False), which IPython makes the user namespace: after a restore they
   read the live globals, not a copy.
 - A name whose value cannot be pickled (a socket, a thread, a generator, ...) is left out and
-  reported with why; everything else is kept.
+  reported with why; everything else is kept. File objects are left out too: dill would
+  reopen them, truncating a file that was open for writing.
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ def _pickler_class() -> type:
         def persistent_id(self, obj: Any) -> Any:
             if isinstance(obj, types.ModuleType) and obj.__name__ != "__main__":
                 return ("module", obj.__name__)
+            if isinstance(obj, io.IOBase):
+                # dill would reopen it on restore, and a file opened for writing would
+                # then be truncated: the file itself is kept, its open handle is not.
+                raise TypeError("an open file object cannot be kept (the file itself is); "
+                                "open it again after resuming")
             return None
 
     return Pickler
