@@ -31,8 +31,13 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from . import linux
+from .protocol import Message
+
+if TYPE_CHECKING:
+    from .__main__ import Worker
 
 EXIT_SETUP_FAILED = 121  # a step of the setup failed (the reason is on the info channel)
 EXIT_CONFINEMENT = 122  # the self-verification found the sandbox not as it must be
@@ -55,12 +60,12 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def _report(fd: int, message: dict) -> None:
+def _report(fd: int, message: Message) -> None:
     os.write(fd, json.dumps(message).encode() + b"\n")  # one write under PIPE_BUF: atomic
 
 
-def become_session(spec: dict, request: dict, fds: list[int], lifeline: int,
-                   template_namespaces: dict[str, str], worker, template: int) -> None:
+def become_session(spec: Message, request: Message, fds: list[int], lifeline: int,
+                   template_namespaces: dict[str, str], worker: Worker, template: int) -> None:
     """The session's init, from the template's fork on: pid 1 of its own pid namespace, root.
     `template` is a pidfd on the template (our parent). Never returns."""
     command, event, stdout, stderr, info, status, work, home, *network = fds
@@ -145,9 +150,9 @@ def drop_to(uid: int) -> None:
     os.setresuid(uid, uid, uid)  # from root to another uid: the kernel clears the capabilities
 
 
-def _become_init(spec: dict, request: dict, channels: tuple[int, int, int, int], info: int,
-                 status: int, lifeline: int, template_namespaces: dict[str, str],
-                 worker, template: int, steps: dict[str, float]) -> None:
+def _become_init(spec: Message, request: Message, channels: tuple[int, int, int, int],
+                 info: int, status: int, lifeline: int, template_namespaces: dict[str, str],
+                 worker: Worker, template: int, steps: dict[str, float]) -> None:
     linux.set_name(INIT_NAME)
     os.setsid()  # no controlling terminal of the server's to reach (bwrap's --new-session)
     steps["init"] = time.monotonic()
@@ -182,7 +187,7 @@ def _become_init(spec: dict, request: dict, channels: tuple[int, int, int, int],
     _serve_as_init(child, lifeline, status, wake_r)
 
 
-def confine_self(spec: dict, request: dict, template_namespaces: dict[str, str],
+def confine_self(spec: Message, request: Message, template_namespaces: dict[str, str],
                  tie_to_parent: Callable[[], None], steps: dict[str, float] | None = None
                  ) -> list[str]:
     """pid 1 of a new sandbox (a session's init, a run's program) confines itself: its
@@ -260,7 +265,7 @@ def mount_private_tmp(tmp_bytes: int, unmount: bool = True) -> None:
                 "newinstance,ptmxmode=0666,mode=620")
 
 
-def _mount_session(request: dict, volume: tuple[int, int]) -> None:
+def _mount_session(request: Message, volume: tuple[int, int]) -> None:
     mount_private_tmp(request["tmp_bytes"])
     # The server's detached copies of this session's volume (nosuid, nodev as the original).
     for tree, target in zip(volume, ("/workspace", "/home/user"), strict=True):
@@ -268,7 +273,7 @@ def _mount_session(request: dict, volume: tuple[int, int]) -> None:
         os.close(tree)
 
 
-def _set_limits(request: dict) -> None:
+def _set_limits(request: Message) -> None:
     for number, soft, hard in request["rlimits"]:  # resource.RLIMIT_* numbers
         resource.setrlimit(number, (soft, hard))
     if request["niceness"]:
@@ -313,7 +318,7 @@ def close_all_but(keep: set[int]) -> None:
     os.closerange(low, 1 << 16)
 
 
-def _run_worker(spec: dict, channels: tuple[int, int, int, int], worker) -> None:
+def _run_worker(spec: Message, channels: tuple[int, int, int, int], worker: Worker) -> None:
     # Out of the way first: a received fd may hold a number another one is moved to.
     command, event, stdout, stderr = (_dup_high(fd) for fd in channels)
     for source, target in ((stdout, 1), (stderr, 2), (command, spec["command_fd"]),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from typing import Any
 
 HEADER = struct.Struct(">I")
 # A command frame larger than this is a protocol violation (code is capped far earlier).
@@ -31,11 +32,14 @@ MAX_FRAME = 256 * 1024 * 1024
 MAX_HEAD = 64 * 1024
 
 
+Message = dict[str, Any]  # one frame's JSON object: a command, an event, a spec
+
+
 class ProtocolError(Exception):
     """The peer sent something that is not a valid frame."""
 
 
-def encode(message: dict) -> bytes:
+def encode(message: Message) -> bytes:
     body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
     return HEADER.pack(len(body)) + body
 
@@ -46,7 +50,7 @@ def _text_bytes(text: str) -> bytes:
     return text.encode("utf-8", "backslashreplace")
 
 
-def encode_event(event: dict) -> bytes:
+def encode_event(event: Message) -> bytes:
     """An event as head + blobs (see the module docstring)."""
     head = {key: value for key, value in event.items() if key != "data"}
     blobs: list[bytes] = []
@@ -74,7 +78,7 @@ def encode_event(event: dict) -> bytes:
     return b"".join((HEADER.pack(body_size), HEADER.pack(len(head_bytes)), head_bytes, *blobs))
 
 
-def decode_body(body: bytes) -> dict:
+def decode_body(body: bytes) -> Message:
     try:
         message = json.loads(body)
     except ValueError as exc:
@@ -90,12 +94,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def write_frame(fd: int, message: dict) -> None:
+def write_frame(fd: int, message: Message) -> None:
     """Write one whole command frame to a blocking fd, retrying partial writes."""
     _write_all(fd, encode(message))
 
 
-def write_event(fd: int, event: dict) -> None:
+def write_event(fd: int, event: Message) -> None:
     """Write one whole event frame (head + blobs) to a blocking fd (used by the worker)."""
     _write_all(fd, encode_event(event))
 
@@ -111,7 +115,7 @@ def read_exact(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_frame(fd: int) -> dict:
+def read_frame(fd: int) -> Message:
     """Read one command frame from a blocking fd (used by the worker)."""
     (size,) = HEADER.unpack(read_exact(fd, HEADER.size))
     if size > MAX_FRAME:

@@ -35,11 +35,14 @@ import signal
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+Message = dict[str, Any]  # a JSON object: the spec, a request (as protocol.Message)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 if TYPE_CHECKING:  # run as a script, it imports its sibling by file name; the checker, by package
     from tci.worker import linux
+    from tci.worker.__main__ import Worker
 else:
     import linux
 
@@ -62,7 +65,7 @@ def _touch(path: str, like: str) -> None:
         open(path, "a").close()
 
 
-def build_root(spec: dict) -> None:
+def build_root(spec: Message) -> None:
     """Steps 1 and 2: this process ends up in the sandbox's view of the filesystem."""
     root = spec["root_dir"]
     linux.unshare(linux.CLONE_NEWNS)
@@ -72,7 +75,7 @@ def build_root(spec: dict) -> None:
     os.chmod(root, 0o755)
 
     def at(path: str) -> str:
-        return root + path
+        return str(root + path)
 
     for directory in ("/usr", "/etc", "/proc", "/dev", "/tmp", "/workspace", "/home/user",
                       spec["worker_mount"], "/.oldroot"):
@@ -121,7 +124,7 @@ def _make_dev(dev: str) -> None:
                 | linux.MS_NOEXEC)
 
 
-def load_runtime(spec: dict):
+def load_runtime(spec: Message) -> Worker | None:
     """Step 3: the worker, IPython and the preloaded modules, imported from sandbox paths."""
     for name in [m for m in sys.modules if m == "linux" or m.startswith("tci_worker")]:
         del sys.modules[name]
@@ -139,8 +142,9 @@ def load_runtime(spec: dict):
     sys.dont_write_bytecode = True
     spec["log_fd"] = _out_of_the_way(os.dup(2))
     if spec.get("kind") == "runs":
-        return _load_for_runs(spec)
-    from tci_worker.__main__ import Worker
+        _load_for_runs(spec)
+        return None
+    from tci_worker.__main__ import Worker as SandboxWorker  # the copy sandboxes see
 
     # The worker's channels get fixed numbers; until a child takes them they are /dev/null.
     for fd in (1, 2, spec["command_fd"], spec["event_fd"]):
@@ -148,14 +152,14 @@ def load_runtime(spec: dict):
         if null != fd:
             os.dup2(null, fd, inheritable=False)
             os.close(null)
-    worker = Worker(spec["command_fd"], spec["event_fd"])
+    worker: Worker = SandboxWorker(spec["command_fd"], spec["event_fd"])
     worker.preload(list(spec["preload"]))
     gc.collect()
     gc.freeze()  # what is here now is never touched by the collector in the children
     return worker
 
 
-def _load_for_runs(spec: dict) -> None:
+def _load_for_runs(spec: Message) -> None:
     """A template of one-shot runs holds no shell: only what a script's own imports want
     at once (TCI_RUN_PRELOAD), so that each fork, and each exit, copies and drops little."""
     import importlib
@@ -178,7 +182,8 @@ def _load_for_runs(spec: dict) -> None:
 class SpawnLoop:
     """Step 4. Requests arrive on a SOCK_SEQPACKET socket with the child's channel fds."""
 
-    def __init__(self, spec: dict, control: socket.socket, lifeline: int, worker) -> None:
+    def __init__(self, spec: Message, control: socket.socket, lifeline: int,
+                 worker: Worker | None) -> None:
         from tci_worker import confine, oneshot
 
         self.oneshot = oneshot
@@ -237,7 +242,7 @@ class SpawnLoop:
             os.close(pidfd)
         return True
 
-    def _spawn(self, request: dict, fds: list[int]) -> int:
+    def _spawn(self, request: Message, fds: list[int]) -> int:
         request["asked"] = time.monotonic()
         run = request.get("type") == "run"
         pid = self._fork_in_own_pid_namespace()
@@ -294,7 +299,7 @@ class SpawnLoop:
                 self._send({"type": "exited", "id": request, "at": time.monotonic(),
                             "status": status})
 
-    def _send(self, message: dict, fds: list[int] | None = None) -> None:
+    def _send(self, message: Message, fds: list[int] | None = None) -> None:
         socket.send_fds(self.control, [json.dumps(message).encode()], fds or [])
 
 
