@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from tci.errors import BadRequest
+
 
 def _encodable(value: str) -> str:
     """JSON may carry lone surrogates (\\ud800) that no file or process can take."""
@@ -19,6 +21,24 @@ def _encodable(value: str) -> str:
 
 Text = Annotated[str, AfterValidator(_encodable)]
 
+# The languages a session runs (worker/kernels/), by the names clients send: the together SDK
+# passes any string through, and E2B's and Jupyter's spellings ("js", "R") are common.
+SESSION_LANGUAGES = ("python", "javascript", "typescript", "bash", "r")
+_LANGUAGE_ALIASES = {"py": "python", "python3": "python", "js": "javascript",
+                     "node": "javascript", "nodejs": "javascript", "ts": "typescript",
+                     "sh": "bash", "shell": "bash"}
+
+
+def session_language(name: str) -> str:
+    """The canonical name of a session language; an unknown one is the caller's error (400,
+    not a validation 422: the value is well-formed, this server just does not offer it)."""
+    lowered = name.strip().lower()
+    language = _LANGUAGE_ALIASES.get(lowered, lowered)
+    if language not in SESSION_LANGUAGES:
+        raise BadRequest(f"language {name!r} is not offered for sessions; "
+                         f"this server offers: {', '.join(SESSION_LANGUAGES)}")
+    return language
+
 
 class FileInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -29,7 +49,7 @@ class FileInput(BaseModel):
 
 
 class ExecuteRequest(BaseModel):
-    language: Literal["python"]
+    language: Annotated[str, AfterValidator(session_language)]
     code: Text
     session_id: Text | None = None
     # Start a new session from this snapshot (POST /tci/sessions/{id}/snapshots); not with

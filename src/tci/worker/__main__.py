@@ -1,13 +1,14 @@
 """Worker entry point: `python -m tci_worker` inside the sandbox.
 
 Channels (numbers passed in TCI_WORKER_FDS="commands,events"):
-  commands  host -> worker frames: {"op": "execute", "id", "code"} | {"op": "ping"}
+  commands  host -> worker frames: {"op": "execute", "id", "code", "language"} | {"op": "ping"}
             | {"op": "preload", "modules": [...]} | {"op": "shutdown"}
   events    worker -> host frames: {"type": "ready"} then, per request, any number of
             display_data / execute_result / error events and one {"type": "done", "ok"}
             ("exit": true once a cell called exit() or quit()).
   fd 1, 2   stdout and stderr, read by the host directly.
-The worker is single-threaded and starts no event loop, so it stays fork-safe.
+The worker is single-threaded and starts no event loop, so it stays fork-safe. A language
+other than Python runs in a sub-kernel, the worker's child started on first use (kernels/).
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ import importlib
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from .protocol import read_frame, write_event
 from .streams import ordered_pair, wait_drained
+
+if TYPE_CHECKING:
+    from .kernels import Kernels
 
 
 def _late_sigint(signum, frame) -> None:
@@ -41,6 +46,7 @@ class Worker:
         from .viewers import install as install_viewers
 
         self.shell = make_shell(self.emit)
+        self.kernels: Kernels | None = None  # other languages' runtimes, started on first use
         self.figures = FigureCollector(self.emit)
         self.figures.install_formatter(self.shell)
         install_viewers(self.emit)
@@ -51,7 +57,25 @@ class Worker:
         wait_drained(1, 2)  # stdout/stderr written so far reach the host first
         write_event(self.event_fd, event)
 
-    def execute(self, code: str) -> None:
+    def execute_other(self, language: str, code: str) -> None:
+        """A call in another language: relayed to its sub-kernel (kernels/base.py), which
+        SIGINT reaches through the relay (a KeyboardInterrupt there is forwarded)."""
+        from .kernels import Kernels
+
+        if self.kernels is None:
+            self.kernels = Kernels(self.emit, self.stdout, self.stderr)
+        try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.emit({"type": "started"})
+            ok = self.kernels.execute(language, code)
+        finally:
+            signal.signal(signal.SIGINT, _late_sigint)
+        self.emit({"type": "done", "ok": ok})
+
+    def execute(self, code: str, language: str = "python") -> None:
+        if language not in ("python", ""):
+            self.execute_other(language, code)
+            return
         self.figures.before_cell()
         # While the cell runs, SIGINT is Python's own C-level handler: the KeyboardInterrupt is
         # raised in the user's frame, and no frame of this file shows in the traceback.
@@ -121,7 +145,7 @@ class Worker:
         self.request_id = request.get("id")
         op = request.get("op")
         if op == "execute":
-            self.execute(str(request.get("code", "")))
+            self.execute(str(request.get("code", "")), str(request.get("language", "python")))
         elif op == "preload":
             self.preload(list(request.get("modules", [])))
         elif op in ("save_state", "restore_state"):  # pause, resume, snapshots: state.py

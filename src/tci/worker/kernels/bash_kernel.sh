@@ -1,0 +1,27 @@
+# The bash sub-kernel of a session (worker/kernels/bash.py starts it): one long-lived shell,
+# each call's code run in it by eval, so variables, functions, cwd and exports persist.
+# Reads "<byte length> <language>\n<code>" from the commands pipe, answers one JSON line
+# {"type":"done","status":N} on the events pipe (N: the code's last command's status); the
+# code's output goes to fds 1 and 2, the worker's own pipes, as it would from a terminal.
+IFS=, read -r __tci_commands __tci_events <<< "$TCI_KERNEL_FDS"
+unset TCI_KERNEL_FDS
+
+__tci_run() {
+    eval "$1"
+}
+
+# Ctrl-C (the worker forwards the host's SIGINT to this whole process group): the foreground
+# program stops, and the call returns 130 (128 + SIGINT) to the loop below.
+trap 'return 130 2>/dev/null' INT
+
+printf '{"type":"ready"}\n' >&"$__tci_events"
+while IFS=' ' read -r -u "$__tci_commands" __tci_length __tci_language; do
+    __tci_code=
+    if (( __tci_length > 0 )); then
+        # Bytes, not characters: the length is the UTF-8 encoding's.
+        LC_ALL=C IFS= read -r -d '' -N "$__tci_length" -u "$__tci_commands" __tci_code
+    fi
+    __tci_run "$__tci_code"
+    __tci_status=$?
+    printf '{"type":"done","status":%d}\n' "$__tci_status" >&"$__tci_events"
+done
