@@ -25,7 +25,7 @@ from .server import TciServer
 
 T = TypeVar("T")
 PARTS = ("warm", "start", "memory", "throughput", "burst", "creation", "cluster", "rl",
-         "languages", "ipykernel", "gateway")
+         "languages", "pause", "ipykernel", "gateway")
 PLOT_NAME = "bench_latency.png"
 
 # name: (full run, --quick)
@@ -55,6 +55,8 @@ DEFAULTS: dict[str, tuple[float, float]] = {
     # issue 20's runs in each language (bench/languages.py)
     "language_runs": (64, 16),
     "compile_samples": (5, 2),
+    # issue 21's pause/resume cycles per state size and snapshot starts (bench/pause.py)
+    "pause_samples": (20, 3),
 }
 
 
@@ -197,6 +199,13 @@ def main(argv: list[str] | None = None) -> int:
                 "languages", "runs in each language vs local",
                 lambda: languages.measure_with_server(work, progress, args.language_runs,
                                                       args.compile_samples))
+
+        if "pause" not in args.skip:  # issue 21: pause, resume, start from a snapshot
+            from . import pause
+
+            run.pause = part("pause", "pause, resume and snapshots",
+                             lambda: pause.measure_with_server(work, progress,
+                                                               args.pause_samples))
 
         if "cluster" not in args.skip:  # issue 13: a Ray cluster in a private netns
             from . import cluster

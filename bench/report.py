@@ -47,6 +47,7 @@ class Run:
     cluster: Any = None  # issue 13's figures (bench/cluster.py's ClusterResult)
     rl: Any = None  # issue 18's figures (bench/rl.py's RLResult)
     languages: Any = None  # issue 20's figures (bench/languages.py's LanguagesResult)
+    pause: Any = None  # issue 21's figures (bench/pause.py's PauseResult)
     errors: dict[str, str] = field(default_factory=dict)
     duration: float = 0.0
     load_after: str = ""
@@ -262,6 +263,12 @@ def rl_section(run: Run) -> str:
     return rl.table(run.rl) if run.rl is not None else ""
 
 
+def pause_section(run: Run) -> str:
+    from . import pause
+
+    return pause.table_text(run.pause) if run.pause is not None else ""
+
+
 def languages_section(run: Run) -> str:
     from . import languages
 
@@ -274,7 +281,8 @@ def summary(run: Run) -> str:
              "## Round trip of `x += 1`", round_trip_table(run), where_the_time_goes(run),
              "## Session start", start_table(run), details(run),
              creation_report.section(run.creation) if run.creation else "",
-             cluster_section(run), rl_section(run), languages_section(run)]
+             cluster_section(run), rl_section(run), languages_section(run),
+             pause_section(run)]
     if run.errors:
         parts.append("## Parts that failed\n" + "\n".join(
             f"- {name}: {error}" for name, error in run.errors.items()))

@@ -1,0 +1,148 @@
+"""Pause, resume and snapshots (`make bench`, part `pause`; alone: `python -m bench.pause`):
+pause and resume p50/p99 of a session holding about 10 MB and 100 MB of Python state (a numpy
+array, a DataFrame and a dict of strings, a third each), and a session started from a
+snapshot against a fresh one. A resume is timed until a small execute on the paused session
+answers; a pause until its answer. Issue 21's targets: resume p50 <= 100 ms at 10 MB, pause
+and resume <= 1 s each at 100 MB, a start from a snapshot within 2x a fresh session's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import httpx
+
+from .server import TciServer
+from .stats import Series, fmt_seconds, markdown_table
+
+MB = 1 << 20
+SIZES_MB = (10, 100)
+# A third each: an array of float64, a DataFrame of two float64 columns, a dict of strings.
+STATE_CODE = """
+import numpy as np, pandas as pd
+_third = {size} // 3
+arr = np.random.rand(_third // 8)
+df = pd.DataFrame({{"a": np.random.rand(_third // 16), "b": np.random.rand(_third // 16)}})
+words = {{f"k{{i}}": "v" * 90 + str(i) for i in range(_third // 100)}}
+"""
+
+
+@dataclass
+class PauseResult:
+    samples: int
+    pause: dict[int, Series] = field(default_factory=dict)  # by size in MB
+    resume: dict[int, Series] = field(default_factory=dict)
+    state_bytes: dict[int, int] = field(default_factory=dict)
+    fresh: Series = field(default_factory=lambda: Series("fresh session"))
+    from_snapshot: Series = field(default_factory=lambda: Series("from snapshot"))
+
+
+def _timed(action: Callable[[], httpx.Response]) -> float:
+    started = time.perf_counter()
+    response = action()
+    elapsed = time.perf_counter() - started
+    if response.status_code != 200:
+        raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
+    return elapsed
+
+
+def measure(server: TciServer, samples: int, progress: Callable[[str], None]) -> PauseResult:
+    result = PauseResult(samples)
+    with httpx.Client(base_url=server.url, headers=server.auth, timeout=300) as client:
+        def execute(code: str, **extra: str) -> httpx.Response:
+            return client.post("/v1/tci/execute",
+                               json={"language": "python", "code": code, **extra})
+
+        for size in SIZES_MB:
+            progress(f"pause/resume at {size} MB ({samples} samples)")
+            made = execute(STATE_CODE.format(size=size * MB))
+            session_id = made.json()["data"]["session_id"]
+            pauses, resumes = Series(f"pause {size} MB"), Series(f"resume {size} MB")
+            pause_url = f"/v1/tci/sessions/{session_id}/pause"
+            resume_body = {"language": "python", "code": "1", "session_id": session_id}
+            for _ in range(samples):
+                pauses.samples.append(_timed(partial(client.post, pause_url)))
+                resumes.samples.append(_timed(partial(client.post, "/v1/tci/execute",
+                                                      json=resume_body)))
+            client.post(pause_url)
+            listed = client.get("/v1/tci/sessions").json()["data"]["sessions"]
+            result.state_bytes[size] = next(s["state_bytes"] for s in listed
+                                            if s["id"] == session_id)
+            result.pause[size], result.resume[size] = pauses, resumes
+            if size == SIZES_MB[0]:
+                execute("1", session_id=session_id)
+                snapshot = client.post(f"/v1/tci/sessions/{session_id}/snapshots")
+                from_snapshot = {"language": "python", "code": "1",
+                                 "snapshot_id": snapshot.json()["data"]["id"]}
+                progress(f"start from a {size} MB snapshot vs fresh ({samples} samples)")
+                for _ in range(samples):
+                    result.fresh.samples.append(_timed(partial(execute, "1")))
+                    result.from_snapshot.samples.append(_timed(partial(
+                        client.post, "/v1/tci/execute", json=from_snapshot)))
+            client.delete(f"/v1/tci/sessions/{session_id}")
+    return result
+
+
+def table_text(result: PauseResult) -> str:
+    rows = []
+    for size in SIZES_MB:
+        pause, resume = result.pause[size], result.resume[size]
+        target = "<= 100 ms p50" if size == 10 else "<= 1 s each"
+        met = (resume.p50 <= 0.1) if size == 10 else (pause.p50 <= 1 and resume.p50 <= 1)
+        rows.append([f"{size} MB", f"{result.state_bytes[size] / MB:.0f} MB",
+                     fmt_seconds(pause.p50), fmt_seconds(pause.p99),
+                     fmt_seconds(resume.p50), fmt_seconds(resume.p99), target,
+                     "yes" if met else "no"])
+    ratio = result.from_snapshot.p50 / result.fresh.p50
+    return "\n\n".join([
+        "## Pause, resume and snapshots (issue 21)",
+        f"A session holding a numpy array, a DataFrame and a dict of strings; {result.samples} "
+        "pause + resume cycles per size. Resume: until a small execute on the paused "
+        "session answers.",
+        markdown_table(["state", "kept", "pause p50", "pause p99", "resume p50",
+                        "resume p99", "target", "met"], rows),
+        "New session answering `1`: fresh (warm pool as configured) vs from a 10 MB "
+        "snapshot (target: within 2x).",
+        markdown_table(["start", "p50", "p99"], [
+            ["fresh", fmt_seconds(result.fresh.p50), fmt_seconds(result.fresh.p99)],
+            ["from snapshot", fmt_seconds(result.from_snapshot.p50),
+             fmt_seconds(result.from_snapshot.p99)],
+            ["ratio", f"{ratio:.2f}x", "yes" if ratio <= 2 else "no"]]),
+    ])
+
+
+def measure_with_server(work: Path, progress: Callable[[str], None],
+                        samples: int) -> PauseResult:
+    # Room for 100 MB of state and its pickle on each session's volume.
+    server = TciServer(work, env={"TCI_WORKSPACE_MAX_BYTES": str(768 * MB)},
+                       name="tci-server-pause")
+    try:
+        server.start()
+        server.settle(timeout=120)
+        return measure(server, samples, progress)
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.pause", description=__doc__)
+    parser.add_argument("--samples", type=int, default=20)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="tci-bench-pause-") as work:
+        result = measure_with_server(Path(work), lambda text: print(text, file=sys.stderr,
+                                                                    flush=True), args.samples)
+    print(table_text(result))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TCI_POOL_SIZE", "2")
+    sys.exit(main())
