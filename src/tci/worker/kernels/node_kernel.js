@@ -240,18 +240,21 @@ async function run(code, language) {
       if (finished) return;
       finished = true;
       pending = null;
+      process.removeListener("SIGINT", onAwaitInterrupt);
       resolve([error, value]);
     };
     const finish = pending;
     server.eval(source, server.context, "cell", (error, value) => finish(error, value));
+    if (!finished) process.on("SIGINT", onAwaitInterrupt); // its synchronous part is over
   });
 }
 
-// A SIGINT while a call awaits (the synchronous part has its own, breakEvalOnSigint): the
-// call ends as interrupted; what it awaited may still settle later, unseen.
-process.on("SIGINT", () => {
+// A SIGINT while a call awaits ends it as interrupted; what it awaited may still settle
+// later, unseen. Listened to only then: any SIGINT listener keeps breakEvalOnSigint from
+// stopping the synchronous part (the process would have to be killed instead).
+function onAwaitInterrupt() {
   if (pending) pending(new Error("Interrupted (KeyboardInterrupt)"), undefined);
-});
+}
 
 async function handle(code, language) {
   let error, value;
@@ -262,10 +265,13 @@ async function handle(code, language) {
   }
   if (error) {
     let text = describe(error);
-    if (/Script execution was interrupted/.test(text)) text = "Interrupted (KeyboardInterrupt)";
+    let name = (error && error.name) || "Error";
+    if (/Script execution was interrupted|Interrupted \(KeyboardInterrupt\)/.test(text)) {
+      [text, name] = ["Interrupted (KeyboardInterrupt)", "KeyboardInterrupt"];
+    }
     if (error.errors && error.message === "Transform failed") text = `TypeScript: ${error.message}\n` +
       error.errors.map((e) => `${e.location ? `cell:${e.location.line}:${e.location.column}: ` : ""}${e.text}`).join("\n");
-    send({ type: "error", data: text, ename: (error && error.name) || "Error" });
+    send({ type: "error", data: text, ename: name });
   } else {
     try {
       showResult(value);
