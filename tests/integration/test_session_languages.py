@@ -47,8 +47,8 @@ def test_javascript_declarations_persist_and_may_be_declared_again(langs):
     assert data["outputs"] == []  # declarations show nothing
     assert results(call(langs, "javascript", "twice(a + b) + new Box(4).v", session)) == ["10"]
     # As a notebook re-runs a cell: let, const and class declared again.
-    again = call(langs, "javascript", "let a = 10; const b = 20; class Box { get v() { return 5 } }\n"
-                 "a + b + new Box().v", session)
+    again = call(langs, "javascript", "let a = 10; const b = 20;\n"
+                 "class Box { get v() { return 5 } }\na + b + new Box().v", session)
     assert results(again) == ["35"], again
 
 
