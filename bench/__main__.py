@@ -25,7 +25,7 @@ from .server import TciServer
 
 T = TypeVar("T")
 PARTS = ("warm", "start", "memory", "throughput", "burst", "creation", "cluster", "rl",
-         "languages", "pause", "ipykernel", "gateway")
+         "languages", "sessions_languages", "pause", "ipykernel", "gateway")
 PLOT_NAME = "bench_latency.png"
 
 # name: (full run, --quick)
@@ -55,6 +55,8 @@ DEFAULTS: dict[str, tuple[float, float]] = {
     # issue 20's runs in each language (bench/languages.py)
     "language_runs": (64, 16),
     "compile_samples": (5, 2),
+    # issue 20's session start per language (bench/sessions_languages.py)
+    "session_language_samples": (10, 3),
     # issue 21's pause/resume cycles per state size and snapshot starts (bench/pause.py)
     "pause_samples": (20, 3),
 }
@@ -93,6 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "profile_samples_bwrap": "creations profiled step by step on bubblewrap",
         "language_runs": "hello-world runs per language, through tci and locally",
         "compile_samples": "C++ compiles + runs of a new program timed, tci and local",
+        "session_language_samples": "new sessions per language timed, and local starts",
+        "pause_samples": "pause + resume cycles per state size, and snapshot starts",
     }
     for name, (full, quick) in DEFAULTS.items():
         kind = float if isinstance(full, float) else int
@@ -199,6 +203,14 @@ def main(argv: list[str] | None = None) -> int:
                 "languages", "runs in each language vs local",
                 lambda: languages.measure_with_server(work, progress, args.language_runs,
                                                       args.compile_samples))
+
+        if "sessions_languages" not in args.skip:  # issue 20: session start per language
+            from . import sessions_languages
+
+            run.sessions_languages = part(
+                "sessions_languages", "session start per language vs its plain runtime",
+                lambda: sessions_languages.measure_with_server(
+                    work, progress, args.session_language_samples))
 
         if "pause" not in args.skip:  # issue 21: pause, resume, start from a snapshot
             from . import pause

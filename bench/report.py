@@ -48,6 +48,8 @@ class Run:
     rl: Any = None  # issue 18's figures (bench/rl.py's RLResult)
     languages: Any = None  # issue 20's figures (bench/languages.py's LanguagesResult)
     pause: Any = None  # issue 21's figures (bench/pause.py's PauseResult)
+    # issue 20's session start per language (bench/sessions_languages.py's result)
+    sessions_languages: Any = None
     errors: dict[str, str] = field(default_factory=dict)
     duration: float = 0.0
     load_after: str = ""
@@ -275,6 +277,13 @@ def languages_section(run: Run) -> str:
     return languages.table_text(run.languages) if run.languages is not None else ""
 
 
+def sessions_languages_section(run: Run) -> str:
+    from . import sessions_languages
+
+    result = run.sessions_languages
+    return sessions_languages.table_text(result) if result is not None else ""
+
+
 def summary(run: Run) -> str:
     """The tables as printed to the terminal."""
     parts = ["## Against the issue's targets", targets_table(run),
@@ -282,7 +291,7 @@ def summary(run: Run) -> str:
              "## Session start", start_table(run), details(run),
              creation_report.section(run.creation) if run.creation else "",
              cluster_section(run), rl_section(run), languages_section(run),
-             pause_section(run)]
+             sessions_languages_section(run), pause_section(run)]
     if run.errors:
         parts.append("## Parts that failed\n" + "\n".join(
             f"- {name}: {error}" for name, error in run.errors.items()))
