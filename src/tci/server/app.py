@@ -1,6 +1,6 @@
 """create_app(settings): wiring only. The path of a request: McpHostCheck (/mcp) -> ApiKeyAuth
--> BodyLimit -> route -> SessionManager -> SessionHost (LocalHost: WorkerConnection -> worker
-in its sandbox)."""
+-> BodyLimit -> route (a plain execute: ExecuteFastPath) -> SessionManager -> SessionHost
+(LocalHost: WorkerConnection -> worker in its sandbox)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from tci.server.routes import (
     sessions,
     usage,
 )
+from tci.server.routes.execute import ExecuteFastPath
 from tci.server.sandboxfusion_auth import AnonymousKey, SandboxFusionAuth
 from tci.sessions.manager import SessionManager
 from tci.storage.store import AsyncStore, Store
@@ -118,7 +119,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     # Paths that take a key: it is checked before any body is read.
     keyed = ("/tci", "/v1/tci", "/mcp", *(("/metrics",) if settings.metrics_require_key else ()))
     # The last added runs first: /mcp's Host and Origin, then the key, then the body's size
-    # (TCI_MAX_REQUEST_BYTES with a key, a few bytes without), then the route.
+    # (TCI_MAX_REQUEST_BYTES with a key, a few bytes without), then the warm execute's fast
+    # path (server/routes/execute.py), then the route.
+    app.add_middleware(ExecuteFastPath, manager=manager)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
                        anonymous_max_bytes=settings.max_anonymous_request_bytes)
     app.add_middleware(ApiKeyAuth, authenticator=authenticator, prefixes=keyed)
