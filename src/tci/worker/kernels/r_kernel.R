@@ -81,15 +81,17 @@ local({
     code <- if (size > 0L) rawToChar(readBin(commands, "raw", n = size)) else ""
     Encoding(code) <- "UTF-8"
     call <- call + 1L
-    # A PNG device per call, as matplotlib's figures per cell; what it drew goes back.
+    # A PNG device per call, as matplotlib's figures per cell, opened by R itself at the
+    # call's first plot (the default device): a call that draws nothing pays nothing.
     pattern <- file.path(plots, sprintf("call%05d-%%03d.png", call))
-    grDevices::png(filename = pattern, width = 640, height = 480, type = "cairo")
-    device <- grDevices::dev.cur()
+    opened <- integer(0)
+    options(device = function(...) {
+      grDevices::png(filename = pattern, width = 640, height = 480, type = "cairo")
+      opened <<- c(opened, grDevices::dev.cur())
+    })
     ok <- tryCatch(run(code), interrupt = function(i) FALSE)
     flush(stdout())
-    for (open in setdiff(grDevices::dev.list(), integer(0))) {
-      if (open == device) grDevices::dev.off(open)
-    }
+    for (device in intersect(opened, grDevices::dev.list())) grDevices::dev.off(device)
     for (png in sort(Sys.glob(file.path(plots, sprintf("call%05d-*.png", call))))) {
       send(type = "display_file", path = png, mime = "image/png")
     }
