@@ -321,3 +321,15 @@ def test_sandboxfusion_runs_cpp_java_and_typescript(langs: Server) -> None:
     assert loop["status"] == "Failed"
     assert loop["run_result"]["status"] == "TimeLimitExceeded"
     assert loop["run_result"]["return_code"] is None
+
+
+def test_a_hostile_compile_ends_at_its_limits_and_spares_its_neighbours(langs: Server) -> None:
+    """A compiler fed /dev/urandom grows until the run's memory cgroup or compile_timeout
+    ends it: COMPILE_ERROR (never a sandbox error, never kept); the innocent runs beside it
+    score right."""
+    hostile = {"language": "cpp", "code": '#include "/dev/urandom"\n', "memory_mb": 128,
+               "compile_timeout": 5}
+    innocent = {"language": "c", "code": HELLO["c"], "stdin": "x", "expected_stdout": "hello x"}
+    lines = batch(langs, hostile, innocent, hostile, innocent)
+    assert [line["verdict"] for line in lines] == ["COMPILE_ERROR", "OK"] * 2, lines
+    assert all(line["stderr"] for line in lines[::2])
