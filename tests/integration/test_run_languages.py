@@ -333,3 +333,16 @@ def test_a_hostile_compile_ends_at_its_limits_and_spares_its_neighbours(langs: S
     lines = batch(langs, hostile, innocent, hostile, innocent)
     assert [line["verdict"] for line in lines] == ["COMPILE_ERROR", "OK"] * 2, lines
     assert all(line["stderr"] for line in lines[::2])
+
+
+def test_files_go_in_and_come_back_in_a_compiled_run(langs: Server) -> None:
+    """SandboxFusion's files and fetch_files around a Go program: it reads one file given
+    and writes another, which comes back; a file it did not write is left out."""
+    code = ("package main\nimport (\"os\";\"strings\")\nfunc main(){b,_:=os.ReadFile(\"in.txt\");"
+            "os.WriteFile(\"/tmp/out.txt\",[]byte(strings.ToUpper(string(b))),0644)}\n")
+    response = httpx.post(f"{langs.url}/sandboxfusion/run_code", timeout=300, json={
+        "code": code, "language": "go", "files": {"in.txt": "aGVsbG8="},
+        "fetch_files": ["/tmp/out.txt", "missing.txt"]})
+    result = response.json()
+    assert result["status"] == "Success", result
+    assert result["files"] == {"/tmp/out.txt": "SEVMTE8="}
