@@ -320,11 +320,14 @@ def test_crash_and_restart_ends_old_sessions(server_factory):
         footprint.kill_leftovers()
 
 
-def test_graceful_stop_ends_sessions(server_factory):
+def test_graceful_stop_pauses_sessions(server_factory):
+    """A graceful stop leaves no process or directory of a session behind, and pauses it
+    (sessions/pause.py): after a restart on the same data dir it is listed as paused, and a
+    call on it resumes it with its state."""
     server = server_factory()
     footprints = {}
-    for _ in range(2):
-        session_id = server.run("x = 1")["session_id"]
+    for value in range(2):
+        session_id = server.run(f"x = {value}")["session_id"]
         footprints[session_id] = Footprint(session_id)
 
     server.stop(signal.SIGTERM)
@@ -333,11 +336,14 @@ def test_graceful_stop_ends_sessions(server_factory):
         assert not footprint.directory.exists()
         # The sandbox's pid 1 may linger a moment as a zombie until init reaps it.
         wait_for(lambda fp=footprint: not fp.processes(), f"processes of {session_id} to end")
-        assert end_reason(server, session_id) == "server shut down"
+        assert end_reason(server, session_id) is None  # paused, not ended
 
     server.start()
-    for session_id in footprints:
-        assert "server shut down" in ended_message(server, session_id)
+    with server.client() as client:
+        listed = client.get("/v1/tci/sessions").json()["data"]["sessions"]
+    assert {s["id"]: s["status"] for s in listed} == dict.fromkeys(footprints, "paused")
+    for value, session_id in enumerate(footprints):
+        assert stdout_of(server.run("print(x)", session_id)) == f"{value}\n"
 
 
 def test_stop_lets_a_call_finish_within_the_shutdown_grace(server_factory):

@@ -20,6 +20,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from tci.errors import SandboxUnavailable
 
 # <linux/fs.h>: _IOWR('X', 119, int), _IOWR('X', 120, int)
 FIFREEZE, FITHAW = 0xC0045877, 0xC0045878
+FITRIM = 0xC0185879  # _IOWR('X', 121, struct fstrim_range)
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 # Inside the sandbox: where the worker writes the namespace (the session's home, on its volume)
 STATE_FILE_IN_SANDBOX = "/home/user/.tci/state.dill"
@@ -108,6 +110,18 @@ def frozen(mount_point: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def discard_free(mount_point: Path) -> None:
+    """FITRIM: the volume's free blocks (files deleted, rewritten) become holes in its image,
+    which then takes what its files take, not everything ever written."""
+    fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, FITRIM, struct.pack("QQQ", 0, 2**64 - 1, 0))
+    except OSError:
+        pass  # the loop device cannot discard: the image keeps those blocks
+    finally:
+        os.close(fd)
+
+
 def chown_tree(mount_point: Path, uid: int) -> None:
     """A kept volume mounted for a new sandbox, whose uid differs: everything under its root
     becomes the new uid's (links are changed, never followed)."""
@@ -158,6 +172,8 @@ class StateStore:
         snapshot of a session that runs on). `trim` it once the volume is unmounted."""
         target = self.path(name)
         target.unlink(missing_ok=True)
+        if not copy:  # the blocks of deleted files need not be kept (for a running
+            discard_free(mount_point)  # session's volume they stay reserved)
         with frozen(mount_point):
             if copy:
                 sparse_copy(image, target)
