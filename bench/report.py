@@ -162,6 +162,10 @@ def round_trip_table(run: Run) -> str:
         if run.warm.run_cell is not None:
             rows.append(["IPython `run_cell('x += 1')` timed inside the worker",
                          fmt_seconds(run.warm.run_cell), "", "", ""])
+        for label, cpu in (("server", run.warm.server_cpu),
+                           ("sandbox (worker and its init)", run.warm.sandbox_cpu)):
+            if cpu is not None:
+                rows.append([f"CPU per warm call: {label}", fmt_seconds(cpu), "", "", ""])
     return markdown_table(["round trip of `x += 1`", "p50", "p99", "samples", "p50 vs tci"], rows)
 
 

@@ -40,6 +40,11 @@ class WarmResult:
     health: Series
     sessions: Series
     run_cell: float | None  # median seconds of IPython's run_cell inside the worker
+    # CPU seconds per call of the raw series: the server process, and the sandboxes'
+    # processes. Robust where wall time is not: other work on the cores inflates a p50
+    # far more than the CPU each call costs.
+    server_cpu: float | None = None
+    sandbox_cpu: float | None = None
 
 
 @dataclass
@@ -96,11 +101,15 @@ def warm_round_trip(server: TciServer, samples: int, warmup: int) -> WarmResult:
         for _ in range(warmup):
             check_data(*conn.roundtrip(request))
         raw = Series("tci warm execute")
+        server_before, sandboxes_before = server.cpu_seconds()
         for _ in range(samples):
             start = perf_counter()
             status, body = conn.roundtrip(request)
             raw.samples.append(perf_counter() - start)
             check_data(status, body)
+        server_after, sandboxes_after = server.cpu_seconds()
+        server_cpu = (server_after - server_before) / samples
+        sandbox_cpu = (sandboxes_after - sandboxes_before) / samples
 
         via_httpx = Series("tci warm execute, httpx client")
         body = {"language": "python", "code": "x += 1", "session_id": session_id}
@@ -130,7 +139,7 @@ def warm_round_trip(server: TciServer, samples: int, warmup: int) -> WarmResult:
         except ValueError:
             run_cell = None
         server.end_session(conn, session_id)
-    return WarmResult(raw, via_httpx, health, sessions, run_cell)
+    return WarmResult(raw, via_httpx, health, sessions, run_cell, server_cpu, sandbox_cpu)
 
 
 def new_session(server: TciServer, samples: int) -> Series:
