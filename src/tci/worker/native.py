@@ -24,7 +24,7 @@ _COMPILE_OUTPUT_CAP = 1 << 20  # bytes of each of the compiler's stdout and stde
 _KILLED_BY_TIMEOUT = "timeout"
 
 
-def compile_program(argv: list[str], env: dict[str, str], timeout: float) -> dict:
+def compile_program(argv: list[str], env: dict[str, str], timeout: float) -> dict[str, object]:
     """Run the compiler; what it said and how it ended, as the server's info message takes it:
     {"status": "Finished"|"TimeLimitExceeded", "return_code", "stdout", "stderr",
     "execution_time"}."""
