@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from tci.errors import BadRequest
 
@@ -29,15 +29,17 @@ _LANGUAGE_ALIASES = {"py": "python", "python3": "python", "js": "javascript",
                      "sh": "bash", "shell": "bash"}
 
 
-def session_language(name: str) -> str:
-    """The canonical name of a session language; an unknown one is the caller's error (400,
-    not a validation 422: the value is well-formed, this server just does not offer it)."""
+def _canonical_language(name: str) -> str:
     lowered = name.strip().lower()
-    language = _LANGUAGE_ALIASES.get(lowered, lowered)
+    return _LANGUAGE_ALIASES.get(lowered, lowered)
+
+
+def check_session_language(language: str) -> None:
+    """An unknown language is the caller's error: 400 naming the offered ones, not a 422 (the
+    body is well-formed, this server just does not offer it)."""
     if language not in SESSION_LANGUAGES:
-        raise BadRequest(f"language {name!r} is not offered for sessions; "
+        raise BadRequest(f"language {language!r} is not offered for sessions; "
                          f"this server offers: {', '.join(SESSION_LANGUAGES)}")
-    return language
 
 
 class FileInput(BaseModel):
@@ -49,7 +51,9 @@ class FileInput(BaseModel):
 
 
 class ExecuteRequest(BaseModel):
-    language: Annotated[str, AfterValidator(session_language)]
+    # Documented as the canonical names; the aliases and other spellings are accepted too.
+    language: Annotated[str, AfterValidator(_canonical_language),
+                        Field(json_schema_extra={"enum": list(SESSION_LANGUAGES)})]
     code: Text
     session_id: Text | None = None
     # Start a new session from this snapshot (POST /tci/sessions/{id}/snapshots); not with
@@ -61,6 +65,12 @@ class ExecuteRequest(BaseModel):
     # at most the server's TCI_EXECUTE_TIMEOUT, which applies when it is absent. Not TCI's
     # field: the together SDK sends it with extra_body={"timeout": 10}.
     timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False, strict=True)
+
+    @model_validator(mode="after")
+    def _offered_language(self) -> ExecuteRequest:
+        # After the fields: a body with other problems gets its 422 listing them all first.
+        check_session_language(self.language)
+        return self
 
 
 class Output(BaseModel):
