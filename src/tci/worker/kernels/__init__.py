@@ -36,6 +36,11 @@ class Kernels:
             kernel.stop()
             self.emit({"type": "error", "data": str(exc), "ename": "RuntimeUnavailable"})
             return False
+        except OSError as exc:  # no pipe or process to be had (a limit): the session lives on
+            kernel.stop()
+            self.emit({"type": "error", "data": f"could not run {kernel.display_name}: {exc}",
+                       "ename": "RuntimeUnavailable"})
+            return False
         except KeyboardInterrupt:  # while it started: a half-started runtime is no use
             kernel.stop()
             self.emit({"type": "error", "data": f"KeyboardInterrupt: interrupted while "

@@ -15,7 +15,12 @@ __tci_run() {
 trap 'return 130 2>/dev/null' INT
 
 printf '{"type":"ready"}\n' >&"$__tci_events"
-while IFS=' ' read -r -u "$__tci_commands" __tci_length __tci_language; do
+while :; do
+    IFS=' ' read -r -u "$__tci_commands" __tci_length __tci_language
+    __tci_status=$?
+    # A SIGINT that lands between calls interrupts the wait (status 128 + 2): wait again.
+    (( __tci_status > 128 )) && continue
+    (( __tci_status == 0 )) || break  # the worker closed the pipe
     __tci_code=
     if (( __tci_length > 0 )); then
         # Bytes, not characters: the length is the UTF-8 encoding's.
