@@ -9,7 +9,9 @@ cgroup, network, files), keeps it for the session's life and relays each call:
   kernel -> worker  a pipe: JSON lines: {"type": "stream", "name", "text"} (output the driver
                     writes itself), execute_result / display_data / error (as the host's
                     events), {"type": "display_file", "path", "mime"} (a file to send as a
-                    display, e.g. R's PNG), then {"type": "done", "status"?}
+                    display, e.g. R's PNG), {"type": "sync"} (answered "ok\\n" once the
+                    host has read fds 1 and 2: how bash keeps their order), then
+                    {"type": "done", "status"?}
   (their fd numbers in TCI_KERNEL_FDS="commands,events")
   fd 1, 2           the worker's own stdout and stderr pipes, which the host reads: what
                     a program started from the code writes arrives as it would from Python.
@@ -33,6 +35,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+
+from ..streams import wait_drained
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -187,6 +191,11 @@ class SubKernel:
             kind = event.get("type")
             if kind == "done":
                 return self.finish(event)
+            if kind == "sync":  # the kernel waits until its raw output has been read
+                wait_drained(1, 2)
+                with contextlib.suppress(BrokenPipeError):
+                    _write_all(self.commands, b"ok\n")
+                continue
             self._show(kind, event)
 
     def _show(self, kind: Any, event: dict[str, Any]) -> None:

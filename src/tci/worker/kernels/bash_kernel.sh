@@ -6,7 +6,22 @@
 IFS=, read -r __tci_commands __tci_events <<< "$TCI_KERNEL_FDS"
 unset TCI_KERNEL_FDS
 
+# Before each command of the call (bash's DEBUG trap): wait until the host has read what
+# earlier commands wrote to stdout and stderr (the worker answers "sync" once those pipes are
+# drained), so output written to the two arrives in the order it was written. A round trip
+# each, so only the first time a command (line and text) runs in the call: a loop syncs in
+# its first pass and then runs near bash's own speed (its later passes' output may group).
+__tci_sync() {
+    [[ -z ${__tci_seen["$1:$2"]} ]] || return 0
+    __tci_seen["$1:$2"]=1
+    printf '{"type":"sync"}\n' >&"$__tci_events"
+    read -r -u "$__tci_commands" __tci_ack
+}
+
 __tci_run() {
+    unset __tci_seen
+    declare -gA __tci_seen=()
+    trap '__tci_sync "$LINENO" "$BASH_COMMAND"' DEBUG
     eval "$1"
 }
 
@@ -28,5 +43,6 @@ while :; do
     fi
     __tci_run "$__tci_code"
     __tci_status=$?
+    trap - DEBUG
     printf '{"type":"done","status":%d}\n' "$__tci_status" >&"$__tci_events"
 done

@@ -34,6 +34,12 @@ local({
     writeBin(charToRaw(paste0("{", paste(parts, collapse = ","), "}\n")), events)
     flush(events)
   }
+  # Before each top-level expression: wait until the host has read what the earlier ones
+  # printed to stdout and stderr, so the two arrive in the order they were written.
+  sync <- function() {
+    send(type = "sync")
+    readLines(commands, n = 1L, warn = FALSE)
+  }
   describe <- function(condition) {
     call <- conditionCall(condition)
     message <- conditionMessage(condition)
@@ -51,6 +57,7 @@ local({
     }
     ok <- TRUE
     for (expression in parsed) {
+      sync()
       ok <- tryCatch(withCallingHandlers({
         shown <- withVisible(eval(expression, envir = globalenv()))
         if (shown$visible) {
