@@ -98,8 +98,8 @@ class SessionInfo(BaseModel):
     # paused: its processes ended, its state kept (POST /tci/sessions/{id}/pause); executing on
     # it resumes it. While paused its lifetime clock stops, and state_bytes is what it keeps.
     status: Literal["running", "paused"] = "running"
-    paused_at: datetime | None = None
-    state_bytes: int | None = None
+    paused_at: datetime | None = Field(default=None, exclude_if=lambda value: value is None)
+    state_bytes: int | None = Field(default=None, exclude_if=lambda value: value is None)
 
 
 class SessionList(BaseModel):

@@ -168,7 +168,8 @@ def test_interrupt_refuses_other_keys_unknown_and_ended_sessions(server):
 def test_create_session_without_code(server):
     created = new_session(server)
     assert created.keys() == {"id", "execute_count", "started_at", "last_execute_at",
-                              "expires_at"}
+                              "expires_at", "status"}
+    assert created["status"] == "running"
     assert created["id"].startswith("ses_") and created["execute_count"] == 0
     assert datetime.fromisoformat(created["expires_at"]) > datetime.fromisoformat(
         created["started_at"])
