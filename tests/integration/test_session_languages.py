@@ -268,3 +268,14 @@ def test_the_together_sdk_passes_other_languages(langs):
                                              session_id=session)
     assert [o.data.text_plain for o in second.data.outputs] == ["42"]
     assert [o.data for o in shell.data.outputs] == ["42\n"]
+
+
+def test_static_imports_bind_names_that_persist(langs):
+    data = call(langs, "typescript",
+                "import _ from 'lodash'; import { join as j } from 'node:path'\n"
+                "import type { Foo } from './nowhere'\n"
+                "const parts: number[][] = _.chunk([1, 2, 3], 2)")
+    assert data["outputs"] == [], data
+    later = call(langs, "javascript", "import * as os from 'node:os'\n"
+                 "j('a', String(parts.length), typeof os.cpus)", data["session_id"])
+    assert results(later) == ["'a/2/function'"], later

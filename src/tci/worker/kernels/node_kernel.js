@@ -181,6 +181,8 @@ const server = repl.start({
 });
 server.context.require = require("node:module").createRequire(path.join(process.cwd(), "cell.js"));
 server.context.display = (value) => showDisplay(value);
+// `import x from "m"`'s x: a CommonJS module's exports, or an ES module's default.
+server.context.__tciDefault = (module) => (module && module.__esModule ? module.default : module);
 // The REPL's own console writes to its (unused) output stream: the process's one is in-band.
 server.context.console = console;
 let pending = null; // the running call's finish(error, value)
@@ -216,7 +218,28 @@ function showResult(value) {
 }
 
 let esbuild = null;
-async function transpile(code) {
+// Static imports (at a line's start or after a `;`): Node's REPL cannot run them, so each becomes a `var`
+// bound by `require` (the names then persist like any declaration); `import type` goes.
+const IMPORT_FROM = /(^[ \t]*|;[ \t]*)import\s+(type\s+)?([\w$]+\s*,?\s*)?(\*\s*as\s+[\w$]+|\{[^}]*\})?\s*from\s*(['"][^'"\n]+['"])/gm;
+const IMPORT_BARE = /(^[ \t]*|;[ \t]*)import\s*(['"][^'"\n]+['"])/gm;
+
+function rewriteImports(code) {
+  return code.replace(IMPORT_FROM, (whole, indent, typeOnly, first, rest, source) => {
+    if (typeOnly) return indent;
+    const parts = [];
+    const name = first && first.replace(/[\s,]/g, "");
+    if (name) parts.push(`var ${name} = __tciDefault(require(${source}));`);
+    if (rest && rest.startsWith("*")) parts.push(`var ${rest.replace(/^\*\s*as\s+/, "")} = require(${source});`);
+    else if (rest) {
+      const names = rest.slice(1, -1).split(",").map((n) => n.trim()).filter((n) => n && !n.startsWith("type "))
+        .map((n) => n.replace(/\s+as\s+/, ": "));
+      if (names.length) parts.push(`var { ${names.join(", ")} } = require(${source});`);
+    }
+    return indent + parts.join(" ");
+  }).replace(IMPORT_BARE, (whole, indent, source) => `${indent}require(${source});`);
+}
+
+async function transpile(code, loader) {
   if (esbuild === null) {
     try {
       esbuild = require(require.resolve("esbuild", { paths: NODE_MODULES.split(":") }));
@@ -225,13 +248,14 @@ async function transpile(code) {
         "(make toolchains installs it)");
     }
   }
-  const result = await esbuild.transform(code, { loader: "ts", target: "node20" });
+  const result = await esbuild.transform(code, { loader, target: "node20" });
   return result.code;
 }
 
 async function run(code, language) {
   let source = code;
-  if (language === "typescript") source = await transpile(code);
+  source = rewriteImports(source);
+  if (language === "typescript") source = await transpile(source, "ts");
   const rewritten = rewriteTopLevel(source);
   source = rewritten.code + (rewritten.declaration ? "\n;undefined" : "");
   return new Promise((resolve) => {
