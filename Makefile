@@ -114,11 +114,14 @@ venv: .venv/.stamp
 	touch $@
 
 # The sandbox runtime: every package TCI pre-installs, for Debian's Python 3.11, which the
-# sandboxes see read-only at /usr/local/lib/python3.11/dist-packages.
+# sandboxes see read-only at /usr/local/lib/python3.11/dist-packages. Compiled to bytecode
+# here: a sandbox cannot write __pycache__, so without it every import of a package the
+# template did not preload compiles its source again, in every session and run (`import
+# sklearn.linear_model`: 5.8 s of CPU from source, 2.0 s from bytecode).
 runtime: .runtime/.stamp
 .runtime/.stamp: runtime/requirements.lock | uv system
 	rm -rf .runtime.new
-	$(UV) pip install -q --python $(RUNTIME_PYTHON) --target .runtime.new/site -r runtime/requirements.lock
+	$(UV) pip install -q --compile-bytecode --python $(RUNTIME_PYTHON) --target .runtime.new/site -r runtime/requirements.lock
 	ln -sf $(RUNTIME_PYTHON) .runtime.new/site/bin/python
 	ln -sf $(RUNTIME_PYTHON) .runtime.new/site/bin/python3
 	chmod -R a+rX .runtime.new src/tci/worker

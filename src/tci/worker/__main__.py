@@ -108,9 +108,11 @@ class Worker:
                 importlib.import_module(name)
             except Exception as exc:
                 failed.append(f"{name}: {exc!r}")
-        # One silent cell warms IPython's own machinery (compiler, display hooks), so the
-        # user's first cell costs what every later one does.
-        self.shell.run_cell("pass", store_history=False, silent=True)
+        # One cell warms IPython's own machinery (compiler, display hooks, and what a
+        # non-silent cell alone imports, such as the shell's logger), so the user's first
+        # cell costs what every later one does: 2.2 -> 1.4 ms after a silent one. Kept out of
+        # the history, so the user's first cell is still In[1].
+        self.shell.run_cell("print(end='')", store_history=False)
         self.figures.before_cell()
         self.emit({"type": "done", "ok": not failed, "failed": failed})
 
