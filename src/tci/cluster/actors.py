@@ -23,7 +23,7 @@ def host_name(node_id: str) -> str:
 
 def host_nodes() -> dict[str, str]:
     """Live nodes offering `tci_host`: host name -> node id."""
-    nodes: list[dict[str, Any]] = ray.nodes()
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
     return {host_name(node["NodeID"]): node["NodeID"] for node in nodes
             if node["Alive"] and node["Resources"].get(RESOURCE, 0) >= 1}
 

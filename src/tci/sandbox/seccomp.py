@@ -393,7 +393,8 @@ def _libseccomp() -> ModuleType:
         raise SandboxUnavailable(
             f"seccomp filters need libseccomp (apt-get install libseccomp2): {exc}"
         ) from exc
-    return pyseccomp
+    module: ModuleType = pyseccomp
+    return module
 
 
 def _native(sc: ModuleType) -> str:
