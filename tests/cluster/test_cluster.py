@@ -47,6 +47,24 @@ def test_a_session_made_through_one_gateway_runs_through_the_other(cluster):
     assert listed.status_code == 200, listed.text
 
 
+def test_plain_calls_through_a_gateway_answer_as_on_one_machine(cluster):
+    """A warm call crosses Ray as plain values (HostActor.run); a call with files, one that
+    ends its session and one to an ended session still answer as on one machine."""
+    gateway = cluster.gateways[0]
+    session = gateway.run("x = 1")["session_id"]
+    assert gateway.run("x += 1\nprint(x)\nx", session)["outputs"] == [
+        {"type": "stdout", "data": "2\n"},
+        {"type": "execute_result", "data": {"text/plain": "2"}}]
+    failed = gateway.run("1 / 0", session)["outputs"]
+    assert failed[-1]["type"] == "error" and "ZeroDivisionError" in failed[-1]["data"]
+    files = [{"name": "in.txt", "content": "hi"}]
+    assert stdout_of(gateway.run("print(open('in.txt').read())", session, files=files)) \
+        == "hi\n"
+    gateway.run("exit()", session)
+    ended = gateway.execute("print(x)", session)
+    assert ended.status_code == 410, ended.text
+
+
 def test_streaming_through_a_gateway_sends_output_while_the_cell_runs(cluster):
     a, b = cluster.gateways
     session = a.run("import os, time")["session_id"]

@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 _UNKNOWN = EndReason(EndKind.HOST_LOST, "host lost: the host restarted")
 
 
+# A call that left its session alive, as `run` answers it: [outputs, EndKind name].
+PlainResult = list[Any]
+
+
 @dataclass(frozen=True)
 class Reply:
     """What a call returns: its value, or how the session ended, or the error to raise."""
@@ -192,6 +196,18 @@ class HostActor:
     async def execute(self, sid: str, cell: Cell, files: list[DecodedFile], timeout: float,
                       grace: float) -> Reply:
         return await self._execute(sid, cell, files, timeout, grace, None, None)
+
+    async def run(self, sid: str, code: str, language: str, timeout: float,
+                  grace: float) -> Reply | PlainResult:
+        """`execute` without files, the warm call: plain values both ways. Ray packs strings,
+        numbers, lists and dicts with msgpack, and pickles anything else (Cell, Reply,
+        CallResult) with cloudpickle on one side and unpickles it on the other. A call that
+        left its session alive answers [outputs, its EndKind's name]; any other a Reply."""
+        reply = await self._execute(sid, Cell(code, language), [], timeout, grace, None, None)
+        result = reply.value
+        if isinstance(result, CallResult) and result.ended is None:
+            return [result.outputs, result.end.name]
+        return reply
 
     async def _execute(self, sid: str, cell: Cell, files: list[DecodedFile], timeout: float,
                        grace: float, listener: Any, on_start: Any) -> Reply:

@@ -25,7 +25,7 @@ import ray
 from ray.exceptions import ActorDiedError, RayActorError
 
 from tci.cluster import actors
-from tci.cluster.host_actor import Feed, HostInfo, Reply
+from tci.cluster.host_actor import Feed, HostInfo, PlainResult, Reply
 from tci.cluster.streamed import OutlinedResult
 from tci.config import Settings
 from tci.errors import HostUnreachable, SandboxUnavailable, SessionEnded, TCIError
@@ -81,6 +81,15 @@ def _unwrap(reply: Reply) -> Any:
     return reply.value
 
 
+def _call_result(answer: Reply | PlainResult) -> CallResult:
+    """A call's result from `HostActor.run`'s plain answer, or `execute`'s Reply."""
+    if isinstance(answer, Reply):
+        result: CallResult = _unwrap(answer)
+        return result
+    outputs, end = answer
+    return CallResult(outputs, EndKind[end])
+
+
 @dataclass
 class _Host:
     """What a gateway knows of one host actor."""
@@ -120,10 +129,11 @@ class RaySession(HostedSession):
                 raise SessionGone(self._gone)
             if on_start is not None:
                 on_start()
-            call = self._entry.actor.execute.remote(self.id, cell, files, timeout, grace)
+            actor = self._entry.actor
+            call = actor.execute.remote(self.id, cell, files, timeout, grace) if files else \
+                actor.run.remote(self.id, cell.code, cell.language, timeout, grace)
             try:
-                result: CallResult = _unwrap(await call)
-                return result
+                return _call_result(await call)
             except HOST_FAILURES as exc:
                 raise _failure(exc, self._entry.name) from None
             except asyncio.CancelledError:  # the client went away: the host interrupts the
