@@ -157,6 +157,10 @@ class Settings(BaseSettings):
     # session joining its cgroup then waits for no RCU grace period (~6-12 ms each, serialized
     # between concurrent creations); every fork and exit on the machine pays an atomic op more.
     cgroup_favordynmods: bool = True
+    # A session's runtime for another language (node, bash, R: worker/kernels/) must be up
+    # within this many seconds of a call asking for it, else the call gets an error and the
+    # session lives on. A busy 2-core machine starts R in about 1 s.
+    runtime_start_timeout_seconds: float = Field(default=60.0, gt=0)
     # Host header values /mcp accepts (DNS rebinding): "name" (any port), "name:port", or "*"
     # for any. Unset: the bind host, localhost, 127.0.0.1 and [::1]. Set it to the names
     # clients use when the server is reached by another name (a bind to 0.0.0.0, a proxy).

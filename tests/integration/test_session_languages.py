@@ -201,6 +201,8 @@ def test_a_runtime_that_ignores_the_interrupt_is_restarted_and_says_so(langs):
     # A pure-bash loop runs no foreground program for the SIGINT to stop.
     data = call(langs, "bash", "trap '' INT; while :; do :; done", session, timeout=2)
     assert any("restarted" in e and "lost" in e for e in errors(data)), data
+    # Its wait is half of TCI_INTERRUPT_GRACE_SECONDS (2 s by default): back within the grace.
+    assert any("did not stop within 1 s of the interrupt" in e for e in errors(data)), data
     assert stdout_of(call(langs, "bash", "echo \"[$kept]\"", session)) == "[]\n"
     # Python's state lives on: only the runtime was restarted, not the session.
     assert stdout_of(call(langs, "python", "print('python ok')", session)) == "python ok\n"
@@ -279,3 +281,17 @@ def test_static_imports_bind_names_that_persist(langs):
     later = call(langs, "javascript", "import * as os from 'node:os'\n"
                  "j('a', String(parts.length), typeof os.cpus)", data["session_id"])
     assert results(later) == ["'a/2/function'"], later
+
+
+def test_a_runtime_slower_to_start_than_its_setting_is_an_error_and_the_session_lives(
+        tmp_path):
+    """TCI_RUNTIME_START_TIMEOUT_SECONDS, crossed: Node cannot be up within a millisecond."""
+    server = make_server(tmp_path, runtime_start_timeout_seconds="0.001")
+    try:
+        data = call(server, "javascript", "1 + 1")
+        assert errors(data) and "did not start within 0.001 s " \
+            "(TCI_RUNTIME_START_TIMEOUT_SECONDS)" in errors(data)[0], data
+        session = data["session_id"]
+        assert stdout_of(call(server, "python", "print('python ok')", session)) == "python ok\n"
+    finally:
+        server.stop()

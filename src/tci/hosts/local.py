@@ -121,9 +121,14 @@ class LocalSession(HostedSession):
         if on_start is not None:
             on_start()
         before = self._counters  # as read after the previous call: one read per call
-        result = await self._worker.request(
-            {"op": "execute", "code": cell.code, "language": cell.language},
-            timeout=timeout, grace=grace, listener=listener)
+        frame: dict[str, Any] = {"op": "execute", "code": cell.code, "language": cell.language}
+        if cell.language != "python":  # a runtime of its own, bounded by these
+            frame["runtime"] = {
+                "start_timeout": self._settings.runtime_start_timeout_seconds,
+                "interrupt_wait": grace / 2,  # back within the grace, or restarted
+                "max_display_bytes": self._settings.max_output_bytes}
+        result = await self._worker.request(frame, timeout=timeout, grace=grace,
+                                            listener=listener)
         # The kernel's record of limits hit during the call, each named by its setting.
         self._counters = self._sandbox.counters()
         hit = limits_hit(self._settings, before, self._counters, self._sandbox.volume_usage(),

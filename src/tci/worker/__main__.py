@@ -1,14 +1,16 @@
 """Worker entry point: `python -m tci_worker` inside the sandbox.
 
 Channels (numbers passed in TCI_WORKER_FDS="commands,events"):
-  commands  host -> worker frames: {"op": "execute", "id", "code", "language"} | {"op": "ping"}
+  commands  host -> worker frames: {"op": "execute", "id", "code", "language", "runtime"}
+            | {"op": "ping"}
             | {"op": "preload", "modules": [...]} | {"op": "shutdown"}
   events    worker -> host frames: {"type": "ready"} then, per request, any number of
             display_data / execute_result / error events and one {"type": "done", "ok"}
             ("exit": true once a cell called exit() or quit()).
   fd 1, 2   stdout and stderr, read by the host directly.
 The worker is single-threaded and starts no event loop, so it stays fork-safe. A language
-other than Python runs in a sub-kernel, the worker's child started on first use (kernels/).
+other than Python runs in a sub-kernel, the worker's child started on first use (kernels/),
+within the bounds the frame's "runtime" carries from the server's settings.
 """
 
 from __future__ import annotations
@@ -57,24 +59,25 @@ class Worker:
         wait_drained(1, 2)  # stdout/stderr written so far reach the host first
         write_event(self.event_fd, event)
 
-    def execute_other(self, language: str, code: str) -> None:
+    def execute_other(self, language: str, code: str, runtime: object = None) -> None:
         """A call in another language: relayed to its sub-kernel (kernels/base.py), which
         SIGINT reaches through the relay (a KeyboardInterrupt there is forwarded)."""
         from .kernels import Kernels
+        from .kernels.base import RuntimeLimits
 
         if self.kernels is None:
             self.kernels = Kernels(self.emit, self.stdout, self.stderr)
         try:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             self.emit({"type": "started"})
-            ok = self.kernels.execute(language, code)
+            ok = self.kernels.execute(language, code, RuntimeLimits.of(runtime))
         finally:
             signal.signal(signal.SIGINT, _late_sigint)
         self.emit({"type": "done", "ok": ok})
 
-    def execute(self, code: str, language: str = "python") -> None:
+    def execute(self, code: str, language: str = "python", runtime: object = None) -> None:
         if language not in ("python", ""):
-            self.execute_other(language, code)
+            self.execute_other(language, code, runtime)
             return
         self.figures.before_cell()
         # While the cell runs, SIGINT is Python's own C-level handler: the KeyboardInterrupt is
@@ -147,7 +150,8 @@ class Worker:
         self.request_id = request.get("id")
         op = request.get("op")
         if op == "execute":
-            self.execute(str(request.get("code", "")), str(request.get("language", "python")))
+            self.execute(str(request.get("code", "")), str(request.get("language", "python")),
+                         request.get("runtime"))
         elif op == "preload":
             self.preload(list(request.get("modules", [])))
         elif op in ("save_state", "restore_state"):  # pause, resume, snapshots: state.py

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from .base import Emit, KernelUnavailable, SubKernel, Writer
+from .base import Emit, KernelUnavailable, RuntimeLimits, SubKernel, Writer
 from .bash import BashKernel
 from .node import NodeKernel
 from .r import RKernel
@@ -20,7 +20,7 @@ class Kernels:
         self.emit, self.stdout, self.stderr = emit, stdout, stderr
         self.running: dict[type[SubKernel], SubKernel] = {}
 
-    def execute(self, language: str, code: str) -> bool:
+    def execute(self, language: str, code: str, limits: RuntimeLimits | None = None) -> bool:
         kind = KINDS.get(language)
         if kind is None:
             self.emit({"type": "error", "data": f"this session does not run {language!r}; it "
@@ -30,6 +30,7 @@ class Kernels:
         if kernel is None:
             kernel = self.running[kind] = kind(self.emit, self.stdout, self.stderr)
         kernel.language = language
+        kernel.limits = limits or RuntimeLimits()
         try:
             return kernel.execute(code)
         except KernelUnavailable as exc:

@@ -33,6 +33,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,16 +48,38 @@ class Writer(Protocol):
     def write(self, text: str, /) -> int: ...
 
 HERE = Path(__file__).resolve().parent
-# Starting a runtime is bounded: a stuck start must not hold the call forever (the host's own
-# call timeout would kill the whole worker). A busy 2-core machine starts R in ~1 s.
-START_TIMEOUT_SECONDS = 60.0
-# After a forwarded SIGINT: how long the kernel may take to come back before it is killed.
-# Below the host's default interrupt grace (TCI_INTERRUPT_GRACE_SECONDS, 2 s), so the worker,
-# and with it the session's Python state, outlives a runtime that ignores the interrupt.
-INTERRUPT_WAIT_SECONDS = 1.0
 _READ_SIZE = 1 << 16
-# A display file (an R plot) larger than this is reported, not sent.
-_MAX_DISPLAY_FILE = 32 << 20
+
+
+@dataclass(frozen=True)
+class RuntimeLimits:
+    """A call's bounds on its runtime, from the server's settings (the execute frame's
+    "runtime"; these defaults are the settings' own, for a frame without them)."""
+
+    # Starting a runtime is bounded: a stuck start must not hold the call forever (the host's
+    # call timeout would kill the whole worker). TCI_RUNTIME_START_TIMEOUT_SECONDS.
+    start_timeout: float = 60.0
+    # After a forwarded SIGINT: how long the runtime may take to come back before it is killed.
+    # Half the host's TCI_INTERRUPT_GRACE_SECONDS, so the worker, and with it the session's
+    # Python state, outlives a runtime that ignores the interrupt.
+    interrupt_wait: float = 1.0
+    # A display file (an R plot) larger than this is reported, not sent: the call's output
+    # could not hold it anyway. TCI_MAX_OUTPUT_BYTES.
+    max_display_bytes: int = 8 << 20
+
+    @classmethod
+    def of(cls, frame: object) -> RuntimeLimits:
+        """From the frame's "runtime" object; a missing or malformed field keeps its default."""
+        limits = cls()
+        if not isinstance(frame, dict):
+            return limits
+        values: dict[str, Any] = {}
+        for name, kind in (("start_timeout", float), ("interrupt_wait", float),
+                           ("max_display_bytes", int)):
+            value = frame.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+                values[name] = kind(value)
+        return replace(limits, **values)
 
 
 class KernelUnavailable(Exception):
@@ -77,6 +100,7 @@ class SubKernel:
         self.events = -1
         self.buffer = b""
         self.restarted_note = ""
+        self.limits = RuntimeLimits()
 
     # -- what a kind says ----------------------------------------------------------------------
 
@@ -124,10 +148,15 @@ class SubKernel:
             os.close(event_write)
         self.commands, self.events = command_write, event_read
         self.buffer = b""
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        deadline = time.monotonic() + self.limits.start_timeout
         while True:
             event = self._next_event(deadline)
             if event is None:
+                if self.alive:  # still starting at the deadline
+                    self.stop()
+                    raise KernelUnavailable(
+                        f"{self.display_name} did not start within "
+                        f"{self.limits.start_timeout:g} s (TCI_RUNTIME_START_TIMEOUT_SECONDS)")
                 note = self._reap()
                 raise KernelUnavailable(f"{self.display_name} did not start ({note})")
             if event.get("type") == "ready":
@@ -182,7 +211,7 @@ class SubKernel:
                 event = self._next_event(deadline)
             except KeyboardInterrupt:
                 if deadline is None:
-                    deadline = time.monotonic() + INTERRUPT_WAIT_SECONDS
+                    deadline = time.monotonic() + self.limits.interrupt_wait
                     with contextlib.suppress(ProcessLookupError):
                         self.interrupt()
                 continue
@@ -213,14 +242,14 @@ class SubKernel:
     def _display_file(self, path: str, mime: str) -> None:
         try:
             with open(path, "rb") as handle:
-                data = handle.read(_MAX_DISPLAY_FILE + 1)
+                data = handle.read(self.limits.max_display_bytes + 1)
             os.unlink(path)
         except OSError as exc:
             self.emit({"type": "error", "data": f"could not read the plot {path}: {exc}"})
             return
-        if len(data) > _MAX_DISPLAY_FILE:
+        if len(data) > self.limits.max_display_bytes:
             self.emit({"type": "error", "data": f"the plot {path} is larger than "
-                                                f"{_MAX_DISPLAY_FILE} bytes, not shown"})
+                       f"{self.limits.max_display_bytes} bytes (TCI_MAX_OUTPUT_BYTES), not shown"})
             return
         self.emit({"type": "display_data",
                    "data": {mime: base64.b64encode(data).decode("ascii")}})
@@ -230,7 +259,7 @@ class SubKernel:
         why = self.stop()
         if interrupted:
             text = (f"KeyboardInterrupt: {self.display_name} did not stop within "
-                    f"{INTERRUPT_WAIT_SECONDS:g} s of the interrupt, so it was restarted; its "
+                    f"{self.limits.interrupt_wait:g} s of the interrupt, so it was restarted; its "
                     "state (variables, definitions) is lost")
         else:
             text = (f"{self.display_name} ended during the call ({why}); the next call starts "
