@@ -7,8 +7,10 @@ files are shared with Python, and an unknown language is a 400 naming the ones o
 from __future__ import annotations
 
 import json
+import os
 import threading
 
+import httpx
 import pytest
 from together import Together
 
@@ -295,3 +297,12 @@ def test_a_runtime_slower_to_start_than_its_setting_is_an_error_and_the_session_
         assert stdout_of(call(server, "python", "print('python ok')", session)) == "python ok\n"
     finally:
         server.stop()
+
+
+def test_health_lists_the_session_languages_this_machine_runs(langs):
+    """Checked against the machine itself: a runtime is offered where its program exists."""
+    offered = httpx.get(f"{langs.url}/health", timeout=30).json()["languages"]["sessions"]
+    assert offered == {"python": True, "javascript": os.path.exists("/usr/bin/node"),
+                       "typescript": os.path.exists("/usr/bin/node"),
+                       "bash": os.path.exists("/bin/bash"),
+                       "r": os.path.exists("/usr/bin/Rscript")}

@@ -4,6 +4,7 @@ error output, not a crash, and a call after it still runs; the relay keeps a bas
 from __future__ import annotations
 
 import io
+import os
 from typing import Any
 
 from tci.worker import kernels
@@ -41,3 +42,13 @@ def test_bash_state_and_exit_status_through_the_relay() -> None:
     finally:
         for kernel in running.running.values():
             kernel.stop()
+
+
+def test_installed_says_which_runtimes_this_machine_has(monkeypatch) -> None:
+    class Missing(BashKernel):
+        runtime = "/nonexistent/bash"
+
+    monkeypatch.setitem(kernels.KINDS, "bash", Missing)
+    found = kernels.installed()
+    assert found["python"] is True and found["bash"] is False
+    assert found["javascript"] is os.path.exists("/usr/bin/node")

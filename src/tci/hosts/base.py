@@ -74,6 +74,9 @@ class HostStats:
     capacity: int = 0  # sessions it holds at once (TCI_MAX_SESSIONS, or what the machine holds)
     # What the host found at start that a setting cannot do here, e.g. {"io_weight": {...}}.
     details: dict[str, Any] = field(default_factory=dict)
+    # Session languages and whether this host's sandboxes have their runtime (empty: a host
+    # that does not say, such as a Ray gateway).
+    languages: dict[str, bool] = field(default_factory=dict)
 
 
 class HostedSession(ABC):

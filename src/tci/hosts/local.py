@@ -43,6 +43,7 @@ from tci.sandbox.kept_volumes import STATE_FILE_IN_SANDBOX, StateStore
 from tci.sandbox.launcher import Sandbox
 from tci.sandbox.protections import enforce
 from tci.sandbox.volume import IMAGE_NAME
+from tci.worker import kernels
 from tci.workspace import DecodedFile, FileListing, list_files, read_file, write_files
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,7 @@ class LocalHost(SessionHost):
         self._tasks: set[asyncio.Task[None]] = set()
         self._teardowns: set[asyncio.Task[None]] = set()
         self.details: dict[str, Any] = {}  # HostStats.details, filled at start
+        self.languages: dict[str, bool] = {}  # HostStats.languages, likewise
 
     def spawn(self, work: Coroutine[None, None, None], name: str) -> None:
         """Run `work` in the background, held until done (the loop keeps weak references)."""
@@ -279,6 +281,11 @@ class LocalHost(SessionHost):
         await self.launcher.warm_up()
         enforce(await self.self_check(), self.settings.unsafe_allow_missing_protections)
         self.details["io_weight"] = self._io_weight_status()
+        self.languages = kernels.installed()
+        missing = [name for name, ok in self.languages.items() if not ok]
+        if missing:
+            log.warning("sessions cannot run %s: runtime not installed (run `make toolchains`)",
+                        ", ".join(missing))
         if self.launcher.cgroups is not None:
             self.details["cgroup_favordynmods"] = (
                 self.launcher.dynmods.status() if self.settings.cgroup_favordynmods
@@ -361,7 +368,7 @@ class LocalHost(SessionHost):
 
     def stats(self) -> HostStats:
         return HostStats(len(self.pool.ready), self.pool.size, self.pool.starts_failed,
-                         self.capacity, self.details)
+                         self.capacity, self.details, self.languages)
 
     async def self_check(self) -> list[str]:
         return await selfcheck.probe(self.launcher, self.settings)

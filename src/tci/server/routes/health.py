@@ -19,6 +19,7 @@ async def health(request: Request) -> dict[str, Any]:
         # Settings this host cannot apply as asked (e.g. TCI_IO_WEIGHT without bfq), said here
         # as well as in the start-up log.
         "details": stats.details,
-        # Languages whose toolchains the sandboxes see (a missing one is refused with a 400).
-        "languages": {"runs": request.app.state.runs.available},
+        # Languages whose toolchains the sandboxes see: a run in a missing one is refused
+        # (400), a session's call in one gets an error output saying so.
+        "languages": {"runs": request.app.state.runs.available, "sessions": stats.languages},
     }

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import os
+
 from .base import Emit, KernelUnavailable, RuntimeLimits, SubKernel, Writer
 from .bash import BashKernel
 from .node import NodeKernel
@@ -13,6 +15,12 @@ from .r import RKernel
 KINDS: dict[str, type[SubKernel]] = {
     "javascript": NodeKernel, "typescript": NodeKernel, "bash": BashKernel, "r": RKernel,
 }
+
+
+def installed() -> dict[str, bool]:
+    """Which session languages this machine's sandboxes can run: Python always, the others
+    where their runtime is installed (sandboxes see the host's /usr read-only)."""
+    return {"python": True, **{name: os.path.exists(kind.runtime) for name, kind in KINDS.items()}}
 
 
 class Kernels:
