@@ -11,7 +11,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,6 +38,7 @@ from tci.metrics import Metrics
 from tci.request_files import check_file, decode_files
 from tci.schemas import ExecuteRequest
 from tci.sessions.execution_log import ExecutionLog, RunLog
+from tci.sessions.live import LiveSession
 from tci.sessions.pause import Pausing, RepausedWhileWaiting
 from tci.sessions.table import SessionTable, utcnow
 from tci.storage.buckets import BucketUsage
@@ -52,30 +52,6 @@ RESERVATION_SLACK_SECONDS = 60.0
 # A session made by a call whose client left before the answer: no one can ever use its id.
 CLIENT_LEFT = EndReason(EndKind.CLIENT_GONE,
                         "its client went away before it learned the new session's id")
-
-
-@dataclass
-class LiveSession:
-    id: str
-    key_id: int
-    started_at: datetime
-    expires_at: datetime
-    hosted: HostedSession
-    execute_count: int = 0
-    last_execute_at: datetime | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    ended: EndReason | None = None
-    paused: bool = False  # set once paused: it left the table, its state is kept (pause.py)
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "execute_count": self.execute_count,
-            "started_at": self.started_at,
-            "last_execute_at": self.last_execute_at or self.started_at,
-            "expires_at": self.expires_at,
-            "status": "running",
-        }
 
 
 class SessionManager(Pausing):

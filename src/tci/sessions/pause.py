@@ -35,6 +35,7 @@ from tci.hosts.base import (
     StateNotRestored,
     StateNotSaved,
 )
+from tci.sessions.live import LiveSession
 from tci.sessions.table import utcnow
 from tci.storage.store import KeyInfo, PausedSession, SnapshotRow
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
     from tci.config import Settings
     from tci.hosts.base import SessionHost
     from tci.sessions.execution_log import ExecutionLog
-    from tci.sessions.manager import LiveSession
     from tci.sessions.table import SessionTable
     from tci.storage.store import AsyncStore
 
@@ -186,8 +186,6 @@ class Pausing:
                 self._resuming.pop(session_id, None)
 
     async def _start_paused(self, key: KeyInfo, paused: PausedSession) -> LiveSession:
-        from tci.sessions.manager import LiveSession
-
         self._check_capacity()
         reservation = await self._reserve(key)
         self._starting += 1
