@@ -21,14 +21,14 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from .protocol import read_frame, write_event
+from .protocol import Message, read_frame, write_event
 from .streams import ordered_pair, wait_drained
 
 if TYPE_CHECKING:
     from .kernels import Kernels
 
 
-def _late_sigint(signum, frame) -> None:
+def _late_sigint(signum: int, frame: object) -> None:
     """SIGINT outside a cell: late (its cell has ended), so dropped. It must neither break
     the protocol loop nor reach the next cell. None comes early: the host signals only after
     a cell's "started" event (kernel/driver.py)."""
@@ -54,7 +54,7 @@ class Worker:
         install_viewers(self.emit)
         signal.signal(signal.SIGINT, _late_sigint)
 
-    def emit(self, event: dict) -> None:
+    def emit(self, event: Message) -> None:
         event["id"] = self.request_id
         wait_drained(1, 2)  # stdout/stderr written so far reach the host first
         write_event(self.event_fd, event)
@@ -87,7 +87,7 @@ class Worker:
         try:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             self.emit({"type": "started"})
-            result = self.shell.run_cell(code, store_history=True)
+            result = self.shell.run_cell(code, store_history=True)  # type: ignore[no-untyped-call]
             signal.signal(signal.SIGINT, _late_sigint)
             ok = self.shell.succeeded(result)
         except KeyboardInterrupt:
@@ -98,7 +98,7 @@ class Worker:
             self.figures.publish_open_figures()
         except Exception as exc:  # a broken figure must not lose the cell's result
             self.emit({"type": "error", "data": f"could not render figure: {exc!r}"})
-        done: dict = {"type": "done", "ok": ok}
+        done: Message = {"type": "done", "ok": ok}
         if self.shell.exit_now:  # exit() or quit(): the host ends the session after answering
             self.shell.exit_now = False
             done["exit"] = True
@@ -115,7 +115,7 @@ class Worker:
         # non-silent cell alone imports, such as the shell's logger), so the user's first
         # cell costs what every later one does: 2.2 -> 1.4 ms after a silent one. Kept out of
         # the history, so the user's first cell is still In[1].
-        self.shell.run_cell("print(end='')", store_history=False)
+        self.shell.run_cell("print(end='')", store_history=False)  # type: ignore[no-untyped-call]
         self.figures.before_cell()
         self.emit({"type": "done", "ok": not failed, "failed": failed})
 
@@ -145,7 +145,7 @@ class Worker:
             if not self.handle(request):
                 return
 
-    def handle(self, request: dict) -> bool:
+    def handle(self, request: Message) -> bool:
         """Carry out one request; False for shutdown."""
         self.request_id = request.get("id")
         op = request.get("op")

@@ -30,6 +30,7 @@ import time
 
 from . import confine, linux, program
 from . import native as native_build
+from .protocol import Message
 
 WORKSPACE = "/workspace"
 _PAYLOAD_HEADER = struct.Struct("<II")  # path length, content length
@@ -60,7 +61,7 @@ def pack_payload(files: list[tuple[str, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-def become_run(spec: dict, request: dict, fds: list[int], template_namespaces: dict[str, str],
+def become_run(spec: Message, request: Message, fds: list[int], template_namespaces: dict[str, str],
                template: int) -> None:
     """The run's only process, pid 1 of its own pid namespace; `template` is a pidfd on the
     template (our parent). Never returns."""
@@ -113,7 +114,7 @@ def become_run(spec: dict, request: dict, fds: list[int], template_namespaces: d
     os._exit(code)
 
 
-def _build(native: dict | None, steps: dict[str, float]) -> dict:
+def _build(native: Message | None, steps: dict[str, float]) -> Message:
     """A compiled language's compile, unless the server sent its build (from its cache):
     what the server's info message carries besides the steps (the compile's result and, for
     the server's compile cache, its output files)."""
@@ -127,7 +128,7 @@ def _build(native: dict | None, steps: dict[str, float]) -> dict:
     result = native_build.compile_program(native["compile"], native["env"],
                                           float(native["compile_timeout"]))
     steps["compiled"] = time.monotonic()
-    told: dict = {"compile": result}
+    told: Message = {"compile": result}
     if result["return_code"] == 0:
         told["build"] = native_build.read_build(int(native["build_max_bytes"]))
         if native.get("node_modules"):
@@ -135,7 +136,7 @@ def _build(native: dict | None, steps: dict[str, float]) -> dict:
     return told
 
 
-def _run_native(native: dict, report: int, fetch: list[str], budget: int) -> int:
+def _run_native(native: Message, report: int, fetch: list[str], budget: int) -> int:
     """The program as our child; its end passed on (a signal's too, in the report: we
     cannot die of a signal the same way as pid 1) once the files asked back are read."""
     status = native_build.run_program(native["run"], native["env"])
@@ -164,7 +165,7 @@ def _report_files(report: int, paths: list[str], budget: int) -> None:
         os.close(report)
 
 
-def _mount_run(request: dict) -> None:
+def _mount_run(request: Message) -> None:
     confine.mount_private_tmp(request["tmp_bytes"], unmount=False)
     linux.mount("tmpfs", WORKSPACE, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV,
                 f"mode=0755,size={request['work_bytes']},uid={request['uid']},"

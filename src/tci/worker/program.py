@@ -20,7 +20,7 @@ import sys
 import types
 import warnings
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 # An unflushable stdout at exit (a closed pipe...) gives this code, as CPython's does.
 EXIT_FLUSH_FAILED = 120
@@ -48,7 +48,7 @@ def _fresh_streams() -> None:
         sys.stdin, sys.stdout, sys.stderr)
 
 
-def _fresh_interpreter_state(path: str) -> dict:
+def _fresh_interpreter_state(path: str) -> dict[str, Any]:
     atexit._clear()
     sys.excepthook = sys.__excepthook__
     sys.displayhook = sys.__displayhook__

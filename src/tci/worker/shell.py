@@ -22,7 +22,7 @@ from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
 from traitlets import default
 from traitlets.config import Config
 
-Emit = Callable[[dict], None]
+Emit = Callable[[dict[str, Any]], None]
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _SHELL = "/bin/bash"
@@ -52,7 +52,8 @@ class ChannelDisplayHook(DisplayHook):
     def write_output_prompt(self) -> None:
         pass
 
-    def write_format_data(self, format_dict, md_dict=None) -> None:
+    def write_format_data(self, format_dict: dict[str, Any],
+                          md_dict: dict[str, Any] | None = None) -> None:
         self.emit({"type": "execute_result", "data": jsonable_bundle(format_dict)})
 
     def finish_displayhook(self) -> None:
@@ -64,10 +65,11 @@ class ChannelDisplayPublisher(DisplayPublisher):
 
     emit: Emit
 
-    def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kw):
+    def publish(self, data: dict[str, Any], metadata: Any = None, source: Any = None, *,
+                transient: Any = None, update: bool = False, **kw: Any) -> None:
         self.emit({"type": "display_data", "data": jsonable_bundle(data)})
 
-    def clear_output(self, wait=False) -> None:
+    def clear_output(self, wait: bool = False) -> None:
         pass
 
 
@@ -99,7 +101,7 @@ class WorkerShell(InteractiveShell):
 
     @default("exiter")
     def _session_exiter(self) -> SessionExit:
-        return SessionExit(self)
+        return SessionExit(self)  # type: ignore[no-untyped-call]
 
     def ask_exit(self) -> None:
         """What `exit()` does: only a flag (`exit_now`, IPython's own), read after the cell."""
@@ -111,13 +113,14 @@ class WorkerShell(InteractiveShell):
         return bool(result.success) or (
             result.error_before_exec is None and clean_exit(result.error_in_exec))
 
-    def showtraceback(self, exc_tuple=None, *args: Any, **kwargs: Any) -> None:
+    def showtraceback(self, exc_tuple: Any = None, *args: Any, **kwargs: Any) -> None:
         # IPython shows "SystemExit: 0" for a clean exit too; here it is no error at all.
         if exc_tuple is None and clean_exit(sys.exc_info()[1]):
             return
         super().showtraceback(exc_tuple, *args, **kwargs)
 
-    def _showtraceback(self, etype, evalue, stb: list[str]) -> None:
+    def _showtraceback(self, etype: type[BaseException] | None, evalue: BaseException | None,
+                       stb: list[str]) -> None:
         text = strip_ansi(self.InteractiveTB.stb2text(stb)).strip("\n")
         if etype is KeyboardInterrupt and "Cell In[" not in text:
             # Stopped before the user's code began: IPython's own frames would only confuse.
@@ -126,7 +129,7 @@ class WorkerShell(InteractiveShell):
 
     def system(self, cmd: str) -> None:
         """Run `!cmd` with the worker's own stdout/stderr pipes, so output keeps its order."""
-        command = self.var_expand(cmd, depth=1)
+        command = self.var_expand(cmd, depth=1)  # type: ignore[no-untyped-call]
         sys.stdout.flush()
         sys.stderr.flush()
         process = subprocess.Popen(
@@ -145,11 +148,11 @@ class WorkerShell(InteractiveShell):
         self.user_ns["_exit_code"] = exit_code
 
 
-class _ForgetOutputs(dict):
+class _ForgetOutputs(dict[int, list[Any]]):
     """IPython's per-cell output history that stores nothing: each look-up gets a fresh
     list, which is dropped once IPython has appended to it."""
 
-    def __missing__(self, key: Any) -> list:
+    def __missing__(self, key: int) -> list[Any]:
         return []
 
 

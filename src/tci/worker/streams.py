@@ -28,7 +28,7 @@ _SPINS = 20
 
 def unread_bytes(fd: int) -> int:
     try:
-        return _INT.unpack(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        return int(_INT.unpack(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
     except OSError:
         return 0
 

@@ -83,13 +83,14 @@ class Viewers:
             return  # importlib.reload: registered once
         viewers = self
 
-        class InlineViewer(image_show.Viewer):  # type: ignore[name-defined]
+        class InlineViewer(image_show.Viewer):  # type: ignore[name-defined,misc]
             """First of Pillow's viewers: shows every image, as PNG, in the cell's output."""
 
             tci_inline = True
 
             def show(self, image: Any, **options: Any) -> int:
-                viewers.display({"image/png": _pillow_png(image), "text/plain": pretty(image)})
+                viewers.display({"image/png": _pillow_png(image),
+                                 "text/plain": pretty(image)})  # type: ignore[no-untyped-call]
                 return 1
 
         image_show.register(InlineViewer(), order=-1)
