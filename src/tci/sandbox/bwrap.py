@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 SANDBOX_UID = 1000
+_HELP_SECONDS = 10  # `bwrap --help` answers at once; a hung one is an unusable bwrap
 SANDBOX_GID = 1000
 SANDBOX_HOME = "/home/user"
 WORKSPACE = "/workspace"
@@ -89,7 +90,8 @@ def prlimit_options(open_files: int) -> list[str]:
 def bwrap_can_disable_userns(bwrap: str = "bwrap") -> bool:
     """Whether this bubblewrap has --disable-userns (0.8.0 and later)."""
     try:
-        usage = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
+        usage = subprocess.run([bwrap, "--help"], capture_output=True, text=True,
+                               timeout=_HELP_SECONDS)
     except (OSError, subprocess.SubprocessError):
         return False
     return "--disable-userns" in usage.stdout + usage.stderr

@@ -54,6 +54,9 @@ IO_WEIGHT_BFQ_MAX = 1000
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 # How long to wait for the kernel: freezing a tree, tasks exiting after SIGKILL, rmdir.
 _SETTLE_SECONDS = 5.0
+# A tree freezes in milliseconds; one that does not (a task stuck in the kernel) is killed
+# unfrozen, and the kill loop catches what it forks meanwhile.
+_FREEZE_SECONDS = 1.0
 
 
 class CgroupError(SandboxUnavailable):
@@ -301,7 +304,7 @@ class SessionCgroupV1(SessionCgroup):
         if not path.exists():
             return False
         _write(path, state)
-        return _wait_until(lambda: path.read_text().strip() == state, timeout=1.0)
+        return _wait_until(lambda: path.read_text().strip() == state, timeout=_FREEZE_SECONDS)
 
     def kill_all(self) -> bool:
         # Frozen, the tree cannot fork between reading the pids and killing them; SIGKILL
@@ -373,7 +376,8 @@ class SessionCgroupV2(SessionCgroup):
             if pids:
                 try:
                     _write(freeze, 1)
-                    _wait_until(lambda: _read_keyed(events, "frozen") == 1, timeout=1.0)
+                    _wait_until(lambda: _read_keyed(events, "frozen") == 1,
+                                timeout=_FREEZE_SECONDS)
                     _kill_pids(self.procs())
                 finally:
                     _write(freeze, 0)

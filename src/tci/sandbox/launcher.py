@@ -42,6 +42,9 @@ from tci.sandbox.volume_images import VolumeImages
 log = logging.getLogger(__name__)
 
 USER_SITE = ".local/lib/python3.11/site-packages"
+# A killed sandbox's pid 1 is gone in milliseconds; one still there after this is reported
+# (its uid quarantined), not waited for.
+_KILLED_EXIT_SECONDS = 10.0
 
 
 class SandboxProcess(Protocol):
@@ -433,7 +436,7 @@ class SandboxLauncher:
         problems: list[str] = []
         sandbox.kill()
         with contextlib.suppress(ProcessLookupError, ChildProcessError, TimeoutError):
-            await asyncio.wait_for(sandbox.process.wait(), timeout=10)
+            await asyncio.wait_for(sandbox.process.wait(), timeout=_KILLED_EXIT_SECONDS)
         if sandbox.process.returncode is None:
             problems.append(f"{self.kind} (pid {sandbox.process.pid}) did not exit when killed")
         if sandbox.cgroup is not None:

@@ -17,6 +17,8 @@ from tci.sandbox import spawn
 from tci.sandbox.egress_filter import FilteredNamespace
 
 _READY_TIMEOUT = 10.0
+# slirp4netns ends at once when asked; past this it is killed.
+_STOP_SECONDS = 5.0
 
 
 @dataclass
@@ -35,7 +37,7 @@ class Egress:
             os.close(self.exit_fd)
         self.cut()
         with contextlib.suppress(ProcessLookupError, ChildProcessError, TimeoutError):
-            await asyncio.wait_for(self.process.wait(), timeout=5)
+            await asyncio.wait_for(self.process.wait(), timeout=_STOP_SECONDS)
         self.namespace.close()
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tci.errors import SandboxUnavailable
+from tci.sandbox.volume import PROGRAM_SECONDS
 
 RUNTIME_NAME = "runtime"
 WORKER_NAME = "worker"
@@ -53,10 +54,10 @@ def _ours(root: Path) -> list[str]:
 
 
 def _unmount(point: str) -> None:
-    result = subprocess.run(["umount", point], capture_output=True, timeout=60)
+    result = subprocess.run(["umount", point], capture_output=True, timeout=PROGRAM_SECONDS)
     if result.returncode != 0:
         # Busy (a shell of the operator's inside it, say): detach it now, freed when unused.
-        subprocess.run(["umount", "-l", point], capture_output=True, timeout=60)
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=PROGRAM_SECONDS)
 
 
 def withdraw(root: Path) -> None:
@@ -84,7 +85,7 @@ def _bind_read_only(source: Path, target: Path) -> None:
     # util-linux binds, then remounts with the flags (a bind ignores them on its own).
     result = subprocess.run(
         ["mount", "--bind", "-o", "ro,nosuid,nodev", str(source), str(target)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=PROGRAM_SECONDS,
     )
     if result.returncode != 0:
         raise SandboxUnavailable(

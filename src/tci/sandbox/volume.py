@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 IMAGE_NAME = "volume.img"
 MOUNT_NAME = "vol"
 ST_NOSYMFOLLOW = 0x2000  # statvfs f_flag (linux/statfs.h), not in Python's os module
+# mkfs.ext4, mount and umount finish in milliseconds; past this one is stuck in the kernel.
+PROGRAM_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class Usage:
 
 
 def _run(*argv: str) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=PROGRAM_SECONDS)
     if result.returncode != 0:
         raise SandboxUnavailable(
             f"could not prepare the session's disk ({argv[0]}): {result.stderr.strip()}"
@@ -111,7 +113,9 @@ def destroy(root: Path) -> None:
     """Unmount (lazily if something still holds it) and delete the image."""
     mount_point = root / MOUNT_NAME
     if os.path.ismount(mount_point):
-        result = subprocess.run(["umount", str(mount_point)], capture_output=True, timeout=60)
+        result = subprocess.run(["umount", str(mount_point)], capture_output=True,
+                                timeout=PROGRAM_SECONDS)
         if result.returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=60)
+            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True,
+                           timeout=PROGRAM_SECONDS)
     (root / IMAGE_NAME).unlink(missing_ok=True)

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from tci.errors import SandboxUnavailable, ServerBusy
 from tci.sandbox import volume
-from tci.sandbox.volume import IMAGE_NAME, MOUNT_NAME, Usage
+from tci.sandbox.volume import IMAGE_NAME, MOUNT_NAME, PROGRAM_SECONDS, Usage
 from tci.worker import linux
 
 log = logging.getLogger(__name__)
@@ -360,7 +360,7 @@ def _warn_no_fallocate(why: str) -> None:
 
 
 def _run(*argv: str) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=PROGRAM_SECONDS)
     if result.returncode != 0:
         raise SandboxUnavailable(
             f"could not format the session volume template ({argv[0]}): {result.stderr.strip()}"

@@ -26,6 +26,8 @@ Emit = Callable[[dict[str, Any]], None]
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _SHELL = "/bin/bash"
+# After Ctrl-C, a `!cmd` that has not ended within this is killed.
+_BANG_INTERRUPT_SECONDS = 1.0
 
 
 def strip_ansi(text: str) -> str:
@@ -140,7 +142,7 @@ class WorkerShell(InteractiveShell):
         except KeyboardInterrupt:
             process.send_signal(signal.SIGINT)
             try:
-                process.wait(timeout=1.0)
+                process.wait(timeout=_BANG_INTERRUPT_SECONDS)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

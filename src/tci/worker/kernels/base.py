@@ -49,6 +49,8 @@ class Writer(Protocol):
 
 HERE = Path(__file__).resolve().parent
 _READ_SIZE = 1 << 16
+# A runtime whose pipes closed exits at once; past this it is killed with its group.
+_EXIT_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,7 @@ class SubKernel:
         if process is None:
             return "not running"
         try:
-            code = process.wait(timeout=5)
+            code = process.wait(timeout=_EXIT_WAIT_SECONDS)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             code = process.wait()
