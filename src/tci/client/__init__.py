@@ -11,6 +11,10 @@
         for result in client.runs.stream([Run(code="print(input())", stdin="hi"), ...]):
             print(result.index, result.verdict)  # one-shot runs, each as it finishes
         results = client.runs.batch(runs)        # or all of them, in input order
+        sessions = client.code_interpreter.sessions
+        sessions.pause(session_id)               # state kept, processes gone; resume(id)
+        snap = sessions.snapshot(session_id)     # or any call on the id resumes it
+        client.code_interpreter.execute(code="...", snapshot_id=snap.id)  # a new session
 
 AsyncClient has the same surface with ``await``. Only httpx is imported: not the server's
 dependencies.
@@ -24,6 +28,7 @@ from tci.client._errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    ConflictError,
     NotFoundError,
     RateLimitError,
     RunsIncompleteError,
@@ -36,10 +41,15 @@ from tci.client._types import (
     FileInfo,
     Output,
     OutputEvent,
+    PausedSession,
     ResultEvent,
+    ResumedSession,
     Run,
     RunResult,
     SessionInfo,
+    Skipped,
+    Snapshot,
+    SnapshotInfo,
     StreamEvent,
     Verdict,
     WrittenFile,
@@ -56,20 +66,26 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "Client",
+    "ConflictError",
     "ExecuteResult",
     "ExecuteStream",
     "FileInfo",
     "NotFoundError",
     "Output",
     "OutputEvent",
+    "PausedSession",
     "RateLimitError",
     "ResultEvent",
+    "ResumedSession",
     "Run",
     "RunResult",
     "RunStream",
     "RunsIncompleteError",
     "SessionEndedError",
     "SessionInfo",
+    "Skipped",
+    "Snapshot",
+    "SnapshotInfo",
     "StreamEvent",
     "TCIClientError",
     "Verdict",

@@ -43,8 +43,12 @@ from tci.client._sse import SSEDecoder
 from tci.client._types import (
     ExecuteResult,
     FileInfo,
+    PausedSession,
+    ResumedSession,
     RunResult,
     SessionInfo,
+    Snapshot,
+    SnapshotInfo,
     StreamEvent,
     WrittenFile,
 )
@@ -151,6 +155,25 @@ class AsyncSessions(Resource["AsyncClient"]):
     async def delete(self, session_id: str) -> None:
         return await self._client._call(calls.delete_session(session_id))
 
+    async def pause(self, session_id: str) -> PausedSession:
+        return await self._client._call(calls.pause_session(session_id))
+
+    async def resume(self, session_id: str) -> ResumedSession:
+        return await self._client._call(calls.resume_session(session_id))
+
+    async def snapshot(self, session_id: str) -> Snapshot:
+        return await self._client._call(calls.snapshot_session(session_id))
+
+
+class AsyncSnapshots(Resource["AsyncClient"]):
+    """Snapshots' methods, awaited."""
+
+    async def list(self) -> list[SnapshotInfo]:
+        return await self._client._call(calls.list_snapshots())
+
+    async def delete(self, snapshot_id: str) -> None:
+        return await self._client._call(calls.delete_snapshot(snapshot_id))
+
 
 class AsyncFiles(Resource["AsyncClient"]):
     """Files' methods, awaited."""
@@ -169,29 +192,30 @@ class AsyncCodeInterpreter(Resource["AsyncClient"]):
     def __init__(self, client: AsyncClient) -> None:
         super().__init__(client)
         self.sessions = AsyncSessions(client)
+        self.snapshots = AsyncSnapshots(client)
         self.files = AsyncFiles(client)
 
     @overload
     async def execute(self, *, code: str, language: str = ..., session_id: str | None = ...,
                       files: FilesArg = ..., stream: Literal[False] = ...,
-                      timeout: Timeout | None = ...,
-                      execute_timeout: float | None = ...) -> ExecuteResult: ...
+                      timeout: Timeout | None = ..., execute_timeout: float | None = ...,
+                      snapshot_id: str | None = ...) -> ExecuteResult: ...
 
     @overload
     async def execute(self, *, code: str, language: str = ..., session_id: str | None = ...,
                       files: FilesArg = ..., stream: Literal[True],
-                      timeout: Timeout | None = ...,
-                      execute_timeout: float | None = ...) -> AsyncExecuteStream: ...
+                      timeout: Timeout | None = ..., execute_timeout: float | None = ...,
+                      snapshot_id: str | None = ...) -> AsyncExecuteStream: ...
 
     async def execute(
         self, *, code: str, language: str = "python", session_id: str | None = None,
         files: FilesArg = None, stream: bool = False, timeout: Timeout | None = None,
-        execute_timeout: float | None = None,
+        execute_timeout: float | None = None, snapshot_id: str | None = None,
     ) -> ExecuteResult | AsyncExecuteStream:
         """As Client.code_interpreter.execute; with ``stream=True``,
         ``async for event in await ci.execute(code=..., stream=True)``."""
         call = calls.execute(code, language, session_id, files, stream, timeout,
-                             execute_timeout)
+                             execute_timeout, snapshot_id)
         if stream:
             return AsyncExecuteStream(await self._client._open_stream(call.request))
         return await self._client._call(call)

@@ -13,7 +13,17 @@ import httpx
 
 from tci.client._base import Call, Flow, RequestSpec, Timeout, data, raise_for_status
 from tci.client._errors import TCIClientError
-from tci.client._types import ExecuteResult, FileInfo, Run, SessionInfo, WrittenFile
+from tci.client._types import (
+    ExecuteResult,
+    FileInfo,
+    PausedSession,
+    ResumedSession,
+    Run,
+    SessionInfo,
+    Snapshot,
+    SnapshotInfo,
+    WrittenFile,
+)
 
 # files= of execute: the wire list [{"name", "encoding", "content"}], or {name: str | bytes}.
 FilesArg = Iterable[Mapping[str, Any]] | Mapping[str, str | bytes] | None
@@ -45,13 +55,17 @@ def _file(session_id: str, path: str) -> str:
 def execute(
     code: str, language: str, session_id: str | None, files: FilesArg, stream: bool,
     timeout: Timeout | None, execute_timeout: float | None = None,
+    snapshot_id: str | None = None,
 ) -> Call[ExecuteResult]:
     """With ``stream``, only the request is used: the answer is an event stream.
     ``timeout`` is the HTTP request's; ``execute_timeout`` the server's limit for this call
-    (the body's ``timeout``, at most the server's TCI_EXECUTE_TIMEOUT)."""
+    (the body's ``timeout``, at most the server's TCI_EXECUTE_TIMEOUT). ``snapshot_id`` starts
+    a new session from that snapshot (with ``session_id`` too, the server answers 400)."""
     body: dict[str, Any] = {"language": language, "code": code}
     if session_id is not None:
         body["session_id"] = session_id
+    if snapshot_id is not None:
+        body["snapshot_id"] = snapshot_id
     if execute_timeout is not None:
         body["timeout"] = execute_timeout
     encoded = encode_files(files)
@@ -82,6 +96,32 @@ def interrupt(session_id: str) -> Call[bool]:
 
 def delete_session(session_id: str) -> Call[None]:
     return Call(RequestSpec("DELETE", _session(session_id)), _checked)
+
+
+def pause_session(session_id: str) -> Call[PausedSession]:
+    return Call(RequestSpec("POST", f"{_session(session_id)}/pause"),
+                lambda response: PausedSession.from_json(data(response)))
+
+
+def resume_session(session_id: str) -> Call[ResumedSession]:
+    return Call(RequestSpec("POST", f"{_session(session_id)}/resume"),
+                lambda response: ResumedSession.from_json(data(response)))
+
+
+def snapshot_session(session_id: str) -> Call[Snapshot]:
+    return Call(RequestSpec("POST", f"{_session(session_id)}/snapshots"),
+                lambda response: Snapshot.from_json(data(response)))
+
+
+def list_snapshots() -> Call[list[SnapshotInfo]]:
+    return Call(RequestSpec("GET", "/tci/snapshots"),
+                lambda response: [SnapshotInfo.from_json(s)
+                                  for s in data(response)["snapshots"]])
+
+
+def delete_snapshot(snapshot_id: str) -> Call[None]:
+    return Call(RequestSpec("DELETE", f"/tci/snapshots/{quote(snapshot_id, safe='')}"),
+                _checked)
 
 
 def list_files(session_id: str) -> Call[list[FileInfo]]:

@@ -8,6 +8,7 @@
         ├── BadRequestError         400, 413, 422
         ├── AuthenticationError     401
         ├── NotFoundError           404
+        ├── ConflictError           409 (pausing or snapshotting a session while a call runs)
         ├── SessionEndedError       410 (the message says why)
         ├── RateLimitError          429 (``retry_after`` from the Retry-After header)
         └── APIError                anything else, and an ``error`` event in a stream
@@ -80,7 +81,11 @@ class AuthenticationError(APIStatusError):
 
 
 class NotFoundError(APIStatusError):
-    """404: unknown session, another key's session, or a missing file."""
+    """404: unknown session or snapshot, another key's, or a missing file."""
+
+
+class ConflictError(APIStatusError):
+    """409: the session is running a call (pause or snapshot it once the call is done)."""
 
 
 class SessionEndedError(APIStatusError):
@@ -88,8 +93,8 @@ class SessionEndedError(APIStatusError):
 
 
 class RateLimitError(APIStatusError):
-    """429: too many live sessions, or the run queue is full. ``retry_after`` is the
-    server's Retry-After in seconds (None if absent)."""
+    """429: too many live sessions (also resuming a paused one on a full server), or the run
+    queue is full. ``retry_after`` is the server's Retry-After in seconds (None if absent)."""
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
@@ -104,6 +109,7 @@ STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
     404: NotFoundError,
+    409: ConflictError,
     410: SessionEndedError,
     413: BadRequestError,
     422: BadRequestError,

@@ -45,8 +45,12 @@ from tci.client._sse import SSEDecoder
 from tci.client._types import (
     ExecuteResult,
     FileInfo,
+    PausedSession,
+    ResumedSession,
     RunResult,
     SessionInfo,
+    Snapshot,
+    SnapshotInfo,
     StreamEvent,
     WrittenFile,
 )
@@ -143,7 +147,7 @@ class ExecuteStream:
 
 class Sessions(Resource["Client"]):
     def list(self) -> list[SessionInfo]:
-        """The caller's live sessions."""
+        """The caller's sessions, running and paused (``status``)."""
         return self._client._call(calls.list_sessions())
 
     def create(self) -> SessionInfo:
@@ -156,8 +160,37 @@ class Sessions(Resource["Client"]):
         return self._client._call(calls.interrupt(session_id))
 
     def delete(self, session_id: str) -> None:
-        """End a session now (NotFoundError if unknown, SessionEndedError if already ended)."""
+        """End a session now (NotFoundError if unknown, SessionEndedError if already ended);
+        a paused one's kept state is freed."""
         return self._client._call(calls.delete_session(session_id))
+
+    def pause(self, session_id: str) -> PausedSession:
+        """End the session's processes and keep its state (variables, functions, classes,
+        imports, files, installed packages); ``skipped`` names what could not be kept. Any
+        later call on its id resumes it. Pausing a paused session is no error; ConflictError
+        while a call runs."""
+        return self._client._call(calls.pause_session(session_id))
+
+    def resume(self, session_id: str) -> ResumedSession:
+        """Resume a paused session now, without running code (RateLimitError, with
+        ``retry_after``, when the server runs its maximum of sessions)."""
+        return self._client._call(calls.resume_session(session_id))
+
+    def snapshot(self, session_id: str) -> Snapshot:
+        """Keep the session's state under a new snapshot id while the session runs on;
+        ``execute(..., snapshot_id=snapshot.id)`` starts new sessions from it (ConflictError
+        while a call runs)."""
+        return self._client._call(calls.snapshot_session(session_id))
+
+
+class Snapshots(Resource["Client"]):
+    def list(self) -> list[SnapshotInfo]:
+        """The caller's snapshots, oldest first."""
+        return self._client._call(calls.list_snapshots())
+
+    def delete(self, snapshot_id: str) -> None:
+        """Delete a snapshot and free its state (sessions started from it go on)."""
+        return self._client._call(calls.delete_snapshot(snapshot_id))
 
 
 class Files(Resource["Client"]):
@@ -178,24 +211,25 @@ class CodeInterpreter(Resource["Client"]):
     def __init__(self, client: Client) -> None:
         super().__init__(client)
         self.sessions = Sessions(client)
+        self.snapshots = Snapshots(client)
         self.files = Files(client)
 
     @overload
     def execute(self, *, code: str, language: str = ..., session_id: str | None = ...,
                 files: FilesArg = ..., stream: Literal[False] = ...,
-                timeout: Timeout | None = ...,
-                execute_timeout: float | None = ...) -> ExecuteResult: ...
+                timeout: Timeout | None = ..., execute_timeout: float | None = ...,
+                snapshot_id: str | None = ...) -> ExecuteResult: ...
 
     @overload
     def execute(self, *, code: str, language: str = ..., session_id: str | None = ...,
                 files: FilesArg = ..., stream: Literal[True],
-                timeout: Timeout | None = ...,
-                execute_timeout: float | None = ...) -> ExecuteStream: ...
+                timeout: Timeout | None = ..., execute_timeout: float | None = ...,
+                snapshot_id: str | None = ...) -> ExecuteStream: ...
 
     def execute(
         self, *, code: str, language: str = "python", session_id: str | None = None,
         files: FilesArg = None, stream: bool = False, timeout: Timeout | None = None,
-        execute_timeout: float | None = None,
+        execute_timeout: float | None = None, snapshot_id: str | None = None,
     ) -> ExecuteResult | ExecuteStream:
         """Run ``code`` in a new session, or in ``session_id``'s. ``files`` (a list of
         {"name", "encoding", "content"} or a {name: str | bytes} mapping) are written to the
@@ -203,9 +237,10 @@ class CodeInterpreter(Resource["Client"]):
         before the code starts (bad key, unknown session, ...) are raised here.
         ``timeout`` is the HTTP request's; ``execute_timeout`` (seconds, at most the server's
         TCI_EXECUTE_TIMEOUT) is how long the server lets this call run before interrupting
-        it: the call then answers with a TimeoutError output."""
+        it: the call then answers with a TimeoutError output. ``snapshot_id`` (instead of
+        ``session_id``) runs the code in a new session started from that snapshot."""
         call = calls.execute(code, language, session_id, files, stream, timeout,
-                             execute_timeout)
+                             execute_timeout, snapshot_id)
         if stream:
             return ExecuteStream(self._client._open_stream(call.request))
         return self._client._call(call)

@@ -61,21 +61,103 @@ class ExecuteResult:
 
 @dataclass(frozen=True)
 class SessionInfo:
+    """A session as listed. ``status`` is "running" or "paused"; a paused one also has
+    ``paused_at`` and ``state_bytes`` (what its kept state takes), and its ``expires_at`` is
+    as if it resumed now (its lifetime clock stops while paused)."""
+
     id: str
     execute_count: int
     started_at: datetime
     last_execute_at: datetime
     expires_at: datetime
+    status: str = "running"
+    paused_at: datetime | None = None
+    state_bytes: int | None = None
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> SessionInfo:
+        paused_at = raw.get("paused_at")
         return cls(
             id=raw["id"],
             execute_count=raw["execute_count"],
             started_at=datetime.fromisoformat(raw["started_at"]),
             last_execute_at=datetime.fromisoformat(raw["last_execute_at"]),
             expires_at=datetime.fromisoformat(raw["expires_at"]),
+            status=raw.get("status", "running"),  # a server without pause sends none
+            paused_at=None if paused_at is None else datetime.fromisoformat(paused_at),
+            state_bytes=raw.get("state_bytes"),
         )
+
+
+# -- pause, resume and snapshots -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A name of the session's namespace that could not be kept (a socket, a thread, a
+    generator, ...), and why. Everything else was kept."""
+
+    name: str
+    reason: str
+
+    @classmethod
+    def many(cls, raw: Iterable[dict[str, Any]] | None) -> list[Skipped]:
+        return [cls(name=item["name"], reason=item["reason"]) for item in raw or []]
+
+
+@dataclass(frozen=True)
+class PausedSession:
+    """The answer to a pause: the session's processes are gone, its state is kept; any
+    later call on ``id`` (or ``sessions.resume``) resumes it."""
+
+    id: str
+    status: str
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> PausedSession:
+        return cls(id=raw["id"], status=raw["status"], skipped=Skipped.many(raw.get("skipped")))
+
+
+@dataclass(frozen=True)
+class ResumedSession:
+    """The answer to a resume: the session runs again under the same ``id``."""
+
+    id: str
+    status: str
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ResumedSession:
+        return cls(id=raw["id"], status=raw["status"])
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A session's state kept under ``id`` ("snap_..."): execute with ``snapshot_id=id``
+    starts a new session from it."""
+
+    id: str
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Snapshot:
+        return cls(id=raw["id"], skipped=Skipped.many(raw.get("skipped")))
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot as listed: the session it was taken from, when, and what it takes."""
+
+    id: str
+    session_id: str
+    created_at: datetime
+    size_bytes: int
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> SnapshotInfo:
+        return cls(id=raw["id"], session_id=raw["session_id"],
+                   created_at=datetime.fromisoformat(raw["created_at"]),
+                   size_bytes=raw["size_bytes"])
 
 
 @dataclass(frozen=True)
