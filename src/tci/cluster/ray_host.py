@@ -25,7 +25,7 @@ import ray
 from ray.exceptions import ActorDiedError, RayActorError
 
 from tci.cluster import actors
-from tci.cluster.host_actor import Feed, HostInfo, PlainResult, Reply
+from tci.cluster.host_actor import Feed, HostInfo, PlainResult, Reply, short_gil_handoffs
 from tci.cluster.streamed import OutlinedResult
 from tci.config import Settings
 from tci.errors import HostUnreachable, SandboxUnavailable, SessionEnded, TCIError
@@ -223,6 +223,7 @@ class RayHost(SessionHost):
     keeps_sessions = True  # they live on the hosts, for every gateway
 
     def __init__(self, settings: Settings, store: AsyncStore) -> None:
+        short_gil_handoffs()
         self.settings = settings
         self.store = store  # the manager's: one way into the database per process
         self.hosts: dict[str, _Host] = {}
