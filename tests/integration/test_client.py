@@ -366,8 +366,9 @@ def test_errors_map_to_the_exception_tree(server, client):
     assert missing.value.status_code == 404
     assert missing.value.errors == ["session ses_unknown not found"]
     with pytest.raises(BadRequestError) as invalid:
-        ci.execute(code="1", language="javascript")
-    assert invalid.value.status_code == 422
+        ci.execute(code="1", language="cobol")  # a language no session speaks
+    assert invalid.value.status_code == 400
+    assert "javascript" in invalid.value.errors[0]  # the message names the offered ones
     with pytest.raises(BadRequestError) as bad_file:
         ci.execute(code="1", files=[{"name": "x", "encoding": "base64", "content": "!!!"}])
     assert bad_file.value.status_code == 400
@@ -381,7 +382,7 @@ def test_async_errors_map_to_the_exception_tree(server):
         caught = []
         for call in (
             lambda: aclient.code_interpreter.execute(code="1", session_id="ses_unknown"),
-            lambda: aclient.code_interpreter.execute(code="1", language="javascript"),
+            lambda: aclient.code_interpreter.execute(code="1", language="cobol"),
             lambda: aclient.code_interpreter.files.list("ses_unknown"),
         ):
             with pytest.raises(TCIClientError) as info:
