@@ -210,8 +210,9 @@ def test_curl_list_sessions(server, prefix):
     listed = {s["id"]: s for s in body["data"]["sessions"]}
     assert listed[session_id]["execute_count"] == 1
     assert set(listed[session_id]) == {
-        "id", "execute_count", "started_at", "last_execute_at", "expires_at",
+        "id", "execute_count", "started_at", "last_execute_at", "expires_at", "status",
     }
+    assert listed[session_id]["status"] == "running"  # or "paused" (API.md, issue 21)
     for field in ("started_at", "last_execute_at", "expires_at"):
         assert re.search(r"(Z|[+-]\d\d:\d\d)$", listed[session_id][field])
 

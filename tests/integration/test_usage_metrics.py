@@ -275,6 +275,9 @@ def test_old_database_gains_cpu_column(tmp_path):
         db.execute("DROP TABLE alembic_version")
         db.execute("DROP TABLE session_reservations")  # tables of later revisions
         db.execute("DROP TABLE run_usage")
+        db.execute("DROP TABLE snapshots")
+        for column in ("paused_at", "seconds_left", "state_bytes"):
+            db.execute(f"ALTER TABLE sessions DROP COLUMN {column}")
         db.execute("ALTER TABLE sessions DROP COLUMN host")
         db.execute("ALTER TABLE sessions DROP COLUMN cpu_seconds")
     result = cli(data_dir, "usage")

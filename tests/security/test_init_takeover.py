@@ -106,8 +106,13 @@ PROTECTED = ("--as-pid-1", "--die-with-parent")
 
 
 def _under_bwrap(*flags: str, worker: list[str] = WORKER_SAYS) -> subprocess.CompletedProcess:
+    # Only /usr and the init's own directory, not the whole host: bubblewrap remounts every
+    # mount under what it binds, and the volumes of other tests' sessions come and go meanwhile.
     argv = ["bwrap", "--unshare-user", "--unshare-pid", "--uid", "1000", "--cap-drop", "ALL",
-            "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", *flags, "--",
+            "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
+            "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+            "--ro-bind", str(BWRAP_INIT.parent), str(BWRAP_INIT.parent),
+            "--proc", "/proc", "--dev", "/dev", *flags, "--",
             PYTHON, "-S", "-I", "-B", str(BWRAP_INIT), *worker]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 
