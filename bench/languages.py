@@ -32,7 +32,7 @@ import httpx
 from tci.config import Settings
 from tci.runs import languages as table
 
-from .server import TciServer
+from .server import TciServer, on_own_server, to_stderr
 from .stats import markdown_table
 
 HELLO = {
@@ -240,13 +240,8 @@ def table_text(result: LanguagesResult) -> str:
 
 def measure_with_server(work: Path, progress: Callable[[str], None], runs: int,
                         compile_samples: int) -> LanguagesResult:
-    server = TciServer(work, name="tci-server-languages")
-    try:
-        server.start()
-        server.settle(timeout=120)
-        return measure(server, runs, compile_samples, progress)
-    finally:
-        server.stop()
+    return on_own_server(work, "tci-server-languages",
+                         lambda server: measure(server, runs, compile_samples, progress))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-samples", type=int, default=5)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tci-bench-languages-") as work:
-        result = measure_with_server(Path(work), lambda text: print(text, file=sys.stderr,
-                                                                    flush=True),
+        result = measure_with_server(Path(work), to_stderr,
                                      args.runs, args.compile_samples)
     print(table_text(result))
     return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from .server import TciServer
+from .server import TciServer, on_own_server, to_stderr
 from .stats import Series, fmt_seconds, markdown_table
 
 MB = 1 << 20
@@ -122,14 +122,9 @@ def table_text(result: PauseResult) -> str:
 def measure_with_server(work: Path, progress: Callable[[str], None],
                         samples: int) -> PauseResult:
     # Room for 100 MB of state and its pickle on each session's volume.
-    server = TciServer(work, env={"TCI_WORKSPACE_MAX_BYTES": str(768 * MB)},
-                       name="tci-server-pause")
-    try:
-        server.start()
-        server.settle(timeout=120)
-        return measure(server, samples, progress)
-    finally:
-        server.stop()
+    return on_own_server(work, "tci-server-pause",
+                         lambda server: measure(server, samples, progress),
+                         env={"TCI_WORKSPACE_MAX_BYTES": str(768 * MB)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=20)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tci-bench-pause-") as work:
-        result = measure_with_server(Path(work), lambda text: print(text, file=sys.stderr,
-                                                                    flush=True), args.samples)
+        result = measure_with_server(Path(work), to_stderr, args.samples)
     print(table_text(result))
     return 0
 

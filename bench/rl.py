@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from .server import TciServer
+from .server import TciServer, on_own_server, to_stderr
 from .stats import Series, fmt_seconds
 
 LOCAL_PYTHON = "/usr/bin/python3.11"  # the sandbox's interpreter, run bare
@@ -238,13 +238,7 @@ def table(result: RLResult) -> str:
 def measure_with_server(work: Path, progress: Callable[[str], None], rounds: int = 2
                         ) -> RLResult:
     """A server of its own (default settings), measured, stopped."""
-    server = TciServer(work, name="tci-server-rl")
-    try:
-        server.start()
-        server.settle(timeout=120)
-        return measure(server, rounds, progress)
-    finally:
-        server.stop()
+    return on_own_server(work, "tci-server-rl", lambda server: measure(server, rounds, progress))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tci-bench-rl-") as work:
         result = measure_with_server(Path(work),
-                                     lambda text: print(text, file=sys.stderr, flush=True),
+                                     to_stderr,
                                      args.rounds)
     print(table(result))
     return 0

@@ -11,8 +11,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from tests.process import http_ok, stop_process, wait_until_up
@@ -58,6 +59,27 @@ def check_data(status: int, body: bytes, expect_stdout: str | None = None) -> di
         if stdout != expect_stdout:
             raise BenchError(f"expected stdout {expect_stdout!r}, got {stdout!r}")
     return data
+
+
+T = TypeVar("T")
+
+
+def to_stderr(text: str) -> None:
+    """A part's progress, when it runs alone (`python -m bench.<part>`)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def on_own_server(work: Path, name: str, measure: Callable[[TciServer], T],
+                  env: dict[str, str] | None = None) -> T:
+    """`measure` against a server of its own (the environment's settings, `env` over them),
+    started and settled first and stopped whatever happens."""
+    server = TciServer(work, env=env, name=name)
+    try:
+        server.start()
+        server.settle(timeout=120)
+        return measure(server)
+    finally:
+        server.stop()
 
 
 class TciServer:

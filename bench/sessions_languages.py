@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from .server import TciServer
+from .server import TciServer, on_own_server, to_stderr
 from .stats import Series, fmt_seconds, markdown_table
 
 # language: (a small call's code, the plain runtime's local start)
@@ -113,13 +113,8 @@ def table_text(result: SessionLanguagesResult) -> str:
 
 def measure_with_server(work: Path, progress: Callable[[str], None],
                         samples: int) -> SessionLanguagesResult:
-    server = TciServer(work, name="tci-server-session-languages")
-    try:
-        server.start()
-        server.settle(timeout=120)
-        return measure(server, samples, progress)
-    finally:
-        server.stop()
+    return on_own_server(work, "tci-server-session-languages",
+                         lambda server: measure(server, samples, progress))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=10)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tci-bench-session-languages-") as work:
-        result = measure_with_server(Path(work), lambda text: print(text, file=sys.stderr,
-                                                                    flush=True), args.samples)
+        result = measure_with_server(Path(work), to_stderr, args.samples)
     print(table_text(result))
     return 0
 
