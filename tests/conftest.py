@@ -247,5 +247,16 @@ def outputs_of(data: dict, kind: str) -> list:
     return [o["data"] for o in data["outputs"] if o["type"] == kind]
 
 
+def read_events(response: httpx.Response) -> list[tuple[str, dict]]:
+    """A streamed execute's server-sent events, as (event name, JSON payload) pairs."""
+    events, name = [], None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line.removeprefix("data: "))))
+    return events
+
+
 def stdout_of(data: dict) -> str:
     return "".join(outputs_of(data, "stdout"))

@@ -4,7 +4,6 @@ nothing; a host node that dies ends its own sessions, with "host lost", and only
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 import uuid
@@ -13,7 +12,7 @@ import pytest
 from together import Together
 
 from tests.cluster.netns import interfaces
-from tests.conftest import assert_streams_while_running, stdout_of, wait_for
+from tests.conftest import assert_streams_while_running, read_events, stdout_of, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -75,16 +74,10 @@ def test_streaming_through_a_gateway_sends_output_while_the_cell_runs(cluster):
 def streamed(gateway, code: str) -> list[tuple[str, dict]]:
     """The (event, payload) pairs of a streamed call through `gateway`."""
     body = {"language": "python", "code": code, "stream": True}
-    events, name = [], None
     with gateway.client() as client, client.stream("POST", "/v1/tci/execute",
                                                    json=body) as response:
         assert response.status_code == 200, response.read()
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                name = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line.removeprefix("data: "))))
-    return events
+        return read_events(response)
 
 
 def test_a_streamed_call_through_a_gateway_gets_every_output_and_the_whole_result(cluster):

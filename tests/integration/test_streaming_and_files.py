@@ -1,21 +1,8 @@
 """Streaming execute (Server-Sent Events), ending a session, and the files endpoints."""
 
-import json
 import threading
 
-import httpx
-
-from tests.conftest import assert_streams_while_running, stdout_of
-
-
-def read_events(response: httpx.Response) -> list[tuple[str, dict]]:
-    events, name = [], None
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            name = line.removeprefix("event: ")
-        elif line.startswith("data: "):
-            events.append((name, json.loads(line.removeprefix("data: "))))
-    return events
+from tests.conftest import assert_streams_while_running, read_events, stdout_of
 
 
 def test_stream_sends_output_while_the_cell_runs_then_the_whole_response(server):
