@@ -33,6 +33,7 @@ from tci.sandbox.cgroups import (
     SessionCgroupV2,
     cgroup_mounts,
 )
+from tests.conftest import wait_for
 
 MiB = 1 << 20
 LIMITS = CgroupLimits(memory_bytes=256 * MiB, pids_max=64, cpu_weight=100)
@@ -243,6 +244,9 @@ def test_cpu_seconds_count_a_busy_loop(driver, launch):
     proc = launch.spawn(cgroup, busy)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
+    # The kernel adds a task's last slice to the cgroup's counter a moment after its exit.
+    wait_for(lambda: cgroup.cpu_seconds() >= float(out), "the cgroup's CPU counter to catch up",
+             timeout=10)
     after = cgroup.cpu_seconds()
     assert after > before
     assert after >= float(out)  # at least what the process itself measured
