@@ -3,7 +3,8 @@ executions, its CPU seconds come from the sessions' cgroups (live ones read now,
 stored), cost = sessions x TCI_PRICE_PER_SESSION_USD, keys are kept apart and since/until
 filter, and `bucket=hour|day` adds a zero-filled series per UTC hour or day whose sums are
 the totals (a bad bucket or too many buckets is a 422); `tci usage` prints every key; an old
-database gains the new column; `/metrics` is Prometheus text whose counters move with real
+database gains the new column; a paused and resumed session's CPU counts every sandbox it
+had; `/metrics` is Prometheus text whose counters move with real
 executions and ended sessions; log lines about a session carry its id, in text (key=value)
 and JSON formats."""
 
@@ -99,6 +100,22 @@ def test_usage_counts_sessions_executions_cpu_and_cost(server):
     ended = usage(server, key)
     assert (ended["sessions"], ended["executions"], ended["cost_usd"]) == (2, 4, 0.06)
     assert ended["cpu_seconds"] >= 0.5  # now the values stored when the sessions ended
+
+
+def test_usage_keeps_the_cpu_of_every_sandbox_a_paused_session_had(server):
+    """A pause ends the session's sandbox and its CPU counter; a resume starts a new one.
+    The CPU of each counts, while paused, after the resume and once it ended."""
+    key = fresh_key(server, "usage-pause")
+    session = run(server, key, BUSY)["session_id"]
+    with server.client(key) as client:
+        assert client.post(f"/v1/tci/sessions/{session}/pause").status_code == 200
+    assert usage(server, key)["cpu_seconds"] >= 0.5  # the first sandbox's, kept while paused
+    run(server, key, BUSY, session)  # resumes it in a new sandbox, which burns as much again
+    assert usage(server, key)["cpu_seconds"] >= 1.0
+    delete(server, key, session)
+    ended = usage(server, key)
+    assert (ended["sessions"], ended["executions"]) == (1, 2)
+    assert ended["cpu_seconds"] >= 1.0
 
 
 def test_usage_does_not_bill_warm_up(server):

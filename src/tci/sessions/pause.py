@@ -122,11 +122,15 @@ class Pausing:
             if session.ended is not None:
                 raise SessionEnded(f"session {session.id} has ended: {session.ended}")
             await self.executions.flush()  # its record's execute_count, before it is read
+            # Read before the save, which ends its sandbox (and its CPU counter): the
+            # pause's own work inside it is the server's, not billed.
+            used = await session.hosted.cpu_seconds()
             saved = await self._save(session, session.id, pause=True)
             session.paused = True
             self.sessions.release(session)
             left = max(0.0, (session.expires_at - utcnow()).total_seconds())
-            await self.store.pause_session(session.id, utcnow(), left, saved.size_bytes)
+            await self.store.pause_session(session.id, utcnow(), left, saved.size_bytes,
+                                           used)
         log.info("session paused", extra={"session": session.id,
                                           "state_bytes": saved.size_bytes})
         return saved

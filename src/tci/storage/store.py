@@ -168,6 +168,11 @@ DEFAULT_TIMEOUT_SECONDS = 5.0
 _LIBPQ_MIN_CONNECT_SECONDS = 2
 
 
+def _cpu_plus(seconds: float) -> Any:
+    """A session record's CPU seconds plus `seconds` (NULL counting as none), in SQL."""
+    return func.coalesce(SessionRecord.cpu_seconds, 0.0) + seconds
+
+
 class Store:
     """`timeout`: seconds a call waits for the database (PostgreSQL: to connect; SQLite: for
     another writer's lock) before it fails with StoreUnavailable."""
@@ -345,10 +350,15 @@ class Store:
 
     def end_session(self, session_id: str, reason: str,
                     cpu_seconds: float | None = None) -> None:
+        """Ended now; `cpu_seconds` (its last sandbox's) adds to what earlier ones used
+        before each pause."""
+        values: dict[str, Any] = {"ended_at": utcnow(), "end_reason": reason}
+        if cpu_seconds is not None:
+            values["cpu_seconds"] = _cpu_plus(cpu_seconds)
         with self._write() as db:
             db.execute(update(SessionRecord).where(
                 SessionRecord.id == session_id, SessionRecord.ended_at.is_(None)
-            ).values(ended_at=utcnow(), end_reason=reason, cpu_seconds=cpu_seconds))
+            ).values(**values))
 
     def end_live(self, reason: str, host: str | None = None) -> int:
         """End the live sessions run by `host` (None: the single-machine server's own, which
@@ -389,11 +399,17 @@ class Store:
     # -- paused sessions and snapshots (sessions/pause.py) ---------------------------------
 
     def pause_session(self, session_id: str, paused_at: datetime, seconds_left: float,
-                      state_bytes: int) -> None:
+                      state_bytes: int, cpu_seconds: float | None = None) -> None:
+        """Paused: the CPU its sandbox used so far is kept in its record (the next sandbox,
+        after a resume, counts from zero)."""
+        values: dict[str, Any] = {"paused_at": paused_at, "seconds_left": seconds_left,
+                                  "state_bytes": state_bytes}
+        if cpu_seconds is not None:
+            values["cpu_seconds"] = _cpu_plus(cpu_seconds)
         with self._write() as db:
             db.execute(update(SessionRecord).where(
                 SessionRecord.id == session_id, SessionRecord.ended_at.is_(None)
-            ).values(paused_at=paused_at, seconds_left=seconds_left, state_bytes=state_bytes))
+            ).values(**values))
 
     def resume_session(self, session_id: str, expires_at: datetime,
                        reservation: str | None = None) -> bool:
