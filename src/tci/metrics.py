@@ -13,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from tci.hosts.base import EndReason, HostStats
 from tci.kernel.ends import kill_labels
+from tci.storage.store import KeptState
 
 OUTCOMES = ("ok", "error", "timeout", "died")
 # Each way a session ends has its label (values older than EndKind): kernel/ends.py.
@@ -59,6 +60,18 @@ class Metrics:
                                  buckets=_LATENCY_BUCKETS, registry=r)
         self.killed = Counter("tci_sandboxes_killed", "Sandboxes ended, by reason", ["reason"],
                               registry=r)
+        # Pauses, resumes and snapshots as they happen; what is kept, read from the store
+        # at each scrape (kept_state), as it outlives this process.
+        self.pauses = Counter("tci_sessions_paused", "Sessions paused (by a client, idleness "
+                              "or a graceful stop)", registry=r)
+        self.resumes = Counter("tci_sessions_resumed", "Paused sessions resumed", registry=r)
+        self.snapshots_taken = Counter("tci_snapshots_taken", "Snapshots taken", registry=r)
+        self._kept = {
+            name: Gauge(name, text, registry=r) for name, text in (
+                ("tci_paused_sessions", "Paused sessions kept, every key's"),
+                ("tci_paused_state_bytes", "Bytes the paused sessions' states take"),
+                ("tci_snapshots", "Snapshots kept, every key's"),
+                ("tci_snapshot_bytes", "Bytes the snapshots take"))}
         # Every label value present from the start (at 0), so dashboards see the series.
         self._by_outcome = {o: self.executions.labels(o) for o in OUTCOMES}
         self._by_reason = {k: self.killed.labels(k) for k in KILL_REASONS}
@@ -73,6 +86,13 @@ class Metrics:
 
     def session_ended(self, reason: EndReason) -> None:
         self._by_reason[reason.label].inc()
+
+    def kept_state(self, kept: KeptState) -> None:
+        for name, value in (("tci_paused_sessions", kept.paused_sessions),
+                            ("tci_paused_state_bytes", kept.paused_bytes),
+                            ("tci_snapshots", kept.snapshots),
+                            ("tci_snapshot_bytes", kept.snapshot_bytes)):
+            self._kept[name].set(value)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

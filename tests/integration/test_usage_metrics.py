@@ -4,7 +4,7 @@ stored), cost = sessions x TCI_PRICE_PER_SESSION_USD, keys are kept apart and si
 filter, and `bucket=hour|day` adds a zero-filled series per UTC hour or day whose sums are
 the totals (a bad bucket or too many buckets is a 422); `tci usage` prints every key; an old
 database gains the new column; a paused and resumed session's CPU counts every sandbox it
-had; `/metrics` is Prometheus text whose counters move with real
+had; `/metrics` counts pauses, resumes and snapshots and gauges what they keep; `/metrics` is Prometheus text whose counters move with real
 executions and ended sessions; log lines about a session carry its id, in text (key=value)
 and JSON formats."""
 
@@ -352,6 +352,38 @@ def test_metrics_move_with_executions_and_json_logs(server_factory):
     assert by_session[third] == ["session started", "session ended"]
     ended = next(r for r in records if r.get("session") == third and r["msg"] == "session ended")
     assert ended["reason"] == "ended by the client" and ended["cpu_seconds"] >= 0
+
+
+def test_metrics_count_pauses_resumes_snapshots_and_what_they_keep(server_factory):
+    server = server_factory()
+    before = metrics(server)
+    for name in ("tci_sessions_paused_total", "tci_sessions_resumed_total",
+                 "tci_snapshots_taken_total", "tci_paused_sessions", "tci_paused_state_bytes",
+                 "tci_snapshots", "tci_snapshot_bytes"):
+        assert before[(name, ())] == 0, name
+    big = "blob = b'x' * 3_000_000"
+    paused = run(server, server.key, big)["session_id"]
+    running = run(server, server.key, big)["session_id"]
+    with server.client() as client:
+        assert client.post(f"/v1/tci/sessions/{paused}/pause").status_code == 200
+        taken = client.post(f"/v1/tci/sessions/{running}/snapshots")
+        assert taken.status_code == 200, taken.text
+    kept = metrics(server)
+    assert kept[("tci_sessions_paused_total", ())] == 1
+    assert kept[("tci_snapshots_taken_total", ())] == 1
+    assert kept[("tci_paused_sessions", ())] == 1
+    assert kept[("tci_snapshots", ())] == 1
+    assert kept[("tci_paused_state_bytes", ())] >= 3_000_000  # the blob, saved
+    assert kept[("tci_snapshot_bytes", ())] >= 3_000_000
+
+    run(server, server.key, "len(blob)", paused)  # resumes it
+    with server.client() as client:
+        snapshot = taken.json()["data"]["id"]
+        assert client.delete(f"/v1/tci/snapshots/{snapshot}").status_code == 200
+    after = metrics(server)
+    assert after[("tci_sessions_resumed_total", ())] == 1
+    assert after[("tci_paused_sessions", ())] == 0 and after[("tci_paused_state_bytes", ())] == 0
+    assert after[("tci_snapshots", ())] == 0 and after[("tci_snapshot_bytes", ())] == 0
 
 
 def test_metrics_can_require_a_key(server_factory):

@@ -49,6 +49,7 @@ from tci.storage.store import KeyInfo, PausedSession, SnapshotRow
 if TYPE_CHECKING:
     from tci.config import Settings
     from tci.hosts.base import SessionHost
+    from tci.metrics import Metrics
     from tci.sessions.execution_log import ExecutionLog
     from tci.sessions.table import SessionTable
     from tci.storage.store import AsyncStore
@@ -90,6 +91,7 @@ class Pausing:
         host: SessionHost
         sessions: SessionTable[LiveSession]
         executions: ExecutionLog
+        metrics: Metrics
         _starting: int
         _resuming: dict[str, asyncio.Lock]
 
@@ -131,6 +133,7 @@ class Pausing:
             left = max(0.0, (session.expires_at - utcnow()).total_seconds())
             await self.store.pause_session(session.id, utcnow(), left, saved.size_bytes,
                                            used)
+        self.metrics.pauses.inc()
         log.info("session paused", extra={"session": session.id,
                                           "state_bytes": saved.size_bytes})
         return saved
@@ -215,7 +218,7 @@ class Pausing:
         finally:
             self._starting -= 1
         expires = utcnow() + timedelta(seconds=paused.seconds_left)
-        if not await self.store.resume_session(paused.id, expires, reservation):
+        if not await self.store.resume_session(paused.id, expires, reservation, hosted.host):
             await hosted.end(EndReason(EndKind.SHUTDOWN, "it had ended while resuming"))
             raise SessionEnded(f"session {paused.id} has ended")
         await self.host.delete_saved(paused.id)  # its state is the running session's again
@@ -223,6 +226,7 @@ class Pausing:
                               paused.execute_count, paused.last_execute_at)
         self.sessions.add(session)
         hosted.on_end(lambda reason: self._ended_on_its_own(session, reason))
+        self.metrics.resumes.inc()
         log.info("session resumed", extra={"session": paused.id})
         return session
 
@@ -270,6 +274,7 @@ class Pausing:
         except BaseException:
             await self.host.delete_saved(snapshot_id)
             raise
+        self.metrics.snapshots_taken.inc()
         return {"id": snapshot_id, "skipped": saved.skipped}
 
     async def list_snapshots(self, key: KeyInfo) -> list[dict[str, Any]]:
@@ -299,6 +304,12 @@ class Pausing:
                     from None
 
         return open_from_snapshot
+
+    async def refresh_kept_metrics(self) -> None:
+        """The /metrics gauges of paused sessions and snapshots, from the store (with the
+        database down they keep their last values: a scrape must still answer)."""
+        with contextlib.suppress(StoreUnavailable):
+            self.metrics.kept_state(await self.store.kept_state())
 
     # -- retention and idle pause --------------------------------------------------------------
 

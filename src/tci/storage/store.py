@@ -137,6 +137,16 @@ class SnapshotRow:
     size_bytes: int
 
 
+@dataclass(frozen=True)
+class KeptState:
+    """What the state store holds for every key (the /metrics gauges)."""
+
+    paused_sessions: int
+    paused_bytes: int
+    snapshots: int
+    snapshot_bytes: int
+
+
 def _paused(row: SessionRecord) -> PausedSession:
     assert row.paused_at is not None
     return PausedSession(row.id, row.key_id, row.started_at, row.execute_count,
@@ -412,9 +422,10 @@ class Store:
             ).values(**values))
 
     def resume_session(self, session_id: str, expires_at: datetime,
-                       reservation: str | None = None) -> bool:
-        """Paused -> running, taking the place of `reservation` (as add_session does); False
-        if it was not paused any more (resumed or ended meanwhile)."""
+                       reservation: str | None = None, host: str | None = None) -> bool:
+        """Paused -> running, taking the place of `reservation` (as add_session does), on
+        `host` (a Ray cluster's: it may resume on another host than it ran on); False if it
+        was not paused any more (resumed or ended meanwhile)."""
         with self._write() as db:
             if reservation is not None:
                 db.execute(delete(SessionReservation).where(
@@ -423,7 +434,7 @@ class Store:
                 SessionRecord.id == session_id, SessionRecord.ended_at.is_(None),
                 SessionRecord.paused_at.is_not(None),
             ).values(paused_at=None, seconds_left=None, state_bytes=None,
-                     expires_at=expires_at)))
+                     expires_at=expires_at, host=host)))
             return bool(result.rowcount)
 
     def paused_session(self, session_id: str) -> PausedSession | None:
@@ -441,6 +452,18 @@ class Store:
             if key_id is not None:
                 query = query.where(SessionRecord.key_id == key_id)
             return [_paused(row) for row in db.scalars(query.order_by(SessionRecord.paused_at))]
+
+    def kept_state(self) -> KeptState:
+        """Every key's paused sessions and snapshots: how many, and the bytes they keep."""
+        with self._read() as db:
+            paused, paused_bytes = db.execute(select(
+                func.count(SessionRecord.id),
+                func.coalesce(func.sum(SessionRecord.state_bytes), 0)).where(
+                SessionRecord.ended_at.is_(None), SessionRecord.paused_at.is_not(None))).one()
+            snapshots, snapshot_bytes = db.execute(select(
+                func.count(SnapshotRecord.id),
+                func.coalesce(func.sum(SnapshotRecord.size_bytes), 0))).one()
+        return KeptState(int(paused), int(paused_bytes or 0), int(snapshots), int(snapshot_bytes))
 
     def add_snapshot(self, snapshot: SnapshotRow) -> None:
         with self._write() as db:
@@ -742,6 +765,7 @@ class AsyncStore:
     paused_sessions = _OnThread(Store.paused_sessions)
     add_snapshot = _OnThread(Store.add_snapshot)
     snapshots = _OnThread(Store.snapshots)
+    kept_state = _OnThread(Store.kept_state)
     snapshot = _OnThread(Store.snapshot)
     delete_snapshot = _OnThread(Store.delete_snapshot)
 

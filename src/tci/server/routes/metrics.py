@@ -14,4 +14,6 @@ async def metrics(request: Request) -> Response:
     usual `Authorization: Bearer <key>`); it reveals counts, never keys or session ids."""
     if request.app.state.settings.metrics_require_key:
         await request.app.state.auth.authenticate(request.headers.get("authorization"))
-    return Response(request.app.state.manager.metrics.exposition(), media_type=CONTENT_TYPE)
+    manager = request.app.state.manager
+    await manager.refresh_kept_metrics()
+    return Response(manager.metrics.exposition(), media_type=CONTENT_TYPE)
