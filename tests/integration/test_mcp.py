@@ -3,7 +3,8 @@
 Over streamable HTTP at `/mcp` of a real `tci serve`: the six tools are listed; execute_code
 returns the session id, stdout, stderr and tracebacks as text, a matplotlib figure as an
 ImageContent holding a PNG, and keeps state when the session id is passed back; sessions
-are the API key's own (seen over REST, invisible to another key); files written and read
+are the API key's own (seen over REST, invisible to another key), paused ones listed as
+such and resumed by execute_code; files written and read
 through the tools are the session's; refused requests are tool errors carrying the server's
 message; a bad key gets 401.
 Over stdio: `tci mcp --url ... --api-key ...` (or TCI_BASE_URL/TCI_API_KEY) serves the same
@@ -151,6 +152,29 @@ def test_sessions_belong_to_the_key(server):
     refused = over_http(server, call("execute_code", code="print(2)", session_id=sid), key=other)
     assert refused.is_error is True
     assert texts(refused) == [rest_error(server, "DELETE", f"/tci/sessions/{sid}", key=other)]
+
+
+def test_paused_sessions_are_listed_and_resume_on_execute(server):
+    async def start(session):
+        return session_id_of(await session.call_tool("execute_code", {"code": "kept = 41"}))
+
+    sid = over_http(server, start)
+    with server.client() as client:
+        assert client.post(f"/v1/tci/sessions/{sid}/pause").status_code == 200
+
+    async def body(session):
+        listed = await session.call_tool("list_sessions", {})
+        resumed = await session.call_tool("execute_code",
+                                          {"code": "print(kept + 1)", "session_id": sid})
+        again = await session.call_tool("list_sessions", {})
+        return listed, resumed, again
+
+    listed, resumed, again = over_http(server, body)
+    assert [s["status"] for s in listed.structured_content["sessions"] if s["id"] == sid] == \
+        ["paused"]
+    assert resumed.is_error is False and texts(resumed)[1] == "42\n"
+    assert [s["status"] for s in again.structured_content["sessions"] if s["id"] == sid] == \
+        ["running"]
 
 
 def test_end_session_then_it_is_gone(server):

@@ -164,8 +164,9 @@ def build_server(backend_for: Callable[[Context], Backend]) -> MCPServer:
     @server.tool()
     @_errors_as_results
     async def list_sessions(ctx: Context) -> CallToolResult:
-        """The caller's live sessions (id, execute_count, started_at, last_execute_at,
-        expires_at)."""
+        """The caller's sessions, running then paused (id, status, execute_count,
+        started_at, last_execute_at, expires_at). A paused one resumes, state and all, when
+        execute_code is called with its id."""
         return _json({"sessions": await backend_for(ctx).list_sessions()})
 
     @server.tool()

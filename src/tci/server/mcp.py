@@ -47,7 +47,7 @@ class ManagerBackend:
         return await self._call(self.manager.execute(self.key, request))
 
     async def list_sessions(self) -> list[dict[str, Any]]:
-        return sessions_json(self.manager.list(self.key))
+        return sessions_json(await self._call(self.manager.list_all(self.key)))
 
     async def end_session(self, session_id: str) -> None:
         await self._call(self.manager.end_by_client(self.key, session_id))

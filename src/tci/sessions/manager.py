@@ -302,12 +302,6 @@ class SessionManager(Pausing):
         await session.hosted.write_files([check_file(path, content, self.settings)])
         return len(content)
 
-    def list(self, key: KeyInfo) -> list[dict[str, Any]]:
-        now = utcnow()
-        return [
-            s.info() for s in self.sessions if s.key_id == key.id and s.expires_at > now
-        ]
-
     # -- usage ---------------------------------------------------------------------------------
 
     async def usage(self, key: KeyInfo, since: datetime | None, until: datetime | None,
