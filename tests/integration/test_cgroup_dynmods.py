@@ -1,12 +1,15 @@
-"""cgroup favordynmods (tci.sandbox.cgroup_dynmods): a server keeps a hierarchy of its own
+"""cgroup favordynmods (tci.sandbox.cgroup_dynmods): a server holds a hierarchy of its own
 mounted with it while it runs, so a session's cgroup join waits for no RCU grace period.
 
-On a kernel with the option (6.1+) the mount is there, with the option, while the server runs
-and gone when it stops; on one without, the start goes on and the reason is reported. Which of
+On a kernel with the option (6.1+) the hierarchy exists (every process's /proc/<pid>/cgroup
+lists it) while the server runs, with no mount point left in the mount table, and it is gone
+when the server stops or is killed; on one without, the start goes on and the reason is
+reported. Which of
 the two this kernel is, the test learns by asking it directly (a mount of its own)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -14,9 +17,9 @@ from pathlib import Path
 import httpx
 
 from tci.config import Settings
-from tci.sandbox.cgroup_dynmods import FavorDynmods, mounted
+from tci.sandbox.cgroup_dynmods import FavorDynmods
 from tci.sandbox.cgroups import mount_entries
-from tests.conftest import make_server
+from tests.conftest import make_server, wait_for
 
 
 def _options(directory: Path) -> list[str] | None:
@@ -39,40 +42,51 @@ def kernel_has_favordynmods(tmp_path: Path) -> bool:
     return done.returncode == 0
 
 
-def test_the_hierarchy_is_mounted_with_the_option_and_unmounted(tmp_path):
+def held_by(pid: int | str, name: str) -> bool:
+    """Whether the process's /proc/<pid>/cgroup lists the hierarchy `name` (every process is
+    in each v1 hierarchy while it exists: the kernel lists it for all of them)."""
+    return f":name={name}:" in Path(f"/proc/{pid}/cgroup").read_text()
+
+
+def _mount_points(directory: Path) -> list[str]:
+    return [p for p, fstype, _ in mount_entries()
+            if p == directory.resolve() and fstype == "cgroup"]
+
+
+def test_the_hierarchy_is_held_without_a_mount_point_and_let_go(tmp_path):
     dynmods = FavorDynmods(tmp_path / "dynmods")
     applied = dynmods.mount()
     try:
         assert applied == kernel_has_favordynmods(tmp_path)
         if applied:
-            options = _options(tmp_path / "dynmods")
-            assert options is not None and "favordynmods" in options, options
-            assert f"name={dynmods.name}" in options
+            assert held_by("self", dynmods.name)
             assert dynmods.status() == {"applied": True, "hierarchy": dynmods.name}
         else:
-            assert not mounted(tmp_path / "dynmods")
+            assert not held_by("self", dynmods.name)
             assert dynmods.status()["applied"] is False
             assert "favordynmods" in str(dynmods.status()["reason"])
+        assert _mount_points(tmp_path / "dynmods") == []  # nothing a crash could leave
     finally:
         dynmods.unmount()
-    assert not mounted(tmp_path / "dynmods")
+    wait_for(lambda: not held_by("self", dynmods.name), "the kernel to drop the hierarchy")
 
 
-def test_a_stale_mount_of_a_crashed_server_is_replaced_not_stacked(tmp_path):
-    """A server killed with SIGKILL leaves its hierarchy mounted; the next start in the same
-    sandbox directory mounts it once, and its stop leaves none."""
+def test_a_stale_mount_point_of_an_older_server_is_removed(tmp_path):
+    """Servers before this one kept the hierarchy mounted, and one killed with SIGKILL left
+    its mount point: the next start in the same sandbox directory removes it."""
     if not kernel_has_favordynmods(tmp_path):
         assert FavorDynmods(tmp_path / "dynmods").mount() is False
         return
-    crashed = FavorDynmods(tmp_path / "dynmods")
-    assert crashed.mount()
-    again = FavorDynmods(tmp_path / "dynmods")
-    assert again.mount()
-    points = [p for p, fstype, _ in mount_entries()
-              if p == (tmp_path / "dynmods").resolve() and fstype == "cgroup"]
-    assert len(points) == 1
-    again.unmount()
-    assert not mounted(tmp_path / "dynmods")
+    dynmods = FavorDynmods(tmp_path / "dynmods")
+    (tmp_path / "dynmods").mkdir()
+    subprocess.run(["mount", "-t", "cgroup", "-o", f"none,name={dynmods.name},favordynmods",
+                    "cgroup", str(tmp_path / "dynmods")], check=True)
+    assert len(_mount_points(tmp_path / "dynmods")) == 1
+    assert dynmods.mount()
+    assert _mount_points(tmp_path / "dynmods") == []
+    assert held_by("self", dynmods.name)
+    dynmods.unmount()
+    wait_for(lambda: not held_by("self", dynmods.name), "the kernel to drop the hierarchy")
 
 
 def _hierarchy_of(server) -> str:
@@ -94,17 +108,36 @@ def test_a_server_reports_it_in_health_and_leaves_nothing_behind(tmp_path):
         status = httpx.get(f"{server.url}/health", timeout=30).json()["details"][
             "cgroup_favordynmods"]
         assert status["applied"] is expected, status
-        mounts = _mounted_by_name(name)
+        assert held_by(server.process.pid, name) is expected
         if expected:
             assert status["hierarchy"] == name
-            assert len(mounts) == 1 and "favordynmods" in mounts[0], mounts
         else:
-            assert mounts == [] and "favordynmods" in status["reason"]
+            assert "favordynmods" in status["reason"]
+        assert _mounted_by_name(name) == []
         session = server.execute("print(1)")
         assert session.status_code == 200, session.text
     finally:
         server.stop()
-    assert _mounted_by_name(name) == []
+    wait_for(lambda: not held_by("self", name), "the kernel to drop the hierarchy")
+
+
+def test_a_killed_server_leaves_no_hierarchy_behind(tmp_path):
+    """SIGKILL runs no cleanup: the kernel drops the hierarchy as the server's descriptors
+    close, where a mount point would stay until the next start in that directory."""
+    server = make_server(tmp_path)
+    name = _hierarchy_of(server)
+    try:
+        if not kernel_has_favordynmods(tmp_path):
+            assert not held_by(server.process.pid, name)
+            return
+        assert held_by(server.process.pid, name)
+        server.stop(signal.SIGKILL)
+        wait_for(lambda: not held_by("self", name), "the kernel to drop the hierarchy")
+        assert _mounted_by_name(name) == []
+        server.start()  # and the next start in that directory takes it up again
+        assert held_by(server.process.pid, name)
+    finally:
+        server.stop()
 
 
 def test_turned_off_it_is_not_mounted_and_health_says_why(tmp_path):

@@ -12,8 +12,12 @@ The kernel (6.1+) keeps the lock in its writer-friendly mode for as long as any 
 hierarchy is mounted with `favordynmods`: forks and exits pay an atomic operation more,
 migrations no grace period (measured: 5.8 ms -> 0.36 ms per join of four v1 hierarchies).
 The mode is counted per hierarchy, so each server mounts a hierarchy of its own (named after
-its sandbox directory, no controllers, no cgroups in it) and unmounts it when it stops: servers
-on one machine neither share nor undo each other's. A named v1 hierarchy is used on v2 hosts
+its sandbox directory, no controllers, no cgroups in it): servers on one machine neither share
+nor undo each other's. The server holds the hierarchy by a file descriptor, not by a mount
+point: it mounts it, opens it and detaches the mount at once, so nothing shows in the mount
+table and the kernel drops the hierarchy when that descriptor closes, which a SIGKILL does
+too (a mount point would outlive a killed server). While it is held, the hierarchy is listed
+in /proc/<server pid>/cgroup as `name=tci-dynmods-...`. A named v1 hierarchy is used on v2 hosts
 too (the kernel mounts one beside the unified hierarchy unless booted with cgroup_no_v1=named);
 where the kernel refuses (older than 6.1, or v1 disabled), sessions start as before and the
 reason is reported.
@@ -36,7 +40,8 @@ _MNT_DETACH = 2
 
 
 class FavorDynmods:
-    """The server's favordynmods hierarchy, mounted at `directory` while it runs."""
+    """The server's favordynmods hierarchy, held by an open descriptor while it runs
+    (`directory` is where it is mounted for the moment it takes to open it)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -44,10 +49,12 @@ class FavorDynmods:
         digest = hashlib.sha256(os.fsencode(directory.resolve())).hexdigest()[:16]
         self.name = f"tci-dynmods-{digest}"
         self.problem: str | None = "not mounted yet"
+        self._held: int | None = None
 
     def mount(self) -> bool:
-        """Mount it (a stale one a crashed server left is replaced); False, with `problem`
-        said in the log, where the kernel does not have the option."""
+        """Mount it, hold it and detach the mount (a stale mount point a server older than
+        this left is removed first); False, with `problem` said in the log, where the kernel
+        does not have the option."""
         self.unmount()
         self.directory.mkdir(mode=0o700, exist_ok=True)
         try:
@@ -60,14 +67,25 @@ class FavorDynmods:
             log.info("%s; joining a session's cgroup waits for an RCU grace period",
                      self.problem)
             return False
+        try:  # close-on-exec: no program this server starts holds it (or could use it)
+            self._held = os.open(self.directory,
+                                 os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        finally:
+            self._detach()
         self.problem = None
-        log.info("cgroup hierarchy %s mounted with favordynmods: cgroup joins skip the RCU "
+        log.info("cgroup hierarchy %s held with favordynmods: cgroup joins skip the RCU "
                  "grace period", self.name)
         return True
 
     def unmount(self) -> None:
-        """Unmount it if it is mounted (the kernel then drops the hierarchy: it has no
-        cgroups of its own)."""
+        """Let go of it (the kernel then drops the hierarchy: it has no cgroups of its own)
+        and detach a mount point left at `directory`, if any."""
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None
+        self._detach()
+
+    def _detach(self) -> None:
         while mounted(self.directory):
             try:
                 linux.umount(str(self.directory), _MNT_DETACH)
