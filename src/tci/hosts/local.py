@@ -33,6 +33,7 @@ from tci.hosts.base import (
     StateNotSaved,
 )
 from tci.hosts.pool import WarmPool
+from tci.hosts.snapshot_copies import SnapshotCopies
 from tci.hosts.worker_start import ReadyWorker, start_worker
 from tci.kernel.ends import EndKind, EndReason, death_notice
 from tci.kernel.output_limits import OutputLimits
@@ -102,6 +103,15 @@ class LocalSession(HostedSession):
         if self._gone is not None and self._ended is None and self._listener is not None:
             listener, self._listener = self._listener, None
             listener(self._gone)
+
+    def usable(self) -> bool:
+        """Not ended, its worker alive: may still be handed out (a snapshot's warm copy)."""
+        return self._ended is None and self._worker.death is None
+
+    def hand_out(self) -> None:
+        """A warm copy becomes a client's session: full priority, CPU billed from now."""
+        self._sandbox.set_priority(0)
+        self._cpu_baseline = sandbox_cpu_seconds(self._sandbox)
 
     def on_end(self, listener: EndListener) -> None:
         self._listener = listener
@@ -258,6 +268,9 @@ class LocalHost(SessionHost):
         self.capacity = settings.max_sessions or 0  # resolved at start
         self.pool = WarmPool(self.launcher, settings)
         self.states = StateStore(settings.resolved_state_dir)  # paused sessions, snapshots
+        self.snapshot_copies: SnapshotCopies[LocalSession] = SnapshotCopies(
+            self._open_copy, settings.snapshot_pool_size, settings.snapshot_pool_snapshots,
+            settings.pool_refill_delay_seconds, settings.pool_refill_niceness)
         self._tasks: set[asyncio.Task[None]] = set()
         self._teardowns: set[asyncio.Task[None]] = set()
         self.details: dict[str, Any] = {}  # HostStats.details, filled at start
@@ -314,6 +327,7 @@ class LocalHost(SessionHost):
 
     async def stop(self) -> None:
         await self.pool.close()
+        await self.snapshot_copies.close()
         await asyncio.gather(*self._teardowns, return_exceptions=True)
         await self.launcher.close()
         for task in list(self._tasks):
@@ -350,11 +364,25 @@ class LocalHost(SessionHost):
     async def open_saved(self, name: str, session_id: str | None,
                          max_bytes: int) -> LocalSession:
         self._check_disk()
-        copy = session_id is None  # a snapshot stays for other sessions; a pause is taken
-        place = functools.partial(self.states.place, name, copy=copy)
+        if session_id is not None:  # a paused session's own state, taken
+            return await self._restore(name, session_id, max_bytes)
+        session = self.snapshot_copies.take(name)
+        if session is None:
+            session = await self._restore(name, None, max_bytes)
+        self.snapshot_copies.started(name, max_bytes)  # the next starts from it are warm
+        return session
+
+    async def _open_copy(self, name: str, max_bytes: int, niceness: int) -> LocalSession:
+        return await self._restore(name, None, max_bytes, niceness)
+
+    async def _restore(self, name: str, session_id: str | None, max_bytes: int,
+                       niceness: int = 0) -> LocalSession:
+        """A new sandbox on the kept volume `name` (a copy of it for a snapshot, which stays
+        for other sessions; a paused session's own) and the namespace loaded in it."""
+        place = functools.partial(self.states.place, name, copy=session_id is None)
         ready = await start_worker(
             self.launcher, OutputLimits.of(self.settings), self.settings.worker_start_timeout,
-            name=session_id, place=place)
+            niceness=niceness, name=session_id, place=place)
         session = LocalSession(self, ready)
         try:
             await session.restore_state(max_bytes)
@@ -364,9 +392,13 @@ class LocalHost(SessionHost):
         return session
 
     async def delete_saved(self, name: str) -> None:
+        self.snapshot_copies.forget(name)  # a deleted snapshot's warm copies end with it
         await asyncio.to_thread(self.states.delete, name)
 
     def stats(self) -> HostStats:
+        copies = self.snapshot_copies
+        self.details["snapshot_pool"] = {"ready": copies.count(), "size": copies.per_snapshot,
+                                         "snapshots": copies.snapshots}
         return HostStats(len(self.pool.ready), self.pool.size, self.pool.starts_failed,
                          self.capacity, self.details, self.languages)
 
