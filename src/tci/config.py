@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     max_state_bytes: int = Field(default=512 * MiB, ge=1)
     paused_retention_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
     idle_pause_seconds: float | None = Field(default=None, gt=0)
+    # After a start from a snapshot, this many more sessions restored from it are kept ready
+    # (hosts/snapshot_copies.py), for that many recently started snapshots at once (0: none).
+    snapshot_pool_size: int = Field(default=2, ge=0)
+    snapshot_pool_snapshots: int = Field(default=2, ge=0)
     # A streamed call that has printed nothing for this long sends a comment line, so proxies
     # and clients do not drop a quiet connection.
     stream_keepalive_seconds: float = Field(default=15.0, gt=0)

@@ -153,7 +153,8 @@ def load_runtime(spec: Message) -> Worker | None:
             os.dup2(null, fd, inheritable=False)
             os.close(null)
     worker: Worker = SandboxWorker(spec["command_fd"], spec["event_fd"])
-    worker.preload(list(spec["preload"]))
+    # dill too: a pause, a snapshot and a resume of a namespace with functions use it (state.py)
+    worker.preload([*spec["preload"], "dill"])
     gc.collect()
     gc.freeze()  # what is here now is never touched by the collector in the children
     return worker
