@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     # up in the store (same answer, one query).
     remember_ended_sessions: int = Field(default=10_000, ge=0)
     # Pause, resume and snapshots (sessions/pause.py). Kept volume images live in state_dir
-    # (default: <data_dir>/state; a shared directory every Ray host mounts, later). A saved
+    # (default: <data_dir>/state; on a Ray cluster one shared directory every host node
+    # mounts, NFS or a shared volume, so a state resumes on any host). A saved
     # namespace larger than max_state_bytes is refused with a clear error. A paused session
     # is kept paused_retention_seconds, then ended; one idle for idle_pause_seconds pauses by
     # itself (None: never). Snapshots are kept until deleted.

@@ -21,10 +21,17 @@ from tests.conftest import TCI, TEST_WORKSPACE_BYTES, Server, cli, free_port
 HOSTS = ("host-a", "host-b")
 
 
+def shared_state_dir(root: Path) -> Path:
+    """TCI_STATE_DIR of every host (NFS or a shared volume on a real cluster)."""
+    return root / "state"
+
+
 def host_env(root: Path, index: int) -> dict[str, str]:
     """A host node's own settings: two hosts share this machine, so each has its own data
-    and sandbox directories (and cgroup parent) and its own sandbox uids."""
+    and sandbox directories (and cgroup parent) and its own sandbox uids; the state of
+    paused sessions and snapshots is in one directory both use, as a cluster's shared one."""
     return {"TCI_DATA_DIR": str(root / f"tci-{HOSTS[index]}"),
+            "TCI_STATE_DIR": str(shared_state_dir(root)),
             "TCI_SANDBOX_UID_BASE": str(300_000 + 20_000 * index),
             "TCI_POOL_SIZE": "0", "TCI_MAX_SESSIONS": "40", "TCI_NETWORK": "none",
             "TCI_WORKSPACE_MAX_BYTES": str(TEST_WORKSPACE_BYTES)}

@@ -10,6 +10,13 @@ made a session is gone), an end that happens once, and why recent ones ended.
 
 Every method answers with plain data (a Reply). Exceptions are not sent through Ray: its
 wrappers would lose SessionGone's reason and the HTTP status of a TCIError.
+
+Paused sessions and snapshots (sessions/pause.py) are volume images in the node's state store,
+TCI_STATE_DIR, which every host of a cluster mounts from one shared directory: a session
+paused on one host resumes on whichever host the gateway picks, and any host can free a kept
+state. A paused session leaves this host's table without ending: its feed says MOVED
+(hosts/base.py), not an end, so a gateway holding the session drops it recording nothing,
+and calls that waited for it find it MOVED.
 """
 
 from __future__ import annotations
@@ -27,7 +34,17 @@ from typing import Any
 from tci.cluster.streamed import OutlinedResult
 from tci.config import Settings
 from tci.errors import TCIError, TooManySessions
-from tci.hosts.base import CallResult, Cell, EndKind, EndReason, HostedSession, SessionGone
+from tci.hosts.base import (
+    MOVED,
+    CallResult,
+    Cell,
+    EndKind,
+    EndReason,
+    HostedSession,
+    SessionGone,
+    StateNotRestored,
+    StateNotSaved,
+)
 from tci.hosts.local import LocalHost
 from tci.sandbox.egress_filter import ClusterFeed
 from tci.sessions.table import SessionTable, utcnow
@@ -37,7 +54,7 @@ log = logging.getLogger(__name__)
 
 # A session id this host does not know: it ran on this node before the host was restarted
 # clean (the gateway routes by the host's name, which changes when a node comes back).
-_UNKNOWN = EndReason(EndKind.HOST_LOST, "host lost: the host restarted")
+UNKNOWN_SESSION = EndReason(EndKind.HOST_LOST, "host lost: the host restarted")
 
 
 # Ray's threads in a gateway and a host actor take the GIL too, and a thread waiting for it
@@ -63,6 +80,10 @@ class Reply:
     value: Any = None
     gone: EndReason | None = None
     error: TCIError | None = None
+    # A state that could not be saved or restored (StateNotSaved, StateNotRestored), in words
+    # for the client; `state_missing` when this host does not find it in its TCI_STATE_DIR.
+    state_problem: str | None = None
+    state_missing: bool = False
 
 
 @dataclass(eq=False)
@@ -91,7 +112,8 @@ class HostInfo:
 
 @dataclass(frozen=True)
 class Ended:
-    """One session that ended on this host, for gateways that did not end it themselves."""
+    """One session that ended on this host, for gateways that did not end it themselves;
+    or, with the reason MOVED, that was paused and left it without ending."""
 
     seq: int
     session_id: str
@@ -183,10 +205,59 @@ class HostActor:
             hosted = await self.host.open_session()
         except TCIError as exc:
             return Reply(error=exc)
+        return self._hold(hosted, lifetime)
+
+    def _hold(self, hosted: HostedSession, lifetime: float) -> Reply:
+        """A session just opened joins the table, to end itself after `lifetime` seconds."""
         session = HostSession(hosted.id, hosted, utcnow() + timedelta(seconds=lifetime))
         self.sessions.add(session)
         hosted.on_end(lambda reason: self.sessions.end_soon(session, reason))
         return Reply(hosted.id)
+
+    async def open_saved(self, name: str, session_id: str | None, max_bytes: int,
+                         lifetime: float) -> Reply:
+        """A session started here from the state kept under `name` (LocalHost.open_saved):
+        the paused session `session_id` itself, or a new one from a snapshot. The state may
+        have been saved by any host: it is read from the shared TCI_STATE_DIR."""
+        if self.info().free <= 0:
+            return Reply(error=_full(self.host.stats().capacity))
+        if not await asyncio.to_thread(self.host.states.has, name):
+            return Reply(state_missing=True, state_problem=_missing(name, self.name))
+        try:
+            hosted = await self.host.open_saved(name, session_id, max_bytes)
+        except StateNotRestored as exc:
+            return Reply(state_problem=str(exc))
+        except TCIError as exc:
+            return Reply(error=exc)
+        return self._hold(hosted, lifetime)
+
+    async def save_state(self, sid: str, name: str, pause: bool, max_bytes: int) -> Reply:
+        """Keep the session's state under `name` (HostedSession.save_state), answering the
+        SavedState. Paused, it leaves the table without an end: no gateway is told that it
+        ended, and calls that waited for it find it paused."""
+        session = self.sessions.get(sid)
+        if session is None:
+            return self._gone(sid)
+        async with session.lock:
+            if session.ended is not None:
+                return Reply(gone=session.ended)
+            try:
+                saved = await session.hosted.save_state(name, pause, max_bytes)
+            except StateNotSaved as exc:
+                return Reply(state_problem=str(exc))
+            except SessionGone as gone:
+                await self.sessions.end(session, gone.reason)
+                return Reply(gone=gone.reason)
+            if pause:
+                session.ended = MOVED
+                self.sessions.release(session)
+                self._tell_feed(session.id, MOVED, None)
+        return Reply(saved)
+
+    async def delete_saved(self, name: str) -> Reply:
+        """Free the state kept under `name`, whichever host kept it (the directory is shared)."""
+        await self.host.delete_saved(name)
+        return Reply()
 
     async def end(self, sid: str, reason: EndReason) -> Reply:
         """End the session now, even mid-call; answers its CPU seconds (None if it had
@@ -197,15 +268,18 @@ class HostActor:
     async def _finish(self, session: HostSession, reason: EndReason) -> float | None:
         """Free what the session held and tell the gateways' feed."""
         used = await session.hosted.end(reason)
+        self._tell_feed(session.id, reason, used)
+        return used
+
+    def _tell_feed(self, sid: str, reason: EndReason, used: float | None) -> None:
         self.seq += 1
-        self.feed.append(Ended(self.seq, session.id, reason, used))
+        self.feed.append(Ended(self.seq, sid, reason, used))
         if self._changed is not None:
             self._changed.set()
-        return used
 
     def _gone(self, sid: str) -> Reply:
         gone = self.sessions.gone(sid)
-        return Reply(gone=_UNKNOWN if gone is None else gone.reason)
+        return Reply(gone=UNKNOWN_SESSION if gone is None else gone.reason)
 
     async def execute(self, sid: str, cell: Cell, files: list[DecodedFile], timeout: float,
                       grace: float) -> Reply:
@@ -300,6 +374,12 @@ def _outlined(reply: Reply, sent: list[dict[str, Any]]) -> Reply:
     if not isinstance(reply.value, CallResult):
         return reply
     return replace(reply, value=OutlinedResult.of(reply.value, sent))
+
+
+def _missing(name: str, host: str) -> str:
+    return (f"its kept state {name} is not in TCI_STATE_DIR of tci host {host}: on a Ray "
+            "cluster every host must mount the same shared directory there (NFS, a shared "
+            "volume), or a state is seen only by the host that kept it")
 
 
 def _full(limit: int) -> TCIError:

@@ -9,6 +9,12 @@ pending on each host (its feed of ended sessions); when Ray reports the host's a
 the others. A host Ray calls only unavailable (ActorUnavailableError, a call timed out) is
 unreachable, not dead: its sessions are kept and their calls answer 503 with Retry-After.
 Nothing here probes hosts: Ray's own health checks decide that a node is gone.
+
+Paused sessions and snapshots: their state is kept in TCI_STATE_DIR, which every host mounts
+from one shared directory, so a paused session resumes (and a snapshot starts a session) on
+whichever host is placed as a new session would be, not only on the one that saved it. A host
+that does not find the state there passes it to the next; the store's `host` of a resumed
+session is its new host.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +31,19 @@ import ray
 from ray.exceptions import ActorDiedError, RayActorError
 
 from tci.cluster import actors
-from tci.cluster.host_actor import Feed, HostInfo, PlainResult, Reply, short_gil_handoffs
+from tci.cluster.host_actor import (
+    UNKNOWN_SESSION,
+    Feed,
+    HostInfo,
+    PlainResult,
+    Reply,
+    short_gil_handoffs,
+)
 from tci.cluster.streamed import OutlinedResult
 from tci.config import Settings
 from tci.errors import HostUnreachable, SandboxUnavailable, SessionEnded, TCIError
 from tci.hosts.base import (
+    MOVED,
     AdoptedSession,
     CallResult,
     Cell,
@@ -39,8 +53,11 @@ from tci.hosts.base import (
     HostedSession,
     HostStats,
     OutputListener,
+    SavedState,
     SessionGone,
     SessionHost,
+    StateNotRestored,
+    StateNotSaved,
 )
 from tci.storage.store import AsyncStore
 from tci.workspace import DecodedFile, FileListing
@@ -103,14 +120,29 @@ class _Host:
     watcher: asyncio.Task[None] | None = None
 
 
+# Whether a session its host does not know has moved (RayHost._moved): (id, host name).
+MovedCheck = Callable[[str, str], Awaitable[bool]]
+
+
 class RaySession(HostedSession):
-    def __init__(self, entry: _Host, session_id: str) -> None:
+    def __init__(self, entry: _Host, session_id: str, moved: MovedCheck) -> None:
         self.id = session_id
         self.host = entry.name
         self._entry = entry
+        self._moved = moved
         self._listener: EndListener | None = None
         self._gone: EndReason | None = None
         self._cpu_at_end: float | None = None  # as its host measured it, if it ended there
+
+    async def _told(self, gone: SessionGone) -> SessionGone:
+        """`gone` as the manager should hear it: MOVED (told to its listener too, so the
+        manager drops this handle) when the host does not know the session because another
+        gateway paused it or resumed it on another host; else as it came."""
+        if gone.reason == UNKNOWN_SESSION and await self._moved(self.id, self._entry.name):
+            self._entry.sessions.pop(self.id, None)
+            self._tell(MOVED)
+            return SessionGone(MOVED)
+        return gone
 
     async def _call(self, method: str, *args: Any) -> Any:
         if self._gone is not None:
@@ -119,11 +151,22 @@ class RaySession(HostedSession):
             reply = await getattr(self._entry.actor, method).remote(self.id, *args)
         except HOST_FAILURES as exc:
             raise _failure(exc, self._entry.name) from None
-        return _unwrap(reply)
+        try:
+            return _unwrap(reply)
+        except SessionGone as gone:
+            raise await self._told(gone) from None
 
     async def execute(self, cell: Cell, files: list[DecodedFile], timeout: float, grace: float,
                       listener: OutputListener | None = None,
                       on_start: Callable[[], None] | None = None) -> CallResult:
+        try:
+            return await self._run_cell(cell, files, timeout, grace, listener, on_start)
+        except SessionGone as gone:
+            raise await self._told(gone) from None
+
+    async def _run_cell(self, cell: Cell, files: list[DecodedFile], timeout: float,
+                        grace: float, listener: OutputListener | None,
+                        on_start: Callable[[], None] | None) -> CallResult:
         if listener is None:  # one round trip
             if self._gone is not None:
                 raise SessionGone(self._gone)
@@ -172,6 +215,9 @@ class RaySession(HostedSession):
         try:
             return await self._call(method, *args)
         except SessionGone as gone:
+            if gone.reason == MOVED:  # dropped by the manager now: found anew on a retry
+                raise HostUnreachable(f"session {self.id} was paused or moved through "
+                                      "another gateway") from None
             raise SessionEnded(f"session {self.id} has ended: {gone.reason}") from None
 
     async def list_files(self) -> FileListing:
@@ -184,6 +230,24 @@ class RaySession(HostedSession):
 
     async def write_files(self, files: list[DecodedFile]) -> None:
         await self._files("write_files", files)
+
+    async def save_state(self, name: str, pause: bool, max_bytes: int) -> SavedState:
+        """Its host keeps the state in the shared TCI_STATE_DIR; paused, the session is no
+        longer this host's (it resumes wherever it is placed next)."""
+        if self._gone is not None:
+            raise SessionGone(self._gone)
+        try:
+            reply: Reply = await self._entry.actor.save_state.remote(self.id, name, pause,
+                                                                    max_bytes)
+        except HOST_FAILURES as exc:
+            raise _failure(exc, self._entry.name) from None
+        if reply.state_problem is not None:
+            raise StateNotSaved(reply.state_problem)
+        saved: SavedState = _unwrap(reply)
+        if pause:
+            self._entry.sessions.pop(self.id, None)
+            self._listener = None
+        return saved
 
     async def cpu_seconds(self) -> float | None:
         try:
@@ -311,6 +375,8 @@ class RayHost(SessionHost):
                 session = entry.sessions.pop(ended.session_id, None)
                 if session is not None:
                     session._tell(ended.reason, ended.cpu_seconds)
+                elif ended.reason == MOVED:  # paused, not ended: its record says so
+                    continue
                 else:  # ended on the host (expired, its worker died) or through another
                     # gateway; the first write wins, so this is a no-op when it is recorded
                     self.store.end_session_later(ended.session_id, str(ended.reason),
@@ -344,7 +410,7 @@ class RayHost(SessionHost):
     async def open_session(self) -> RaySession:
         """On the host with the most free capacity; the next one if it refuses."""
         refusals: list[str] = []
-        for entry in sorted(self.hosts.values(), key=lambda h: (-h.info.free, h.placed)):
+        for entry in self._placement():
             if entry.info.free <= 0:
                 refusals.append(f"{entry.name} is full")
                 continue
@@ -362,14 +428,74 @@ class RayHost(SessionHost):
                 log.warning("tci host %s refused a session: %s", entry.name,
                             reply.error.message)
                 continue
-            entry.info = _taken(entry.info)  # until its feed says again
-            entry.placed += 1
-            session = RaySession(entry, reply.value)
-            entry.sessions[session.id] = session
-            return session
+            return self._placed(entry, reply.value)
         raise SandboxUnavailable("no tci host can take a new session now"
                                  + (f" ({'; '.join(refusals)})" if refusals else
                                     " (none is up)"))
+
+    def _placement(self) -> list[_Host]:
+        """Hosts in the order a new session tries them: most free first, then the one this
+        gateway placed fewest on."""
+        return sorted(self.hosts.values(), key=lambda h: (-h.info.free, h.placed))
+
+    async def open_saved(self, name: str, session_id: str | None,
+                         max_bytes: int) -> RaySession:
+        """On the host a new session would go to, whichever host saved the state; the next
+        host if it refuses or does not find the state (TCI_STATE_DIR not shared)."""
+        refusals: list[str] = []
+        missing: str | None = None
+        for entry in self._placement():
+            if entry.info.free <= 0:
+                refusals.append(f"{entry.name} is full")
+                continue
+            try:
+                reply: Reply = await entry.actor.open_saved.remote(
+                    name, session_id, max_bytes, self.settings.session_lifetime_seconds)
+            except HOST_FAILURES as exc:
+                refusals.append(await self._refused_by_failure(entry, exc))
+                continue
+            if reply.state_missing:
+                missing = reply.state_problem
+                log.warning("tci host %s: %s", entry.name, missing)
+                continue
+            if reply.state_problem is not None:  # corrupt or too large: so on every host
+                raise StateNotRestored(reply.state_problem)
+            if reply.error is not None:
+                refusals.append(f"{entry.name}: {reply.error.message}")
+                continue
+            return self._placed(entry, reply.value)
+        if missing is not None and not refusals:  # every host looked and none has it
+            raise StateNotRestored(missing)
+        if missing is not None:  # one that could not take it now may have it
+            refusals.append(missing)
+        raise SandboxUnavailable("no tci host can start a session from a kept state now"
+                                 + (f" ({'; '.join(refusals)})" if refusals else
+                                    " (none is up)"))
+
+    async def delete_saved(self, name: str) -> None:
+        """Any host frees it (TCI_STATE_DIR is shared); with none reachable it stays."""
+        for entry in self._placement():
+            try:
+                await entry.actor.delete_saved.remote(name)
+            except HOST_FAILURES as exc:
+                await self._refused_by_failure(entry, exc)
+                continue
+            return
+        log.warning("kept state %s not freed: no tci host is reachable", name)
+
+    async def _refused_by_failure(self, entry: _Host, exc: BaseException) -> str:
+        """A call to `entry` failed: the host is lost if Ray says it died. Says why."""
+        if _died(exc):
+            await self._lose(entry, exc)
+            return f"{entry.name} is lost"
+        return f"{entry.name} is unreachable"
+
+    def _placed(self, entry: _Host, session_id: str) -> RaySession:
+        entry.info = _taken(entry.info)  # until its feed says again
+        entry.placed += 1
+        session = RaySession(entry, session_id, self._moved)
+        entry.sessions[session.id] = session
+        return session
 
     async def adopt(self, session_id: str) -> AdoptedSession | None:
         """A live session that another gateway started, from its record in the store (the
@@ -379,6 +505,8 @@ class RayHost(SessionHost):
         row = await self.store.session_row(session_id)
         if row is None or row["ended_at"] is not None or row["host"] is None:
             return None
+        if row["paused_at"] is not None:  # on no host now: the manager resumes it
+            return None
         entry = self.hosts.get(row["host"])
         if entry is None:
             if await self._dead(row["host"]):  # gone: say so, as its other sessions do
@@ -386,10 +514,20 @@ class RayHost(SessionHost):
                 return None
             raise HostUnreachable(f"tci host {row['host']} of session {session_id} is "
                                   "alive but not reached from this gateway")
-        session = entry.sessions.get(session_id) or RaySession(entry, session_id)
+        session = entry.sessions.get(session_id) or RaySession(entry, session_id, self._moved)
         entry.sessions[session_id] = session
         return AdoptedSession(session, row["key_id"], row["started_at"], row["expires_at"],
                               row["execute_count"])
+
+    async def _moved(self, session_id: str, host: str) -> bool:
+        """Whether the session that `host` does not know lives on elsewhere: paused (through
+        another gateway) or running on another host, as its record says."""
+        try:
+            row = await self.store.session_row(session_id)
+        except TCIError:  # the database down: not known to have moved
+            return False
+        return row is not None and row["ended_at"] is None and (
+            row["paused_at"] is not None or row["host"] != host)
 
     def stats(self) -> HostStats:
         infos = [h.info for h in self.hosts.values()]

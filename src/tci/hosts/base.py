@@ -37,6 +37,13 @@ class Cell:
     language: str = "python"
 
 
+# Told (by on_end's listener, or as SessionGone's reason) by a handle that no longer reaches
+# its session because another server paused it or resumed it elsewhere (a Ray cluster's
+# gateways): the session has not ended. Its holder drops the handle without recording an
+# end, and looks the session up anew (a paused one then resumes).
+MOVED = EndReason(EndKind.CLIENT, "the session was paused or moved through another server")
+
+
 class SessionGone(Exception):  # a state the caller handles, like StopIteration
     """The session's process ended before the call could start: `reason` says how."""
 

@@ -25,6 +25,7 @@ from tci.errors import (
     Unprocessable,
 )
 from tci.hosts.base import (
+    MOVED,
     Cell,
     EndKind,
     EndReason,
@@ -239,8 +240,17 @@ class SessionManager(Pausing):
     def _ended_on_its_own(self, session: LiveSession, reason: EndReason) -> None:
         """The session's process ended while no call was running: end the session now,
         freeing its slot and what its host held at once; later calls answer 410 with the
-        reason."""
+        reason. One paused or moved through another gateway has not ended: it is dropped."""
+        if reason == MOVED:
+            self._drop_moved(session)
+            return
         self.sessions.end_soon(session, reason)
+
+    def _drop_moved(self, session: LiveSession) -> None:
+        """Forget a session another gateway paused or resumed elsewhere (hosts/base.py's
+        MOVED), recording no end: the next call looks it up anew (a paused one resumes)."""
+        session.paused = True  # a call waiting for its lock looks it up anew
+        self.sessions.release(session)
 
     async def end_unanswered(self, session_id: str) -> None:
         """A call made this session but its answer, the one place its id is told, could not
@@ -399,6 +409,9 @@ class SessionManager(Pausing):
                     self.settings.interrupt_grace_seconds, listener, code_starts,
                 )
             except SessionGone as gone:  # ended before the call, or its process had died
+                if gone.reason == MOVED:
+                    self._drop_moved(session)
+                    raise RepausedWhileWaiting from None
                 await self.end(session, gone.reason)
                 raise SessionEnded(f"session {session.id} has ended: {session.ended}") from None
             session.execute_count += 1
