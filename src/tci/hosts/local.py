@@ -397,8 +397,9 @@ class LocalHost(SessionHost):
 
     def stats(self) -> HostStats:
         copies = self.snapshot_copies
-        self.details["snapshot_pool"] = {"ready": copies.count(), "size": copies.per_snapshot,
-                                         "snapshots": copies.snapshots}
+        self.details["snapshot_pool"] = {  # TCI_SNAPSHOT_POOL_SIZE, _SNAPSHOTS
+            "ready": copies.count(), "snapshots_warm": len(copies.ready),
+            "size": copies.per_snapshot, "snapshots": copies.snapshots}
         return HostStats(len(self.pool.ready), self.pool.size, self.pool.starts_failed,
                          self.capacity, self.details, self.languages)
 
