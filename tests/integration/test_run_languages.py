@@ -248,6 +248,27 @@ def test_a_signal_is_a_runtime_error_without_exit_code(langs: Server) -> None:
     assert (line["verdict"], line["exit_code"]) == ("RUNTIME_ERROR", None), line
 
 
+def test_a_program_starts_as_a_shell_starts_it(langs: Server) -> None:
+    """Only fds 0-2 open, no signal blocked, none ignored (Python's pid 1 ignores SIGPIPE and
+    SIGXFSZ): a program killed by a closed pipe dies of it, as it would anywhere."""
+    code = ("#include <stdio.h>\n#include <dirent.h>\n#include <string.h>\n"
+            "int main(){DIR*d=opendir(\"/proc/self/fd\");struct dirent*e;"
+            "while((e=readdir(d)))if(e->d_name[0]!='.')printf(\"fd %s\\n\",e->d_name);"
+            "closedir(d);FILE*f=fopen(\"/proc/self/status\",\"r\");char l[256];"
+            "while(fgets(l,256,f))if(!strncmp(l,\"Sig\",3))fputs(l,stdout);return 0;}\n")
+    line = one(langs, "c", code)
+    assert line["verdict"] == "OK", line
+    words = [text.split(":") if text.startswith("Sig") else text.split()
+             for text in line["stdout"].splitlines()]
+    fds = sorted(int(value) for name, value in words if name == "fd")
+    assert fds == [0, 1, 2, 3], line  # 3: the listing's own directory
+    masks = {name: int(value, 16) for name, value in words
+             if name in ("SigBlk", "SigIgn", "SigCgt")}
+    assert (masks["SigBlk"], masks["SigIgn"], masks["SigCgt"]) == (0, 0, 0), line
+    dies = one(langs, "c", "#include <signal.h>\nint main(){raise(SIGPIPE);return 0;}\n")
+    assert (dies["verdict"], dies["exit_code"]) == ("RUNTIME_ERROR", None), dies
+
+
 def _metric(server: Server, name: str, language: str) -> float:
     with server.client() as client:
         text = client.get("/metrics").text
