@@ -192,7 +192,8 @@ def _plain_gpp(code: str, directory: Path) -> list[str]:
 
 
 def measure(server: TciServer, runs: int, compile_samples: int,
-            progress: Callable[[str], None]) -> LanguagesResult:
+            progress: Callable[[str], None],
+            only: list[str] | None = None) -> LanguagesResult:
     with httpx.Client(base_url=server.url, timeout=60) as client:
         offered = client.get("/health").json()["languages"]["runs"]
     result = LanguagesResult(concurrency=Settings().resolved_run_concurrency)
@@ -200,15 +201,16 @@ def measure(server: TciServer, runs: int, compile_samples: int,
     work = Path(tempfile.mkdtemp(prefix="tci-bench-languages-"))
     try:
         for language in HELLO:
-            if not offered.get(language):
+            if not offered.get(language) or (only and language not in only):
                 continue
             progress(f"languages: {language}, {runs} hello-world runs, tci then local")
             rate, ok = tci_rate(server, language, runs)
             program = prepare_local(language, HELLO[language], work / language)
             local = local_rate(program, runs, result.concurrency)
             result.rows.append(LanguageRow(language, rate, local, ok, runs))
-        progress(f"languages: C++ compile + run, {compile_samples} samples each")
-        result.compiles = compile_and_run(server, work, compile_samples)
+        if compile_samples and offered.get("cpp") and (not only or "cpp" in only):
+            progress(f"languages: C++ compile + run, {compile_samples} samples each")
+            result.compiles = compile_and_run(server, work, compile_samples)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
@@ -239,19 +241,23 @@ def table_text(result: LanguagesResult) -> str:
 
 
 def measure_with_server(work: Path, progress: Callable[[str], None], runs: int,
-                        compile_samples: int) -> LanguagesResult:
+                        compile_samples: int, only: list[str] | None = None
+                        ) -> LanguagesResult:
     return on_own_server(work, "tci-server-languages",
-                         lambda server: measure(server, runs, compile_samples, progress))
+                         lambda server: measure(server, runs, compile_samples, progress, only))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.languages", description=__doc__)
     parser.add_argument("--runs", type=int, default=64)
     parser.add_argument("--compile-samples", type=int, default=5)
+    parser.add_argument("--languages", default="",
+                        help="comma-separated languages to measure (default: every one)")
     args = parser.parse_args(argv)
+    only = [name for name in args.languages.split(",") if name] or None
     with tempfile.TemporaryDirectory(prefix="tci-bench-languages-") as work:
         result = measure_with_server(Path(work), to_stderr,
-                                     args.runs, args.compile_samples)
+                                     args.runs, args.compile_samples, only)
     print(table_text(result))
     return 0
 

@@ -236,8 +236,13 @@ class RunSandboxes:
         outcome = Outcome(exit_code=code if code >= 0 else None, timed_out=timed_out,
                           out_of_memory=cgroup is not None and cgroup.oom_kills() > ooms_before,
                           stdout=stdout.text(), stderr=stderr.text())
+        phases = _phases(sent_at, steps, ended_at, wall)
+        if isinstance(said.get("ended"), float) and ready <= said["ended"] <= ended_at:
+            # The program's own end as its pid 1 saw it: the rest is the sandbox's exit.
+            phases["program:ran"] = said["ended"] - ready
+            phases["program:exit"] = ended_at - said["ended"]
         return RawRun(outcome, wall, stdout.truncated or stderr.truncated,
-                      _fetched(said), _phases(sent_at, steps, ended_at, wall), build=made)
+                      _fetched(said), phases, build=made)
 
     @staticmethod
     async def _confined(info: _Capped, pidfd: int, ended: asyncio.Future[tuple[int, float]],

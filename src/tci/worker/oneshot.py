@@ -140,9 +140,10 @@ def _run_native(native: Message, report: int, fetch: list[str], budget: int) -> 
     """The program as our child; its end passed on (a signal's too, in the report: we
     cannot die of a signal the same way as pid 1) once the files asked back are read."""
     status = native_build.run_program(native["run"], native["env"])
+    ended = time.monotonic()
     with contextlib.suppress(OSError):
-        _write_all(report, json.dumps({"files": _fetch(fetch, budget),
-                                       "status": status}).encode())
+        _write_all(report, json.dumps({"files": _fetch(fetch, budget), "status": status,
+                                       "ended": ended}).encode())
     with contextlib.suppress(OSError):
         os.close(report)
     return confine.exit_code(status)
@@ -159,8 +160,10 @@ def _keep_high(fd: int) -> int:
 def _report_files(report: int, paths: list[str], budget: int) -> None:
     """As the program ends, the files asked back, read with its own rights (a link to what
     it may not read gets nothing), one JSON object onto the report pipe."""
+    ended = time.monotonic()
     with contextlib.suppress(OSError):
-        _write_all(report, json.dumps({"files": _fetch(paths, budget)}).encode())
+        _write_all(report, json.dumps({"files": _fetch(paths, budget),
+                                       "ended": ended}).encode())
     with contextlib.suppress(OSError):
         os.close(report)
 
