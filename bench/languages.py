@@ -52,6 +52,9 @@ HELLO = {
     "php": "<?php echo \"hello\\n\";\n",
     "perl": "print \"hello\\n\";\n",
 }
+# Programs per language in the RL-shape table: each compiles on both sides (seconds for C++,
+# Java, Rust), so fewer than the hello-world table's runs.
+DISTINCT_RUNS = 16
 CPP_PROGRAMS = {
     "<iostream>": "#include <iostream>\nint main(){std::cout<<\"hello\"<<std::endl;}\n",
     "<bits/stdc++.h>": "#include <bits/stdc++.h>\nint main(){std::cout<<\"hello\"<<std::endl;}\n",
@@ -68,6 +71,19 @@ class LanguageRow:
 
 
 @dataclass
+class DistinctRow:
+    """N different programs (nothing kept between them): tci's batch against local compile
+    (if the language compiles) + run of each."""
+
+    language: str
+    compiles: bool
+    tci_rate: float
+    local_rate: float
+    tci_ok: int
+    runs: int
+
+
+@dataclass
 class CompileRow:
     program: str
     tci_seconds: float
@@ -77,6 +93,7 @@ class CompileRow:
 @dataclass
 class LanguagesResult:
     rows: list[LanguageRow] = field(default_factory=list)
+    distinct: list[DistinctRow] = field(default_factory=list)
     compiles: list[CompileRow] = field(default_factory=list)
     concurrency: int = 0
     missing: list[str] = field(default_factory=list)
@@ -157,6 +174,38 @@ def tci_rate(server: TciServer, language: str, runs: int) -> tuple[float, int]:
     return runs / elapsed, sum(line["verdict"] == "OK" for line in lines)
 
 
+def numbered(language: str, number: int) -> str:
+    """Hello world printing `hello <number>`: a program no other run of the bench has."""
+    return HELLO[language].replace("hello", f"hello {number}", 1)
+
+
+def distinct_rates(server: TciServer, language: str, runs: int, concurrency: int,
+                   work: Path) -> DistinctRow:
+    """`runs` different programs, as an RL batch scores samples: one batch request to tci
+    (each compiled in its own sandbox, nothing kept between them), against compiling and
+    running each locally, `concurrency` at once."""
+    programs = [numbered(language, number) for number in range(runs)]
+    started = time.monotonic()
+    lines = batch(server, [{"language": language, "code": code,
+                            "expected_stdout": f"hello {number}"}
+                           for number, code in enumerate(programs)])
+    tci = runs / (time.monotonic() - started)
+
+    def local(number: int) -> None:
+        program = prepare_local(language, programs[number], work / f"{language}-{number}")
+        done = subprocess.run(program.argv, env=program.env, cwd=program.cwd,
+                              capture_output=True, timeout=60)
+        if done.returncode != 0 or done.stdout.strip() != f"hello {number}".encode():
+            raise RuntimeError(f"local run failed: {done.stderr[-500:]!r}")
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        started = time.monotonic()
+        list(pool.map(local, range(runs)))
+        local_rate = runs / (time.monotonic() - started)
+    return DistinctRow(language, table.BY_NAME[language].compiled, tci, local_rate,
+                       sum(line["verdict"] == "OK" for line in lines), runs)
+
+
 def compile_and_run(server: TciServer, work: Path, samples: int) -> list[CompileRow]:
     """A program never compiled before (a fresh comment each time: no kept build), compiled
     and run once: the median of `samples`, tci's and local g++'s."""
@@ -192,8 +241,8 @@ def _plain_gpp(code: str, directory: Path) -> list[str]:
 
 
 def measure(server: TciServer, runs: int, compile_samples: int,
-            progress: Callable[[str], None],
-            only: list[str] | None = None) -> LanguagesResult:
+            progress: Callable[[str], None], only: list[str] | None = None,
+            distinct_runs: int = 0) -> LanguagesResult:
     with httpx.Client(base_url=server.url, timeout=60) as client:
         offered = client.get("/health").json()["languages"]["runs"]
     result = LanguagesResult(concurrency=Settings().resolved_run_concurrency)
@@ -208,6 +257,14 @@ def measure(server: TciServer, runs: int, compile_samples: int,
             program = prepare_local(language, HELLO[language], work / language)
             local = local_rate(program, runs, result.concurrency)
             result.rows.append(LanguageRow(language, rate, local, ok, runs))
+        for language in HELLO:
+            if not distinct_runs or not offered.get(language) or (only and language
+                                                                   not in only):
+                continue
+            progress(f"languages: {language}, {distinct_runs} different programs, tci then "
+                     "local")
+            result.distinct.append(distinct_rates(server, language, distinct_runs,
+                                                  result.concurrency, work / "distinct"))
         if compile_samples and offered.get("cpp") and (not only or "cpp" in only):
             progress(f"languages: C++ compile + run, {compile_samples} samples each")
             result.compiles = compile_and_run(server, work, compile_samples)
@@ -229,35 +286,52 @@ def table_text(result: LanguagesResult) -> str:
             f"locally without a sandbox, same commands and flags, {result.concurrency} at "
             "once on both sides (target: >= 0.8x local).",
             markdown_table(["language", "tci runs/s", "local runs/s", "tci / local", "OK"],
-                           rows),
-            "C++ compile + run of a program never seen before (no kept build): tci (request "
-            "to answer; `<bits/stdc++.h>` from the precompiled header built by `make "
-            "toolchains`) against local `g++ -std=c++17 -O2` + run, medians (times: below 1x, tci "
-            "is the faster).",
-            markdown_table(["program", "tci", "local", "tci / local"], compiles)]
+                           rows)]
+    if result.distinct:
+        distinct = [[row.language, "compile + run" if row.compiles else "run",
+                     f"{row.tci_rate:.1f}", f"{row.local_rate:.1f}",
+                     f"{row.tci_rate / row.local_rate:.2f}x" if row.local_rate else "-",
+                     f"{row.tci_ok}/{row.runs}"] for row in result.distinct]
+        text += [f"The RL shape: {result.distinct[0].runs} different programs (hello world "
+                 "printing a number of its own, so no build is kept between them) in one "
+                 "batch request, against compiling (where the language compiles) and running "
+                 f"each locally, {result.concurrency} at once on both sides. For an "
+                 "interpreted language this is the table above with nothing cached.",
+                 markdown_table(["language", "each program", "tci programs/s",
+                                 "local programs/s", "tci / local", "OK"], distinct)]
+    if result.compiles:
+        text += ["C++ compile + run of a program never seen before (no kept build): tci (request "
+                 "to answer; `<bits/stdc++.h>` from the precompiled header built by `make "
+                 "toolchains`) against local `g++ -std=c++17 -O2` + run, medians (times: below "
+                 "1x, tci is the faster).",
+                 markdown_table(["program", "tci", "local", "tci / local"], compiles)]
     if result.missing:
         text.append(f"Toolchains missing on this machine: {', '.join(result.missing)}.")
     return "\n\n".join(text)
 
 
 def measure_with_server(work: Path, progress: Callable[[str], None], runs: int,
-                        compile_samples: int, only: list[str] | None = None
-                        ) -> LanguagesResult:
+                        compile_samples: int, only: list[str] | None = None,
+                        distinct_runs: int = DISTINCT_RUNS) -> LanguagesResult:
     return on_own_server(work, "tci-server-languages",
-                         lambda server: measure(server, runs, compile_samples, progress, only))
+                         lambda server: measure(server, runs, compile_samples, progress, only,
+                                                distinct_runs))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.languages", description=__doc__)
     parser.add_argument("--runs", type=int, default=64)
     parser.add_argument("--compile-samples", type=int, default=5)
+    parser.add_argument("--distinct-runs", type=int, default=DISTINCT_RUNS,
+                        help="different programs per language in the RL-shape table (0: none)")
     parser.add_argument("--languages", default="",
                         help="comma-separated languages to measure (default: every one)")
     args = parser.parse_args(argv)
     only = [name for name in args.languages.split(",") if name] or None
     with tempfile.TemporaryDirectory(prefix="tci-bench-languages-") as work:
         result = measure_with_server(Path(work), to_stderr,
-                                     args.runs, args.compile_samples, only)
+                                     args.runs, args.compile_samples, only,
+                                     args.distinct_runs)
     print(table_text(result))
     return 0
 
