@@ -119,11 +119,15 @@ class RunSandboxes:
         uid = self.launcher.uids.acquire()
         cgroup = None
         try:
-            cgroup = await asyncio.to_thread(self.cgroups.take, spec.memory_bytes)
+            # A kept cgroup with these limits, on the loop (the usual case), else a thread's
+            # file work: a thread hop costs more than the run's own cgroup reads.
+            cgroup = (self.cgroups.take_kept(spec.memory_bytes)
+                      or await asyncio.to_thread(self.cgroups.take, spec.memory_bytes))
             return await self._run(spec, uid, cgroup, build, compiled)
         finally:
-            clean = (await asyncio.shield(asyncio.to_thread(self.cgroups.give_back, cgroup))
-                     if cgroup is not None else True)
+            clean = True
+            if cgroup is not None and not self.cgroups.give_back_if_empty(cgroup):
+                clean = await asyncio.shield(asyncio.to_thread(self.cgroups.give_back, cgroup))
             if clean:
                 self.launcher.uids.release(uid)
             else:  # a process of it may still be there: the uid serves nobody else

@@ -193,22 +193,60 @@ def close_network(network: EmptyNetwork) -> None:
 
 class RunCgroups:
     """Empty cgroups for runs, reused: a run takes one, sets its memory limit, gives it back.
-    `driver` is the launcher's (None only with TCI_UNSAFE_ALLOW_MISSING_PROTECTIONS)."""
+    `driver` is the launcher's (None only with TCI_UNSAFE_ALLOW_MISSING_PROTECTIONS).
+
+    The usual run (a kept cgroup whose limits already fit, given back empty) costs a list
+    pop and one small read per hierarchy, done on the event loop (`take_kept`,
+    `give_back_if_empty`); making one, changing its limits or killing what a run left is
+    file work for a thread (`take`, `give_back`)."""
 
     def __init__(self, settings: Settings, driver: Callable[[], CgroupDriver | None]) -> None:
         self.settings = settings
         self.driver = driver
         self._free: list[SessionCgroup] = []
         self._limits: dict[str, CgroupLimits] = {}  # what each cgroup's files say now
+        # Each kept cgroup's cgroup.procs, one per hierarchy (opened at each check: a path
+        # string spares pathlib's cost on the request path).
+        self._procs: dict[str, list[str]] = {}
         self._names = itertools.count(1)
+
+    def limits(self, memory_bytes: int) -> CgroupLimits:
+        return CgroupLimits(memory_bytes=memory_bytes, pids_max=self.settings.pids_limit,
+                            cpu_weight=self.settings.cpu_weight,
+                            io_weight=self.settings.io_weight)
+
+    def take_kept(self, memory_bytes: int) -> SessionCgroup | None:
+        """A kept cgroup whose limits are these already, or None (then `take`)."""
+        limits = self.limits(memory_bytes)
+        for index in range(len(self._free) - 1, -1, -1):
+            if self._limits.get(self._free[index].name) == limits:
+                return self._free.pop(index)
+        return None
+
+    def give_back_if_empty(self, cgroup: SessionCgroup) -> bool:
+        """Kept for the next run if no process is in it (True); else False, and `give_back`
+        must kill what is left. A run's processes cannot leave its cgroup (no cgroupfs in
+        the sandbox, no capability), nor make child cgroups: its own cgroup.procs in each
+        hierarchy says it all."""
+        for path in self._procs.setdefault(
+                cgroup.name, [os.path.join(path, "cgroup.procs") for path in cgroup.paths]):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return False
+            try:
+                if os.read(fd, 64).strip():
+                    return False
+            finally:
+                os.close(fd)
+        self._free.append(cgroup)
+        return True
 
     def take(self, memory_bytes: int) -> SessionCgroup | None:
         driver = self.driver()
         if driver is None:
             return None
-        limits = CgroupLimits(memory_bytes=memory_bytes, pids_max=self.settings.pids_limit,
-                              cpu_weight=self.settings.cpu_weight,
-                              io_weight=self.settings.io_weight)
+        limits = self.limits(memory_bytes)
         while self._free:
             cgroup = self._free.pop()
             if self._limits.get(cgroup.name) == limits:
@@ -236,6 +274,7 @@ class RunCgroups:
 
     def _discard(self, cgroup: SessionCgroup) -> None:
         self._limits.pop(cgroup.name, None)
+        self._procs.pop(cgroup.name, None)
         with contextlib.suppress(OSError, SandboxUnavailable):
             cgroup.kill_all()
             cgroup.remove()
