@@ -4,9 +4,9 @@ stored), cost = sessions x TCI_PRICE_PER_SESSION_USD, keys are kept apart and si
 filter, and `bucket=hour|day` adds a zero-filled series per UTC hour or day whose sums are
 the totals (a bad bucket or too many buckets is a 422); `tci usage` prints every key; an old
 database gains the new column; a paused and resumed session's CPU counts every sandbox it
-had; `/metrics` counts pauses, resumes and snapshots and gauges what they keep; `/metrics` is Prometheus text whose counters move with real
-executions and ended sessions; log lines about a session carry its id, in text (key=value)
-and JSON formats."""
+had; `/metrics` is Prometheus text whose counters move with real executions, ended sessions,
+pauses, resumes and snapshots, and whose gauges say what paused sessions and snapshots keep;
+log lines about a session carry its id, in text (key=value) and JSON formats."""
 
 from __future__ import annotations
 

@@ -41,7 +41,13 @@ from tci.cluster.host_actor import (
 )
 from tci.cluster.streamed import OutlinedResult
 from tci.config import Settings
-from tci.errors import HostUnreachable, SandboxUnavailable, SessionEnded, TCIError
+from tci.errors import (
+    HostUnreachable,
+    SandboxUnavailable,
+    SessionEnded,
+    TCIError,
+    TooManySessions,
+)
 from tci.hosts.base import (
     MOVED,
     AdoptedSession,
@@ -429,9 +435,7 @@ class RayHost(SessionHost):
                             reply.error.message)
                 continue
             return self._placed(entry, reply.value)
-        raise SandboxUnavailable("no tci host can take a new session now"
-                                 + (f" ({'; '.join(refusals)})" if refusals else
-                                    " (none is up)"))
+        raise _none_could("take a new session", refusals)
 
     def _placement(self) -> list[_Host]:
         """Hosts in the order a new session tries them: most free first, then the one this
@@ -468,9 +472,7 @@ class RayHost(SessionHost):
             raise StateNotRestored(missing)
         if missing is not None:  # one that could not take it now may have it
             refusals.append(missing)
-        raise SandboxUnavailable("no tci host can start a session from a kept state now"
-                                 + (f" ({'; '.join(refusals)})" if refusals else
-                                    " (none is up)"))
+        raise _none_could("start a session from a kept state", refusals)
 
     async def delete_saved(self, name: str) -> None:
         """Any host frees it (TCI_STATE_DIR is shared); with none reachable it stays."""
@@ -537,6 +539,16 @@ class RayHost(SessionHost):
     async def self_check(self) -> list[str]:
         """Each host checks itself when it starts; one whose check fails is not used."""
         return []
+
+
+def _none_could(what: str, refusals: list[str]) -> TCIError:
+    """No host would `what`: every one full is a 429 with Retry-After, as a single machine
+    at TCI_MAX_SESSIONS answers (the client should wait); anything else a 503."""
+    if refusals and all(refusal.endswith(" is full") for refusal in refusals):
+        return TooManySessions(f"every tci host is running its maximum of sessions "
+                               f"({'; '.join(refusals)}): retry shortly or end a session")
+    return SandboxUnavailable(f"no tci host can {what} now"
+                              + (f" ({'; '.join(refusals)})" if refusals else " (none is up)"))
 
 
 def _taken(info: HostInfo) -> HostInfo:
