@@ -111,6 +111,7 @@ class RunSandboxes:
         self.starter = starter
         self.cgroups = RunCgroups(settings, lambda: launcher.cgroups)
         self.networks = EmptyNetworks()
+        self._indexes: dict[str, list[list[Any]]] = {}  # cgroup name -> the template's names
 
     async def run(self, spec: RunSpec, build: Build | None = None,
                   compiled: Callable[[Build], None] = lambda _: None) -> RawRun:
@@ -132,6 +133,17 @@ class RunSandboxes:
                 self.launcher.uids.release(uid)
             else:  # a process of it may still be there: the uid serves nobody else
                 self.launcher.uids.quarantine(uid, "a run's processes outlived it")
+
+    def _cgroup_indexes(self, cgroup: SessionCgroup | None) -> list[list[Any]]:
+        """The template's names of a kept cgroup, worked out once per cgroup."""
+        if cgroup is None:
+            return []
+        indexes = self._indexes.get(cgroup.name)
+        if indexes is None:
+            if len(self._indexes) >= _MAX_KNOWN_CGROUPS:  # discarded ones' names pile up
+                self._indexes.clear()
+            indexes = self._indexes[cgroup.name] = self.starter.cgroup_indexes(cgroup)
+        return indexes
 
     def _native(self, spec: RunSpec, build: Build | None) -> dict[str, object] | None:
         """What the sandbox compiles and runs, for a language other than Python."""
@@ -171,7 +183,7 @@ class RunSandboxes:
             sent.append(os.dup(empty.namespace))
         request = {
             "type": "run", "uid": uid,
-            "cgroups": self.starter.cgroup_indexes(cgroup),
+            "cgroups": self._cgroup_indexes(cgroup),
             "tmp_bytes": self.settings.tmp_max_bytes,
             "work_bytes": self.settings.run_workspace_max_bytes,
             "niceness": 0, "rlimits": self.starter.rlimits, "program": PROGRAM_NAME,
@@ -277,6 +289,7 @@ class RunSandboxes:
 _START_SECONDS = 30.0
 _KILL_MARGIN_SECONDS = 30.0
 _MAX_INFO = 1 << 16
+_MAX_KNOWN_CGROUPS = 1024
 _MAX_BUILD_BYTES = 64 << 20  # a build larger than this is not kept (nor sent back)
 _COMPILE_OUTPUT = 1 << 20  # worker/native.py's cap on each of the compiler's outputs
 # The steps of a run's start as the run times them (CLOCK_MONOTONIC, the server's clock too):
