@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     # (hosts/snapshot_copies.py), for that many recently started snapshots at once (0: none).
     snapshot_pool_size: int = Field(default=2, ge=0)
     snapshot_pool_snapshots: int = Field(default=2, ge=0)
+    # A paused session or snapshot whose kept volume takes at most this resumes in a warm
+    # pool sandbox, its files copied in (no cold start); a larger one starts a sandbox on the
+    # kept volume itself (0: always that).
+    resume_copy_max_bytes: int = Field(default=64 * MiB, ge=0)
     # A streamed call that has printed nothing for this long sends a comment line, so proxies
     # and clients do not drop a quiet connection.
     stream_keepalive_seconds: float = Field(default=15.0, gt=0)

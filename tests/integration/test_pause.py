@@ -248,3 +248,70 @@ def test_a_graceful_restart_keeps_sessions_and_a_crash_ends_them(tmp_path):
         assert answer.status_code == 410 and "restarted" in answer.text, answer.text
     finally:
         server.stop()
+
+
+FILES = """
+import os, stat
+os.makedirs("deep/er", exist_ok=True)
+open("deep/er/data.bin", "wb").write(bytes(range(256)) * 4000)
+with open("sparse.bin", "wb") as fh:
+    fh.seek(50_000_000)
+    fh.write(b"end")
+open("script.sh", "w").write("#!/bin/sh\\necho ran\\n")
+os.chmod("script.sh", 0o750)
+os.chmod("deep", 0o705)
+os.symlink("deep/er/data.bin", "link")
+os.symlink("/etc/hostname", "outside")
+os.link("script.sh", "hard.sh")
+os.mkfifo("pipe")
+os.utime("script.sh", (1_000_000_000, 1_000_000_000))
+"""
+
+FILES_CHECK = """
+import os, stat, json, subprocess
+def mode(p):
+    return oct(stat.S_IMODE(os.lstat(p).st_mode))
+print(json.dumps([
+    open("link", "rb").read() == bytes(range(256)) * 4000, os.readlink("outside"),
+    os.path.getsize("sparse.bin"), os.stat("sparse.bin").st_blocks * 512 < 1_000_000,
+    mode("script.sh"), mode("deep"), os.stat("script.sh").st_mtime,
+    subprocess.run(["./hard.sh"], capture_output=True, text=True).stdout,
+    stat.S_ISFIFO(os.lstat("pipe").st_mode),
+    sorted({os.lstat(os.path.join(d, n)).st_uid for d, ds, fs in os.walk("/home/user")
+            for n in ds + fs} | {os.lstat(n).st_uid for n in os.listdir(".")}) == [os.getuid()],
+    tinypkg_tci.ANSWER, x, f(), os.getcwd()]))
+"""
+
+
+@pytest.mark.parametrize("copy_max", ["67108864", "524288", "0"])
+def test_a_resume_in_a_warm_sandbox_keeps_every_file_as_a_cold_one(server_factory, copy_max):
+    """With a warm pool, a small kept volume's files are copied into a warm sandbox's new
+    volume (TCI_RESUME_COPY_MAX_BYTES); past it (512 KiB here) or with 0, a sandbox starts on
+    the kept image. All
+    must give back the same session: files of every kind, a pip-installed package, the
+    namespace, the working directory, all owned by the session's user."""
+    # Refills wait a while: whether the resume took the warm sandbox shows in /health.
+    server = server_factory(pool_size="1", resume_copy_max_bytes=copy_max,
+                            pool_refill_delay_seconds="5")
+    wheel = {"name": "tinypkg_tci-0.1-py3-none-any.whl", "encoding": "base64",
+             "content": base64.b64encode(tiny_wheel()).decode()}
+    data = server.run("!pip install -q --user --no-index tinypkg_tci-0.1-py3-none-any.whl\n"
+                      "import tinypkg_tci\nx = 41\ndef f():\n    return x + 1\n" + FILES
+                      + "os.makedirs('sub', exist_ok=True)\nos.chdir('sub')\n"
+                      + "os.chdir('/workspace')", files=[wheel])
+    assert not outputs_of(data, "error"), data
+    session_id = data["session_id"]
+    for _ in range(2):  # twice: a resumed session pauses and resumes like any
+        assert pause(server, session_id).status_code == 200
+        wait_for(lambda: _pool_ready(server) == 1, "a warm sandbox", timeout=60)
+        data = server.run(FILES_CHECK, session_id)
+        assert _pool_ready(server) == (0 if copy_max == "67108864" else 1)
+        assert not outputs_of(data, "error"), data
+        assert json.loads(stdout_of(data)) == [
+            True, "/etc/hostname", 50_000_003, True, "0o750", "0o705", 1_000_000_000.0,
+            "ran\n", True, True, 42, 41, 42, "/workspace"]
+
+
+def _pool_ready(server) -> int:
+    with server.client() as client:
+        return client.get("/health").json()["pool"]["ready"]

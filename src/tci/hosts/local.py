@@ -40,7 +40,7 @@ from tci.kernel.output_limits import OutputLimits
 from tci.sandbox.cgroups import CPU_WEIGHT_DEFAULT
 from tci.sandbox.counters import Counters, limits_hit
 from tci.sandbox.factory import make_launcher
-from tci.sandbox.kept_volumes import STATE_FILE_IN_SANDBOX, StateStore
+from tci.sandbox.kept_volumes import STATE_FILE_IN_SANDBOX, StateStore, TreeTooLarge
 from tci.sandbox.launcher import Sandbox
 from tci.sandbox.protections import enforce
 from tci.sandbox.volume import IMAGE_NAME
@@ -377,12 +377,17 @@ class LocalHost(SessionHost):
 
     async def _restore(self, name: str, session_id: str | None, max_bytes: int,
                        niceness: int = 0) -> LocalSession:
-        """A new sandbox on the kept volume `name` (a copy of it for a snapshot, which stays
-        for other sessions; a paused session's own) and the namespace loaded in it."""
-        place = functools.partial(self.states.place, name, copy=session_id is None)
-        ready = await start_worker(
-            self.launcher, OutputLimits.of(self.settings), self.settings.worker_start_timeout,
-            niceness=niceness, name=session_id, place=place)
+        """A sandbox holding the kept volume `name`'s files and the namespace loaded in it:
+        a warm one they are copied into, or a new one started on the kept image (a copy of
+        it for a snapshot, which stays for other sessions; a paused session's own).
+        Background starts (niced: a snapshot's copies) leave the warm pool to clients."""
+        ready = await self._warm_with(name, session_id) if niceness == 0 else None
+        if ready is None:
+            place = functools.partial(self.states.place, name, copy=session_id is None)
+            ready = await start_worker(
+                self.launcher, OutputLimits.of(self.settings),
+                self.settings.worker_start_timeout, niceness=niceness, name=session_id,
+                place=place)
         session = LocalSession(self, ready)
         try:
             await session.restore_state(max_bytes)
@@ -390,6 +395,29 @@ class LocalHost(SessionHost):
             await session.end(EndReason(EndKind.SHUTDOWN, "its state could not be restored"))
             raise
         return session
+
+    async def _warm_with(self, name: str, session_id: str | None) -> ReadyWorker | None:
+        """A warm pool sandbox with the kept volume's files copied into its new volume (its
+        worker fresh, never used), or None: no warm one, or the kept volume is larger than
+        TCI_RESUME_COPY_MAX_BYTES, where a cold start on the kept image costs less."""
+        limit = self.settings.resume_copy_max_bytes
+        if limit <= 0 or self.states.allocated(name) > limit:  # before a warm one is taken
+            return None
+        ready = self.pool.take()
+        if ready is None:
+            return None
+        sandbox = ready.sandbox
+        try:
+            await asyncio.to_thread(self.states.copy_into, name, sandbox.workspace.parent,
+                                    sandbox.uid, self.launcher.volumes, self.launcher.root,
+                                    limit)
+        except (TreeTooLarge, OSError, SandboxUnavailable) as exc:
+            if not isinstance(exc, TreeTooLarge):
+                log.warning("could not copy kept state %s into a warm sandbox: %s", name, exc)
+            ready.worker.close()
+            self.tear_down(sandbox)  # half filled: never handed out
+            return None
+        return ReadyWorker(session_id or ready.name, sandbox, ready.worker)
 
     async def delete_saved(self, name: str) -> None:
         self.snapshot_copies.forget(name)  # a deleted snapshot's warm copies end with it

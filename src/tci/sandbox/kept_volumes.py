@@ -20,11 +20,14 @@ import ctypes
 import errno
 import fcntl
 import os
+import stat
 import struct
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from tci.errors import SandboxUnavailable
+from tci.sandbox.volume_images import VolumeImages
 
 # <linux/fs.h>: _IOWR('X', 119, int), _IOWR('X', 120, int)
 FIFREEZE, FITHAW = 0xC0045877, 0xC0045878
@@ -130,6 +133,123 @@ def chown_tree(mount_point: Path, uid: int) -> None:
             os.lchown(os.path.join(directory, name), uid, uid)
 
 
+# What copy_tree keeps of a mode: permissions and the sticky bit (never set-id bits).
+_KEPT_MODE = 0o1777
+# Past this many files and directories, a copy costs more than a cold start's chown_tree.
+_COPY_MAX_ENTRIES = 4096
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class TreeTooLarge(Exception):
+    """copy_tree met more than its budget: a cold start on the kept image is cheaper."""
+
+
+class _Budget:
+    def __init__(self, max_bytes: int, max_entries: int) -> None:
+        self.bytes, self.entries = max_bytes, max_entries
+
+    def spend(self, size: int) -> None:
+        self.bytes -= size
+        self.entries -= 1
+        if self.bytes < 0 or self.entries < 0:
+            raise TreeTooLarge("the kept volume holds more than a copy is worth")
+
+
+def copy_tree(source: Path, target: Path, uid: int, max_bytes: int, max_entries: int) -> None:
+    """Copy a kept volume's files (mounted read-only, nosymfollow: kept images are
+    untrusted) into a new volume's root `target`, every copy owned by `uid`. Directories,
+    regular files, symlinks (recreated, never followed) and fifos are copied with their
+    permissions (times too, but a fifo's); hard links become copies; anything else (a
+    socket's file, dead since the pause; devices, which the session could not make) is left
+    out. TreeTooLarge past `max_bytes` of file data or `max_entries`."""
+    budget = _Budget(max_bytes, max_entries)
+    root = os.open(target, _DIRECTORY)
+    try:
+        for directory, dirnames, filenames, source_fd in os.fwalk(source, follow_symlinks=False):
+            relative = os.path.relpath(directory, source)
+            into = root if relative == "." else os.open(relative, _DIRECTORY, dir_fd=root)
+            try:
+                for name in dirnames:  # made before fwalk enters them (top-down)
+                    _copy_directory(name, source_fd, into, uid, budget)
+                for name in filenames:
+                    _copy_entry(name, source_fd, into, uid, budget)
+                if relative != ".":
+                    _copy_times(os.stat(source_fd), None, into)
+            finally:
+                if into != root:
+                    os.close(into)
+    finally:
+        os.close(root)
+
+
+def _copy_times(info: os.stat_result, name: str | None, directory_fd: int) -> None:
+    times = (info.st_atime_ns, info.st_mtime_ns)
+    if name is None:
+        os.utime(directory_fd, ns=times)
+    else:
+        os.utime(name, ns=times, dir_fd=directory_fd, follow_symlinks=False)
+
+
+def _copy_directory(name: str, source_fd: int, into: int, uid: int, budget: _Budget) -> None:
+    info = os.stat(name, dir_fd=source_fd, follow_symlinks=False)
+    if not stat.S_ISDIR(info.st_mode):  # a symlink to one: fwalk does not enter it
+        _copy_entry(name, source_fd, into, uid, budget)
+        return
+    budget.spend(0)
+    with contextlib.suppress(FileExistsError):  # the new volume's own work/, home/, ...
+        os.mkdir(name, 0o700, dir_fd=into)
+    made = os.open(name, _DIRECTORY, dir_fd=into)
+    try:
+        os.fchown(made, uid, uid)
+        os.fchmod(made, stat.S_IMODE(info.st_mode) & _KEPT_MODE)
+    finally:
+        os.close(made)
+
+
+def _copy_entry(name: str, source_fd: int, into: int, uid: int, budget: _Budget) -> None:
+    info = os.stat(name, dir_fd=source_fd, follow_symlinks=False)
+    budget.spend(info.st_blocks * 512)  # what it takes: holes stay holes
+    if stat.S_ISLNK(info.st_mode):
+        os.symlink(os.readlink(name, dir_fd=source_fd), name, dir_fd=into)
+        os.chown(name, uid, uid, dir_fd=into, follow_symlinks=False)
+        _copy_times(info, name, into)
+        return
+    if stat.S_ISFIFO(info.st_mode):  # a node only, nothing in it survives a pause anyway
+        os.mkfifo(name, 0o600, dir_fd=into)
+        os.chown(name, uid, uid, dir_fd=into, follow_symlinks=False)
+        os.chmod(name, stat.S_IMODE(info.st_mode) & _KEPT_MODE, dir_fd=into)
+        return
+    if not stat.S_ISREG(info.st_mode):
+        return
+    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=source_fd)
+    try:
+        dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600, dir_fd=into)
+        try:
+            _copy_data(src, dst, os.fstat(src).st_size)
+            os.fchown(dst, uid, uid)
+            os.fchmod(dst, stat.S_IMODE(info.st_mode) & _KEPT_MODE)
+            os.utime(dst, ns=(info.st_atime_ns, info.st_mtime_ns))
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def _copy_data(src: int, dst: int, size: int) -> None:
+    """The file's data ranges (holes stay holes), in the kernel: sendfile, as
+    copy_file_range refuses two ext4 filesystems (EXDEV)."""
+    os.ftruncate(dst, size)
+    for start, end in _ranges(src, want_data=True):
+        os.lseek(dst, start, os.SEEK_SET)
+        offset = start
+        while offset < end:
+            copied = os.sendfile(dst, src, offset, end - offset)
+            if copied == 0:
+                return
+            offset += copied
+
+
 def link_or_copy(source: Path, target: Path) -> None:
     """`target` becomes `source`'s inode (same filesystem), or a sparse copy of it."""
     try:
@@ -197,6 +317,33 @@ class StateStore:
             sparse_copy(source, target)
         else:
             link_or_copy(source, target)
+
+    def allocated(self, name: str) -> int:
+        """The bytes the kept image takes on the disk (0 if it is missing)."""
+        try:
+            return allocated_bytes(self.path(name))
+        except FileNotFoundError:
+            return 0
+
+    def copy_into(self, name: str, volume_root: Path, uid: int, volumes: VolumeImages,
+                  scratch: Path, max_bytes: int) -> None:
+        """Copy the kept volume's files into a started sandbox's new volume (its host view,
+        `volume_root`), owned by `uid`: the kept image is mounted read-only at a fresh
+        directory under `scratch` meanwhile. TreeTooLarge when it holds more than
+        `max_bytes` (or _COPY_MAX_ENTRIES files): a cold start on it is cheaper then."""
+        source = self.path(name)
+        if self.allocated(name) > max_bytes:
+            raise TreeTooLarge(f"the kept volume takes more than {max_bytes} bytes")
+        mount_point = Path(tempfile.mkdtemp(prefix="kept-", dir=scratch))
+        try:
+            volumes.mount_read_only(source, mount_point)
+            try:
+                copy_tree(mount_point, volume_root, uid, max_bytes, _COPY_MAX_ENTRIES)
+            finally:
+                VolumeImages.unmount(mount_point)
+        finally:
+            with contextlib.suppress(OSError):
+                mount_point.rmdir()
 
     def delete(self, name: str) -> None:
         self.path(name).unlink(missing_ok=True)

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 LOOP_CONTROL = "/dev/loop-control"
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
+LO_FLAGS_READ_ONLY = 1
 LO_FLAGS_AUTOCLEAR = 4  # the device detaches from the image when its last user (the mount) goes
 MS_NOATIME, UMOUNT_NOFOLLOW = 0x400, 0x8  # <linux/mount.h>, <sys/mount.h>
 MOUNT_FLAGS = linux.MS_NOSUID | linux.MS_NODEV | MS_NOATIME
@@ -293,28 +294,42 @@ class VolumeImages:
             f"({self.reserve_bytes // MiB} MiB) kept free holds no more; running sessions keep "
             "theirs, retry when sessions end")
 
-    def _attach_and_mount(self, image: Path, mount_point: Path, fd: int | None = None) -> None:
+    def mount_read_only(self, image: Path, mount_point: Path) -> None:
+        """Mount a kept image to read its files from the host (kept_volumes.copy_tree):
+        read-only down to the loop device, following no symlink, running nothing. Unmount it
+        with destroy-like `umount`; its loop device then detaches itself."""
+        fd = os.open(image, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            self._attach_and_mount(image, mount_point, fd, read_only=True)
+        finally:
+            os.close(fd)
+
+    def _attach_and_mount(self, image: Path, mount_point: Path, fd: int | None = None,
+                          read_only: bool = False) -> None:
         own_fd = fd is None
         image_fd = os.open(image, os.O_RDWR | os.O_CLOEXEC) if fd is None else fd
         try:
-            device, device_fd = self._attach(image_fd)
+            device, device_fd = self._attach(image_fd, read_only)
         finally:
             if own_fd:
                 os.close(image_fd)
+        flags = MOUNT_FLAGS | (linux.MS_RDONLY | linux.MS_NOEXEC | linux.MS_NOSYMFOLLOW
+                               if read_only else 0)
         try:
-            linux.mount(device, str(mount_point), "ext4", MOUNT_FLAGS, MOUNT_OPTIONS)
+            linux.mount(device, str(mount_point), "ext4", flags, MOUNT_OPTIONS)
         finally:
             os.close(device_fd)  # mounted: the mount holds it; not: autoclear detaches it now
 
-    def _attach(self, image_fd: int) -> tuple[str, int]:
+    def _attach(self, image_fd: int, read_only: bool = False) -> tuple[str, int]:
         """A free loop device now backed by the image, and an open fd of it."""
         if self._control is None:
             raise SandboxUnavailable("session volumes were not prepared (no loop control)")
         config = _LoopConfig(fd=image_fd)
-        config.info.lo_flags = LO_FLAGS_AUTOCLEAR
+        config.info.lo_flags = LO_FLAGS_AUTOCLEAR | (LO_FLAGS_READ_ONLY if read_only else 0)
         for _ in range(ATTACH_ATTEMPTS):
             device = f"/dev/loop{fcntl.ioctl(self._control, LOOP_CTL_GET_FREE)}"
-            device_fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+            device_fd = os.open(device, (os.O_RDONLY if read_only else os.O_RDWR)
+                                | os.O_CLOEXEC)
             try:
                 fcntl.ioctl(device_fd, LOOP_CONFIGURE, bytes(config))
             except OSError as exc:
@@ -337,19 +352,24 @@ class VolumeImages:
     forbid_symlinks = staticmethod(volume.forbid_symlinks)
 
     @staticmethod
+    def unmount(mount_point: Path) -> None:
+        """Unmount (lazily if something still holds it); its loop device detaches itself."""
+        try:
+            linux.umount(str(mount_point), UMOUNT_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                log.warning("could not unmount %s: %s", mount_point, exc.strerror)
+            else:
+                with contextlib.suppress(OSError):
+                    linux.umount(str(mount_point), UMOUNT_NOFOLLOW | linux.MNT_DETACH)
+
+    @staticmethod
     def destroy(root: Path) -> None:
         """Unmount (lazily if something still holds it) and delete the image. The files the
         session left are never walked: they go with the filesystem."""
         mount_point = root / MOUNT_NAME
         if os.path.ismount(mount_point):
-            try:
-                linux.umount(str(mount_point), UMOUNT_NOFOLLOW)
-            except OSError as exc:
-                if exc.errno != errno.EBUSY:
-                    log.warning("could not unmount %s: %s", mount_point, exc.strerror)
-                else:
-                    with contextlib.suppress(OSError):
-                        linux.umount(str(mount_point), UMOUNT_NOFOLLOW | linux.MNT_DETACH)
+            VolumeImages.unmount(mount_point)
         (root / IMAGE_NAME).unlink(missing_ok=True)
 
 
