@@ -262,6 +262,7 @@ os.chmod("script.sh", 0o750)
 os.chmod("deep", 0o705)
 os.symlink("deep/er/data.bin", "link")
 os.symlink("/etc/hostname", "outside")
+os.symlink("/", "rootlink")  # copied as a link: the host's copy never follows one
 os.link("script.sh", "hard.sh")
 os.mkfifo("pipe")
 os.utime("script.sh", (1_000_000_000, 1_000_000_000))
@@ -276,7 +277,7 @@ print(json.dumps([
     os.path.getsize("sparse.bin"), os.stat("sparse.bin").st_blocks * 512 < 1_000_000,
     mode("script.sh"), mode("deep"), os.stat("script.sh").st_mtime,
     subprocess.run(["./hard.sh"], capture_output=True, text=True).stdout,
-    stat.S_ISFIFO(os.lstat("pipe").st_mode),
+    stat.S_ISFIFO(os.lstat("pipe").st_mode), os.readlink("rootlink"),
     sorted({os.lstat(os.path.join(d, n)).st_uid for d, ds, fs in os.walk("/home/user")
             for n in ds + fs} | {os.lstat(n).st_uid for n in os.listdir(".")}) == [os.getuid()],
     tinypkg_tci.ANSWER, x, f(), os.getcwd()]))
@@ -309,7 +310,7 @@ def test_a_resume_in_a_warm_sandbox_keeps_every_file_as_a_cold_one(server_factor
         assert not outputs_of(data, "error"), data
         assert json.loads(stdout_of(data)) == [
             True, "/etc/hostname", 50_000_003, True, "0o750", "0o705", 1_000_000_000.0,
-            "ran\n", True, True, 42, 41, 42, "/workspace"]
+            "ran\n", True, "/", True, 42, 41, 42, "/workspace"]
 
 
 def _pool_ready(server) -> int:
