@@ -13,6 +13,7 @@ after the other.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -99,8 +100,15 @@ class LanguagesResult:
     missing: list[str] = field(default_factory=list)
 
 
+@functools.cache
+def _settings() -> Settings:
+    """Read once: the local side of the RL-shape table prepares a program per run, and
+    reading the environment's settings each time would be the bench's cost, not local's."""
+    return Settings()
+
+
 def _local_paths(work: Path) -> Callable[[str], str]:
-    host_languages = str(Settings().runtime_dir / "site" / table.LANGUAGES_DIR_NAME)
+    host_languages = str(_settings().runtime_dir / "site" / table.LANGUAGES_DIR_NAME)
     pairs = [(table.BUILD_DIR, str(work / "build")), (table.LANGUAGES_DIR, host_languages),
              (table.WORKSPACE, str(work)), ("/tmp/", f"{work}/tmp/")]
 
@@ -127,7 +135,7 @@ def prepare_local(language: str, code: str, work: Path) -> LocalProgram:
     (work / "build").mkdir(parents=True, exist_ok=True)
     (work / "tmp").mkdir(exist_ok=True)
     (work / lang.source).write_text(table.source_text(lang, code))
-    commands = lang.commands(code, Settings().run_default_memory_bytes)
+    commands = lang.commands(code, _settings().run_default_memory_bytes)
     mapped = _local_paths(work)
     env = {name: mapped(value) for name, value in commands.env.items()}
     if commands.node_modules:
@@ -245,7 +253,7 @@ def measure(server: TciServer, runs: int, compile_samples: int,
             distinct_runs: int = 0) -> LanguagesResult:
     with httpx.Client(base_url=server.url, timeout=60) as client:
         offered = client.get("/health").json()["languages"]["runs"]
-    result = LanguagesResult(concurrency=Settings().resolved_run_concurrency)
+    result = LanguagesResult(concurrency=_settings().resolved_run_concurrency)
     result.missing = [name for name, ok in offered.items() if not ok]
     work = Path(tempfile.mkdtemp(prefix="tci-bench-languages-"))
     try:
