@@ -8,6 +8,10 @@ seen before (no kept build), through tci and locally.
 The batch of one program compiles it once (runs/compiles.py), as the local side does, so the
 runs/s compare what a run costs: sandbox and program start. Same machine, same run, one side
 after the other.
+
+A second table is the RL shape: N different programs (each prints its own number, so no build
+is kept) in one batch, against compiling and running each locally; for an interpreted
+language it is the first table with nothing cached. `--languages c,go` measures a few.
 """
 
 from __future__ import annotations
