@@ -270,7 +270,6 @@ class RunManager:
 
     def close(self) -> None:
         if self.sandboxes is not None:
-            self.sandboxes.cgroups.close()
-            self.sandboxes.networks.close()
+            self.sandboxes.close()
 
 

@@ -30,6 +30,7 @@ from tci.runs.verdicts import Outcome
 from tci.sandbox.cgroups import SessionCgroup
 from tci.sandbox.fork.pools import EmptyNetwork, EmptyNetworks, RunCgroups, close_network
 from tci.sandbox.fork.starter import ForkStarter
+from tci.sandbox.fork.template_process import TemplateProcess
 from tci.sandbox.launcher import SandboxLauncher
 from tci.sandbox.network import Egress
 from tci.worker.oneshot import pack_payload
@@ -112,6 +113,29 @@ class RunSandboxes:
         self.cgroups = RunCgroups(settings, lambda: launcher.cgroups)
         self.networks = EmptyNetworks()
         self._indexes: dict[str, list[list[Any]]] = {}  # cgroup name -> the template's names
+        self._native_template: TemplateProcess | None = None
+
+    def template_for(self, native: bool) -> TemplateProcess:
+        """The runs' template for Python; for other languages a lean copy of it that
+        preloads nothing (their pid 1 only confines itself and starts the program), so each
+        fork copies half the page tables and each exit unmaps half the memory. Started at
+        the first such run, by the same code and spec as the runs' template."""
+        runs = self.starter.runs_template()
+        if not native:
+            return runs
+        if self._native_template is None:
+            self._native_template = TemplateProcess(
+                runs.python, runs.script, {**runs.spec, "preload": []}, runs.env,
+                runs.seccomp_program, runs.log_path.with_name("template-native-runs.log"),
+                runs.start_timeout)
+        return self._native_template
+
+    def close(self) -> None:
+        self.cgroups.close()
+        self.networks.close()
+        if self._native_template is not None:
+            self._native_template.close_now()
+            self._native_template = None
 
     async def run(self, spec: RunSpec, build: Build | None = None,
                   compiled: Callable[[Build], None] = lambda _: None) -> RawRun:
@@ -204,7 +228,8 @@ class RunSandboxes:
         try:
             sent_at = time.monotonic()
             try:
-                pidfd, ended = await self.starter.runs_template().spawn_run(request, sent)
+                pidfd, ended = await self.template_for(native is not None).spawn_run(
+                    request, sent)
             finally:
                 for fd in sent:
                     os.close(fd)
