@@ -117,15 +117,16 @@ class RunSandboxes:
 
     def template_for(self, native: bool) -> TemplateProcess:
         """The runs' template for Python; for other languages a lean copy of it that
-        preloads nothing (their pid 1 only confines itself and starts the program), so each
-        fork copies half the page tables and each exit unmaps half the memory. Started at
-        the first such run, by the same code and spec as the runs' template."""
+        preloads only what starts the program (subprocess: their pid 1 only confines itself
+        and starts it), so each fork copies half the page tables and each exit unmaps half
+        the memory. Started at the first such run, by the same code and spec as the runs'
+        template."""
         runs = self.starter.runs_template()
         if not native:
             return runs
         if self._native_template is None:
             self._native_template = TemplateProcess(
-                runs.python, runs.script, {**runs.spec, "preload": []}, runs.env,
+                runs.python, runs.script, {**runs.spec, "preload": _NATIVE_PRELOAD}, runs.env,
                 runs.seccomp_program, runs.log_path.with_name("template-native-runs.log"),
                 runs.start_timeout)
         return self._native_template
@@ -315,6 +316,8 @@ _START_SECONDS = 30.0
 _KILL_MARGIN_SECONDS = 30.0
 _MAX_INFO = 1 << 16
 _MAX_KNOWN_CGROUPS = 1024
+# What the native runs' template imports: worker/native.py starts each program with it.
+_NATIVE_PRELOAD = ["subprocess"]
 _MAX_BUILD_BYTES = 64 << 20  # a build larger than this is not kept (nor sent back)
 _COMPILE_OUTPUT = 1 << 20  # worker/native.py's cap on each of the compiler's outputs
 # The steps of a run's start as the run times them (CLOCK_MONOTONIC, the server's clock too):

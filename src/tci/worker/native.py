@@ -17,7 +17,6 @@ import contextlib
 import os
 import select
 import signal
-import subprocess
 import time
 
 BUILD_DIR = "/tmp/tci-build"  # what a compile writes, and where a cached build is put back
@@ -143,6 +142,11 @@ def run_program(argv: list[str], env: dict[str, str]) -> int:
     (close_fds), every signal at its default (restore_signals: CPython ignores SIGPIPE and
     SIGXFSZ; handlers end at the exec), none blocked. (os.posix_spawn would be as cheap,
     but this glibc leaves its two internal signals ignored in the program.)"""
+    # Imported here, not with this module: the native runs' template preloads it, and the
+    # Python runs' template (which imports this module too) need not carry it, nor the
+    # at-fork work of the threading module it brings, into every run.
+    import subprocess
+
     try:
         child = subprocess.Popen(argv, executable=argv[0], env=env, close_fds=True,
                                  restore_signals=True)
