@@ -226,6 +226,7 @@ class LocalSession(HostedSession):
         else:
             await asyncio.to_thread(store.keep, name, image, mount, True)
         size = await asyncio.to_thread(store.trim, name)
+        self._host.spawn(asyncio.to_thread(store.flush, name), f"tci-flush-{name}")
         skipped = [item for item in answer.get("skipped", []) if isinstance(item, dict)]
         return SavedState([{"name": str(item.get("name")), "reason": str(item.get("reason"))}
                            for item in skipped], size)

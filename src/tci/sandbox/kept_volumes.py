@@ -301,18 +301,24 @@ class StateStore:
                 link_or_copy(image, target)
 
     def trim(self, name: str) -> int:
-        """Free what the kept image reserved but never wrote, and write it to the disk;
-        returns the bytes it takes. Written now, the kept state survives a host crash, and
-        the image's next mount (its resume, a start from the snapshot) does not wait for the
-        kernel to write its dirty pages back first (~7 ms for 10 MB, measured)."""
+        """Free what the kept image reserved but never wrote; returns the bytes it takes."""
         target = self.path(name)
         release_unwritten(target)
-        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return allocated_bytes(target)
+
+    def flush(self, name: str) -> None:
+        """Write the kept image to the disk (call it off the pause's answer: it waits for
+        the disk). Then the kept state survives a host crash, and the image's next mount
+        (its resume, a start from the snapshot) does not wait for the kernel to write its
+        dirty pages back first (~7 ms of a 10 MB resume's mount, measured)."""
+        try:
+            fd = os.open(self.path(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:  # resumed or deleted meanwhile
+            return
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        return allocated_bytes(target)
 
     def place(self, name: str, target: Path, copy: bool) -> None:
         """Put the kept image at `target` (a new sandbox's volume image): the paused
