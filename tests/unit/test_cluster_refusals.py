@@ -22,5 +22,5 @@ def test_a_host_unreachable_or_none_up_is_a_503():
     assert "tci-host-b is unreachable" in mixed.message
     nobody = _none_could("start a session from a kept state", [])
     assert isinstance(nobody, SandboxUnavailable)
-    assert "no tci host can start a session from a kept state now (none is up)" == \
-        nobody.message
+    assert nobody.message == \
+        "no tci host can start a session from a kept state now (none is up)"
