@@ -50,6 +50,8 @@ class UsageBucket:
     cpu_seconds: float
     cost_usd: float
     runs: RunCounts = field(default_factory=RunCounts)
+    # What the key's paused sessions and snapshots keep now (storage, not windowed).
+    kept_state: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +71,8 @@ class Usage:
     cost_usd: float
     series: list[UsageBucket] | None = None  # only when a bucket was asked for
     runs: RunCounts = field(default_factory=RunCounts)
+    # What the key's paused sessions and snapshots keep now (storage, not windowed).
+    kept_state: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -77,6 +81,8 @@ class Usage:
             "cpu_seconds": round(self.cpu_seconds, 6), "runs": runs_dict(self.runs),
             "cost_usd": round(self.cost_usd, 6),
         }
+        if self.kept_state is not None:
+            data["kept_state"] = self.kept_state
         if self.series is not None:
             data["series"] = [bucket.as_dict() for bucket in self.series]
         return data

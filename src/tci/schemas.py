@@ -147,6 +147,13 @@ class UsageBucketInfo(BaseModel):
     cost_usd: float
 
 
+class KeptStateInfo(BaseModel):
+    paused_sessions: int
+    paused_bytes: int = Field(description="what the paused sessions' kept states take on disk")
+    snapshots: int
+    snapshot_bytes: int
+
+
 class UsageData(BaseModel):
     since: datetime
     until: datetime
@@ -155,6 +162,9 @@ class UsageData(BaseModel):
     cpu_seconds: float
     runs: RunsUsageInfo = Field(description="of the UTC hours the window touches, whole")
     cost_usd: float
+    kept_state: KeptStateInfo | None = Field(
+        default=None, description="the key's paused sessions and snapshots now, and the "
+        "storage they take (not limited to the window)")
     series: list[UsageBucketInfo] | None = Field(
         default=None, description="only with `bucket`: oldest first, zero-filled; its sums "
         "are the totals")

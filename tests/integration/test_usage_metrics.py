@@ -4,8 +4,9 @@ stored), cost = sessions x TCI_PRICE_PER_SESSION_USD, keys are kept apart and si
 filter, and `bucket=hour|day` adds a zero-filled series per UTC hour or day whose sums are
 the totals (a bad bucket or too many buckets is a 422); `tci usage` prints every key; an old
 database gains the new column; a paused and resumed session's CPU counts every sandbox it
-had; `/metrics` is Prometheus text whose counters move with real executions, ended sessions,
-pauses, resumes and snapshots, and whose gauges say what paused sessions and snapshots keep;
+had, and `kept_state` is the storage a key's paused sessions and snapshots take; `/metrics`
+is Prometheus text whose counters move with real executions, ended sessions, pauses,
+resumes and snapshots, and whose gauges say what paused sessions and snapshots keep;
 log lines about a session carry its id, in text (key=value) and JSON formats."""
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ _names = itertools.count()
 NO_RUNS = {"count": 0, "wall_seconds": 0, "verdicts": {
     verdict: 0 for verdict in ("OK", "WRONG_ANSWER", "TIME_LIMIT", "MEMORY_LIMIT",
                                "RUNTIME_ERROR", "COMPILE_ERROR", "SANDBOX_ERROR")}}
+
+# A key's paused sessions and snapshots when it has none.
+NOTHING_KEPT = {"paused_sessions": 0, "paused_bytes": 0, "snapshots": 0, "snapshot_bytes": 0}
 
 BUSY = """
 import time
@@ -80,7 +84,7 @@ def test_usage_counts_sessions_executions_cpu_and_cost(server):
     key = fresh_key(server, "usage")
     assert usage(server, key) | {"since": None, "until": None} == {
         "since": None, "until": None, "sessions": 0, "executions": 0,
-        "cpu_seconds": 0, "runs": NO_RUNS, "cost_usd": 0}
+        "cpu_seconds": 0, "runs": NO_RUNS, "cost_usd": 0, "kept_state": NOTHING_KEPT}
     first = run(server, key, "x = 1")["session_id"]
     assert "busy done" in "".join(
         o["data"] for o in run(server, key, BUSY, first)["outputs"] if o["type"] == "stdout")
@@ -107,15 +111,28 @@ def test_usage_keeps_the_cpu_of_every_sandbox_a_paused_session_had(server):
     The CPU of each counts, while paused, after the resume and once it ended."""
     key = fresh_key(server, "usage-pause")
     session = run(server, key, BUSY)["session_id"]
+    run(server, key, "blob = b'x' * 2_000_000", session)
     with server.client(key) as client:
         assert client.post(f"/v1/tci/sessions/{session}/pause").status_code == 200
-    assert usage(server, key)["cpu_seconds"] >= 0.5  # the first sandbox's, kept while paused
+        taken = client.post(f"/v1/tci/sessions/{session}/snapshots")  # resumes it to take one
+        assert taken.status_code == 200, taken.text
+        assert client.post(f"/v1/tci/sessions/{session}/pause").status_code == 200
+    paused = usage(server, key)
+    assert paused["cpu_seconds"] >= 0.5  # the first sandbox's, kept while paused
+    kept = paused["kept_state"]  # the storage its state and the snapshot take now
+    assert (kept["paused_sessions"], kept["snapshots"]) == (1, 1)
+    assert kept["paused_bytes"] >= 2_000_000 and kept["snapshot_bytes"] >= 2_000_000
+    assert usage(server, fresh_key(server, "usage-other"))["kept_state"] == NOTHING_KEPT
     run(server, key, BUSY, session)  # resumes it in a new sandbox, which burns as much again
     assert usage(server, key)["cpu_seconds"] >= 1.0
     delete(server, key, session)
-    ended = usage(server, key)
-    assert (ended["sessions"], ended["executions"]) == (1, 2)
+    with server.client(key) as client:
+        snapshot = taken.json()["data"]["id"]
+        assert client.delete(f"/v1/tci/snapshots/{snapshot}").status_code == 200
+    ended = usage(server, key, bucket="day")
+    assert (ended["sessions"], ended["executions"]) == (1, 3)
     assert ended["cpu_seconds"] >= 1.0
+    assert ended["kept_state"] == NOTHING_KEPT
 
 
 def test_usage_does_not_bill_warm_up(server):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -330,6 +331,7 @@ class SessionManager(Pausing):
         await self.run_log.flush()  # and runs
         price = self.settings.price_per_session_usd
         run_price = self.settings.price_per_run_usd
+        kept = dataclasses.asdict(await self.store.kept_state(key.id))
         if starts is None:
             row = (await self.store.usage(since, until, key.id))[key.id]
             live = self._live_started(key, since, until)
@@ -337,14 +339,15 @@ class SessionManager(Pausing):
             return Usage(since, until, row.sessions, row.executions,
                          row.cpu_seconds + live_cpu,
                          metering.cost(row.sessions, price, row.runs.count, run_price),
-                         runs=row.runs)
+                         runs=row.runs, kept_state=kept)
         assert bucket is not None  # starts is None without one
         counts = await self.store.usage_by_bucket(since, until, key.id, bucket)
         live = self._live_started(key, since, until)
         for session, used in zip(live, await self._cpu_of(live), strict=True):
             start = metering.bucket_floor(session.started_at, bucket)
             counts.setdefault(start, BucketUsage()).cpu_seconds += used or 0.0
-        return metering.usage_series(since, until, starts, counts, price, run_price)
+        series = metering.usage_series(since, until, starts, counts, price, run_price)
+        return dataclasses.replace(series, kept_state=kept)
 
     @staticmethod
     async def _cpu_of(sessions: builtins.list[LiveSession]) -> builtins.list[float | None]:

@@ -453,16 +453,21 @@ class Store:
                 query = query.where(SessionRecord.key_id == key_id)
             return [_paused(row) for row in db.scalars(query.order_by(SessionRecord.paused_at))]
 
-    def kept_state(self) -> KeptState:
-        """Every key's paused sessions and snapshots: how many, and the bytes they keep."""
+    def kept_state(self, key_id: int | None = None) -> KeptState:
+        """Paused sessions and snapshots (one key's, or every key's): how many, and the
+        bytes they keep."""
+        paused_query = select(
+            func.count(SessionRecord.id),
+            func.coalesce(func.sum(SessionRecord.state_bytes), 0)).where(
+            SessionRecord.ended_at.is_(None), SessionRecord.paused_at.is_not(None))
+        snapshot_query = select(func.count(SnapshotRecord.id),
+                                func.coalesce(func.sum(SnapshotRecord.size_bytes), 0))
+        if key_id is not None:
+            paused_query = paused_query.where(SessionRecord.key_id == key_id)
+            snapshot_query = snapshot_query.where(SnapshotRecord.key_id == key_id)
         with self._read() as db:
-            paused, paused_bytes = db.execute(select(
-                func.count(SessionRecord.id),
-                func.coalesce(func.sum(SessionRecord.state_bytes), 0)).where(
-                SessionRecord.ended_at.is_(None), SessionRecord.paused_at.is_not(None))).one()
-            snapshots, snapshot_bytes = db.execute(select(
-                func.count(SnapshotRecord.id),
-                func.coalesce(func.sum(SnapshotRecord.size_bytes), 0))).one()
+            paused, paused_bytes = db.execute(paused_query).one()
+            snapshots, snapshot_bytes = db.execute(snapshot_query).one()
         return KeptState(int(paused), int(paused_bytes or 0), int(snapshots), int(snapshot_bytes))
 
     def add_snapshot(self, snapshot: SnapshotRow) -> None:
