@@ -55,12 +55,24 @@ class PauseResult:
 
 
 def _timed(action: Callable[[], httpx.Response]) -> float:
+    return _timed_answer(action)[0]
+
+
+def _timed_answer(action: Callable[[], httpx.Response]) -> tuple[float, httpx.Response]:
     started = time.perf_counter()
     response = action()
     elapsed = time.perf_counter() - started
     if response.status_code != 200:
         raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
-    return elapsed
+    return elapsed, response
+
+
+def _started(client: httpx.Client, body: dict[str, str], into: Series) -> None:
+    """Time a call that starts a new session, then end that session (untimed): each
+    reserves its whole volume on the disk, and a bench's worth would commit it all."""
+    elapsed, response = _timed_answer(partial(client.post, "/v1/tci/execute", json=body))
+    into.samples.append(elapsed)
+    client.delete(f"/v1/tci/sessions/{response.json()['data']['session_id']}")
 
 
 # Latency, not throughput: each timed call first waits (up to this long) until /health shows
@@ -119,25 +131,23 @@ def measure(server: TciServer, samples: int, progress: Callable[[str], None]) ->
                 snapshot = client.post(f"/v1/tci/sessions/{session_id}/snapshots")
                 from_snapshot = {"language": "python", "code": "1",
                                  "snapshot_id": snapshot.json()["data"]["id"]}
+                fresh = {"language": "python", "code": "1"}
                 progress(f"start from a {size} MB snapshot vs fresh ({samples} samples)")
                 for _ in range(samples):
                     settled(client)
-                    result.fresh.samples.append(_timed(partial(execute, "1")))
+                    _started(client, fresh, result.fresh)
                     settled(client, copies=True)
-                    result.from_snapshot.samples.append(_timed(partial(
-                        client.post, "/v1/tci/execute", json=from_snapshot)))
+                    _started(client, from_snapshot, result.from_snapshot)
                 progress(f"starts from a {size} MB snapshot vs fresh, back to back")
                 for _ in range(samples):
-                    result.fresh_steady.samples.append(_timed(partial(execute, "1")))
-                    result.from_snapshot_steady.samples.append(_timed(partial(
-                        client.post, "/v1/tci/execute", json=from_snapshot)))
+                    _started(client, fresh, result.fresh_steady)
+                    _started(client, from_snapshot, result.from_snapshot_steady)
                 progress(f"first starts from new {size} MB snapshots ({samples} samples)")
                 for _ in range(samples):
                     new = client.post(f"/v1/tci/sessions/{session_id}/snapshots")
                     first = {**from_snapshot, "snapshot_id": new.json()["data"]["id"]}
                     settled(client)
-                    result.first_start.samples.append(_timed(partial(
-                        client.post, "/v1/tci/execute", json=first)))
+                    _started(client, first, result.first_start)
                     client.delete(f"/v1/tci/snapshots/{first['snapshot_id']}")
             client.delete(f"/v1/tci/sessions/{session_id}")
     return result
