@@ -54,6 +54,9 @@ class Server:
     env: dict[str, str]
     process: subprocess.Popen | None = None
     log_path: Path = field(default=Path("/dev/null"))
+    # What starts `tci serve` (argv it is appended to): nothing, or a wrapper that sets up
+    # what the server inherits, as `make serve` or a shell would.
+    started_by: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -94,7 +97,7 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def argv(self) -> list[str]:
-        return [TCI, "serve", "--port", str(self.port)]
+        return [*self.started_by, TCI, "serve", "--port", str(self.port)]
 
     def start(self) -> None:
         self.log_path = self.data_dir / "server.log"
@@ -148,7 +151,8 @@ class Call(threading.Thread):
         return self.response.json()["data"]
 
 
-def make_server(tmp_path: Path, **settings: str) -> Server:
+def make_server(tmp_path: Path, started_by: list[str] | None = None,
+                **settings: str) -> Server:
     data_dir = tmp_path / f"data-{free_port()}"
     data_dir.mkdir(parents=True)
     env = {f"TCI_{name.upper()}": str(value) for name, value in settings.items()}
@@ -163,7 +167,8 @@ def make_server(tmp_path: Path, **settings: str) -> Server:
     env.setdefault("TCI_PIDS_LIMIT", "128")
     created = cli(data_dir, "keys", "create", "--name", "test", env=env)
     assert created.returncode == 0, created.stderr
-    server = Server(data_dir, free_port(), created.stdout.strip().splitlines()[-1], env)
+    server = Server(data_dir, free_port(), created.stdout.strip().splitlines()[-1], env,
+                    started_by=started_by or [])
     server.start()
     return server
 

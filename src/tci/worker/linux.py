@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -48,6 +49,9 @@ _SYS_PIVOT_ROOT = 155  # x86_64
 _SYS_CAPSET = 126
 _SYS_OPEN_TREE = 428
 _SYS_MOVE_MOUNT = 429
+_SYS_RT_SIGACTION = 13
+_SIG_IGN = 1
+_KERNEL_NSIG = 64
 OPEN_TREE_CLONE = 0x1
 AT_RECURSIVE = 0x8000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
@@ -154,6 +158,28 @@ def load_seccomp(program: bytes) -> None:
                          ctypes.c_void_p(ctypes.addressof(fprog_buffer)), ctypes.c_ulong(0),
                          ctypes.c_ulong(0))
     _check(result, "seccomp")
+
+
+def stop_ignoring_signals(keep: frozenset[int]) -> list[int]:
+    """Set every signal this process ignores back to its default, but `keep`; returns those
+    changed. SIG_IGN survives fork and exec, and what started this process may have set it:
+    GNU make starts its commands with posix_spawn, which leaves glibc's internal signals 32
+    and 33 ignored, and `nohup` or a shell's `&` leave SIGHUP or SIGINT ignored. Done with
+    the raw system call, since glibc's sigaction refuses its internal signals."""
+    changed = []
+    old = ctypes.create_string_buffer(32)  # struct kernel_sigaction: handler, flags, ...
+    default = ctypes.create_string_buffer(32)  # SIG_DFL, no flags, empty mask
+    for number in range(1, _KERNEL_NSIG + 1):
+        if number in keep or number in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        signum, size = ctypes.c_long(number), ctypes.c_long(8)  # sizeof(sigset_t), kernel's
+        if _libc.syscall(_SYS_RT_SIGACTION, signum, None, old, size) != 0:
+            continue
+        if struct.unpack_from("=Q", old.raw)[0] == _SIG_IGN:
+            _check(_libc.syscall(_SYS_RT_SIGACTION, signum, default, None, size),
+                   "rt_sigaction")
+            changed.append(number)
+    return changed
 
 
 def loopback_up() -> None:

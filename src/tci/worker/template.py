@@ -327,6 +327,9 @@ def main() -> None:
     # Root all along, it never changes credentials or runs a set-uid program: nothing clears
     # the parent-death signal after this.
     die_with_server(spec["server_pid"])
+    # Every session and run forks from here: none inherits a signal ignored by whatever
+    # started the server (CPython's own SIGPIPE and SIGXFSZ are set back for programs).
+    linux.stop_ignoring_signals(keep=frozenset({signal.SIGPIPE, signal.SIGXFSZ}))
     os.close(0)
     os.open("/dev/null", os.O_RDONLY)  # fd 0 again, so no later open lands on it
     control = socket.socket(fileno=_out_of_the_way(spec["control_fd"]))
