@@ -151,6 +151,18 @@ class Call(threading.Thread):
         return self.response.json()["data"]
 
 
+# The server is started as `make serve` starts it, and as `nohup` would: GNU make runs its
+# commands with posix_spawn, which leaves glibc's internal signals 32 and 33 ignored, and
+# nohup ignores SIGHUP. SIG_IGN survives fork and exec; no program of a run may inherit it.
+IGNORING_SIGNALS = [sys.executable, "-c", (
+    "import ctypes, os, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "ignore = ctypes.create_string_buffer(b'\\x01' + bytes(31))  # SIG_IGN\n"
+    "for number in (1, 32, 33):\n"
+    "    assert libc.syscall(13, ctypes.c_long(number), ignore, None, ctypes.c_long(8)) == 0\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n")]
+
+
 def make_server(tmp_path: Path, started_by: list[str] | None = None,
                 **settings: str) -> Server:
     data_dir = tmp_path / f"data-{free_port()}"

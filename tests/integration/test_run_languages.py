@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import Server, make_server
+from tests.conftest import IGNORING_SIGNALS, Server, make_server
 
 # A program per language that reads a name from stdin and greets it (SandboxFusion's runner
 # tests' shapes: Main.java, package main, fn main...).
@@ -107,18 +106,6 @@ def batch(server: Server, *runs: dict, timeout: float = 600) -> list[dict]:
 
 def one(server: Server, language: str, code: str, **run: object) -> dict:
     return batch(server, {"code": code, "language": language, **run})[0]
-
-
-# The server is started as `make serve` starts it, and as `nohup` would: GNU make runs its
-# commands with posix_spawn, which leaves glibc's internal signals 32 and 33 ignored, and
-# nohup ignores SIGHUP. SIG_IGN survives fork and exec; no program of a run may inherit it.
-IGNORING_SIGNALS = [sys.executable, "-c", (
-    "import ctypes, os, sys\n"
-    "libc = ctypes.CDLL(None, use_errno=True)\n"
-    "ignore = ctypes.create_string_buffer(b'\\x01' + bytes(31))  # SIG_IGN\n"
-    "for number in (1, 32, 33):\n"
-    "    assert libc.syscall(13, ctypes.c_long(number), ignore, None, ctypes.c_long(8)) == 0\n"
-    "os.execv(sys.argv[1], sys.argv[1:])\n")]
 
 
 @pytest.fixture(scope="module")

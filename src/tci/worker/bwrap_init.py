@@ -62,6 +62,8 @@ def _exec_worker(argv: list[str]) -> None:
     try:
         for number in _DEFAULT_SIGNALS:
             signal.signal(number, signal.SIG_DFL)
+        # And what the server inherited ignored (`make serve` leaves glibc's 32 and 33 so).
+        linux.stop_ignoring_signals(keep=frozenset())
         os.execv(argv[0], argv)
     except OSError as exc:
         os.write(2, f"sandbox init: could not start the worker: {exc}\n".encode())
